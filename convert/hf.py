@@ -1,0 +1,270 @@
+"""Hugging Face LED checkpoint directories <-> (LEDConfig, Flax params).
+
+`from_hf` reads `model.safetensors`, sharded safetensors with an index, or `pytorch_model.bin`
+(torch's `weights_only` loader: no arbitrary unpickling), for any of the four LED heads, and can
+load the shared body into another head. `to_hf` writes `config.json` and `model.safetensors` that
+`transformers` loads with no missing or unexpected keys. Every mismatch is an error that lists all
+the offending keys.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from typing import Iterable
+
+import jax
+import numpy as np
+
+from led_flax.config import ARCHITECTURE_TO_HEAD, HEAD_TO_ARCHITECTURE, LEDConfig
+from led_flax.modeling import init_params, model_for
+
+from .table import MappingError, _transpose, flatten, rule_for, unflatten
+
+SAFE = "model.safetensors"
+SAFE_INDEX = "model.safetensors.index.json"
+TORCH_BIN = "pytorch_model.bin"
+
+# Keys that only a given head has, used to tell heads apart when config.architectures is absent.
+_HEAD_KEYS = {
+    "conditional_generation": ("final_logits_bias", "lm_head.weight"),
+    "sequence_classification": ("classification_head.out_proj.weight",),
+    "question_answering": ("qa_outputs.weight",),
+}
+
+
+class HeadInitialisedWarning(UserWarning):
+    """A checkpoint was loaded into another head: the new head's weights are freshly initialised."""
+
+
+# ---------------------------------------------------------------------------------------------- reading
+def _read_safetensors(path: str) -> dict[str, np.ndarray]:
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ValueError(f"{path} is truncated or corrupt and cannot be read ({e}); re-save or re-download "
+                         f"the checkpoint") from e
+
+
+def _read_torch_bin(path: str) -> dict[str, np.ndarray]:
+    try:
+        import torch
+    except ImportError as e:
+        raise ImportError(f"{path} is a PyTorch pickle; reading it needs torch: pip install torch "
+                          f"(or re-save the checkpoint as model.safetensors)") from e
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many types for bad files
+        raise ValueError(f"{path} could not be read with torch.load(weights_only=True) ({e}); it is corrupt "
+                         f"or holds objects other than tensors") from e
+    out = {}
+    for k, t in state.items():
+        t = t.detach().cpu().contiguous()
+        if t.dtype == torch.bfloat16:
+            import ml_dtypes
+            out[k] = t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+        else:
+            out[k] = t.numpy()
+    return out
+
+
+def read_state_dict(src: str) -> dict[str, np.ndarray]:
+    """All tensors of an HF checkpoint directory, by key."""
+    if os.path.isfile(os.path.join(src, SAFE)):
+        return _read_safetensors(os.path.join(src, SAFE))
+    if os.path.isfile(os.path.join(src, SAFE_INDEX)):
+        with open(os.path.join(src, SAFE_INDEX), encoding="utf-8") as f:
+            weight_map = json.load(f)["weight_map"]
+        state: dict[str, np.ndarray] = {}
+        for shard in sorted(set(weight_map.values())):
+            state.update(_read_safetensors(os.path.join(src, shard)))
+        missing = sorted(set(weight_map) - set(state))
+        if missing:
+            raise ValueError(f"{SAFE_INDEX} lists keys that no shard holds: {missing[:10]}")
+        return state
+    if os.path.isfile(os.path.join(src, TORCH_BIN)):
+        return _read_torch_bin(os.path.join(src, TORCH_BIN))
+    raise FileNotFoundError(f"{src} holds no LED weights: expected {SAFE}, {SAFE_INDEX} or {TORCH_BIN}")
+
+
+def _source_head(config: LEDConfig, state: dict) -> str:
+    if config.head is not None:
+        return config.head
+    for head, keys in _HEAD_KEYS.items():
+        if any(k in state for k in keys):
+            return head
+    return "base" if "shared.weight" in state or "encoder.embed_positions.weight" in state else "conditional_generation"
+
+
+def _body_prefix(head: str) -> str:
+    return "" if head == "base" else "led."
+
+
+def _resolve_tied(state: dict, prefix: str, config: LEDConfig) -> tuple[dict, list[str]]:
+    """Fold the tied copies (4.x's embed_tokens and lm_head) into `shared`, checking they are equal."""
+    state = dict(state)
+    shared = prefix + "shared.weight"
+    copies = [prefix + "encoder.embed_tokens.weight", prefix + "decoder.embed_tokens.weight"]
+    if config.tie_word_embeddings and prefix:
+        copies.append("lm_head.weight")
+    present = [k for k in copies if k in state]
+    if shared not in state and present:
+        state[shared] = state[present[0]]
+    unequal = [k for k in present if k in state and not np.array_equal(state[k], state[shared])]
+    if unequal:
+        raise MappingError(f"{unequal} should be tied to {shared} but differ from it; the checkpoint is "
+                           f"inconsistent (set tie_word_embeddings=false in config.json if they are meant "
+                           f"to differ)")
+    for k in present:
+        del state[k]
+    return state, present
+
+
+def _map_in(state: dict, expected: dict, src_prefix: str, dst_prefix: str):
+    """HF tensors -> our flat params for every expected path under `dst_prefix`; lists every key
+    that is missing or has the wrong shape."""
+    params, missing, wrong, used = {}, [], [], set()
+    for path, shape in expected.items():
+        if not path.startswith(dst_prefix):
+            continue
+        key, _, from_hf = rule_for(path)
+        key = src_prefix + key[len(_dotted_prefix(dst_prefix)):]
+        if key not in state:
+            missing.append(key)
+            continue
+        used.add(key)
+        hf_shape = tuple(shape[::-1]) if from_hf is _transpose else tuple(shape)
+        if tuple(state[key].shape) != hf_shape:
+            wrong.append(f"{key}: checkpoint {tuple(state[key].shape)}, config.json implies {hf_shape}")
+            continue
+        params[path] = from_hf(state[key])
+    return params, used, missing, wrong
+
+
+def _check(missing, wrong, unused):
+    problems = []
+    if missing:
+        problems.append(f"missing from the checkpoint: {missing}")
+    if wrong:
+        problems.append("shapes that do not match config.json: " + "; ".join(wrong))
+    if unused:
+        problems.append(f"in the checkpoint but unused: {unused}")
+    if problems:
+        raise MappingError("the checkpoint does not fit its LED config:\n  " + "\n  ".join(problems))
+
+
+def _dotted_prefix(prefix: str) -> str:
+    return prefix.replace("/", ".")
+
+
+def from_hf(src: str | os.PathLike, head: str | None = None, *, rng=None, dtype=None, progress: Iterable | None = None):
+    """An HF LED directory -> (LEDConfig, params).
+
+    head: load into this head ('base', 'conditional_generation', 'sequence_classification',
+    'question_answering'); default the checkpoint's own. Loading into another head keeps the shared
+    body, initialises the new head's weights from `rng` and warns naming them.
+    dtype: cast floating params to this numpy dtype (default: keep the checkpoint's).
+    """
+    src = os.fspath(src)
+    config = LEDConfig.from_hf(src)
+    state = read_state_dict(src)
+    source = _source_head(config, state)
+    target = head or source
+    if target not in HEAD_TO_ARCHITECTURE:
+        raise ValueError(f"unknown head {target!r}; use one of {sorted(HEAD_TO_ARCHITECTURE)}")
+    src_prefix = _body_prefix(source)
+    state, _ = _resolve_tied(state, src_prefix, config)
+    if source == target:
+        config = config.replace(architectures=(HEAD_TO_ARCHITECTURE[target],))
+    else:
+        config = config.replace(architectures=(HEAD_TO_ARCHITECTURE[target],),
+                                num_labels=2 if target == "question_answering" else config.num_labels)
+    module = model_for(config, target)
+    shapes = jax.eval_shape(lambda: init_params(module))
+    expected = {p: s.shape for p, s in flatten(shapes).items()}
+
+    if source == target:
+        flat, used, missing, wrong = _map_in(state, expected, "", "")
+        _check(missing, wrong, sorted(set(state) - used))
+    else:
+        dst_prefix = "" if target == "base" else "led/"
+        flat, used, missing, wrong = _map_in(state, expected, src_prefix, dst_prefix)
+        dropped = sorted(set(state) - used)
+        # every tensor of the shared body must be used; only the old head's own tensors may go
+        _check(missing, wrong, [k for k in dropped if k.startswith(src_prefix)])
+        fresh = flatten(jax.device_get(init_params(module, rng)))
+        new = sorted(p for p in expected if p not in flat)
+        for p in new:
+            flat[p] = np.asarray(fresh[p])
+        warnings.warn(f"loaded the {source} checkpoint {src} into the {target} head: initialised "
+                      f"{new or 'nothing'}; not used: {dropped or 'nothing'}", HeadInitialisedWarning,
+                      stacklevel=2)
+    if progress is not None:
+        progress.update(len(flat))
+    if dtype is not None:
+        flat = {p: v.astype(dtype) if np.issubdtype(v.dtype, np.floating) or v.dtype.name == "bfloat16" else v
+                for p, v in flat.items()}
+    return config, unflatten(flat)
+
+
+# ---------------------------------------------------------------------------------------------- writing
+def head_of(params: dict) -> str:
+    """Which head a param tree belongs to."""
+    if "led" not in params:
+        return "base"
+    if "qa_outputs" in params:
+        return "question_answering"
+    if "classification_head" in params:
+        return "sequence_classification"
+    return "conditional_generation"
+
+
+def to_state_dict(config: LEDConfig, params: dict) -> dict[str, np.ndarray]:
+    """Our params -> the tensors that transformers' `save_pretrained` would write."""
+    state = {}
+    for path, value in flatten(jax.device_get(params)).items():
+        key, to_hf, _ = rule_for(path)
+        state[key] = to_hf(np.asarray(value))
+    return state
+
+
+def _atomic_write_safetensors(state: dict, path: str) -> None:
+    from safetensors.numpy import save_file
+
+    fd, tmp = tempfile.mkstemp(prefix=".model.", suffix=".tmp", dir=os.path.dirname(path))
+    os.close(fd)
+    try:
+        save_file(state, tmp, metadata={"format": "pt"})
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def to_hf(config: LEDConfig, params: dict, dst: str | os.PathLike) -> str:
+    """Writes `config.json` and `model.safetensors` for transformers' `from_pretrained`."""
+    dst = os.fspath(dst)
+    os.makedirs(dst, exist_ok=True)
+    head = head_of(params)
+    state = to_state_dict(config, params)
+    dtypes = {v.dtype.name for v in state.values()}
+    config = config.replace(architectures=(HEAD_TO_ARCHITECTURE[head],))
+    hf = config.to_hf()
+    hf["dtype"] = "bfloat16" if dtypes == {"bfloat16"} else ("float16" if dtypes == {"float16"} else "float32")
+    _atomic_write_safetensors(state, os.path.join(dst, SAFE))
+    fd, tmp = tempfile.mkstemp(prefix=".config.", suffix=".tmp", dir=dst)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(hf, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, os.path.join(dst, "config.json"))
+    return dst
+
+
+__all__ = ["from_hf", "to_hf", "read_state_dict", "to_state_dict", "head_of", "HeadInitialisedWarning",
+           "MappingError", "ARCHITECTURE_TO_HEAD"]
