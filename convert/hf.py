@@ -18,6 +18,7 @@ from typing import Iterable
 import jax
 import numpy as np
 
+from led_flax.checkpoint import head_of
 from led_flax.config import ARCHITECTURE_TO_HEAD, HEAD_TO_ARCHITECTURE, LEDConfig
 from led_flax.modeling import init_params, model_for
 
@@ -213,17 +214,6 @@ def from_hf(src: str | os.PathLike, head: str | None = None, *, rng=None, dtype=
 
 
 # ---------------------------------------------------------------------------------------------- writing
-def head_of(params: dict) -> str:
-    """Which head a param tree belongs to."""
-    if "led" not in params:
-        return "base"
-    if "qa_outputs" in params:
-        return "question_answering"
-    if "classification_head" in params:
-        return "sequence_classification"
-    return "conditional_generation"
-
-
 def to_state_dict(config: LEDConfig, params: dict) -> dict[str, np.ndarray]:
     """Our params -> the tensors that transformers' `save_pretrained` would write."""
     state = {}

@@ -27,6 +27,11 @@ def _neg(dtype) -> float:
     return float(jnp.finfo(dtype).min)
 
 
+def softmax_dtype(dtype):
+    """Scores and softmax run in float32 at least (bfloat16 in, float32 math; float64 stays float64)."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
 def count_global_slots(global_attention_mask, attention_mask=None, num_slots: int | None = None) -> int:
     """Host-side: the static number of global slots for a batch.
 
@@ -111,14 +116,15 @@ def sliding_window_attention(q, k, v, *, one_sided: int, key_mask, query_mask,
         q, k, v = (jnp.pad(x, pad) for x in (q, k, v))
         key_mask = jnp.pad(key_mask, [(0, 0), (0, m - n)])
         query_mask = jnp.pad(query_mask, [(0, 0), (0, m - n)])
-    neg = _neg(jnp.float32)
+    sdt = softmax_dtype(q.dtype)
+    neg = _neg(sdt)
 
     qb = q.reshape(b, c, w, h, d)  # [b, c, q, h, d]
     k3 = _three_blocks(k, w, 0)  # [b, c, 3w, h, d]
     v3 = _three_blocks(v, w, 0)  # [b, c, 3w, h, d]
     km3 = _three_blocks(key_mask, w, False)  # [b, c, 3w]
     # scores: [b, c, h, q, k]
-    scores = jnp.einsum("bcqhd,bckhd->bchqk", qb, k3).astype(jnp.float32)
+    scores = jnp.einsum("bcqhd,bckhd->bchqk", qb, k3).astype(sdt)
     allowed = jnp.asarray(_band(w))[None, None, None] & km3[:, :, None, None, :]
     scores = jnp.where(allowed, scores, neg)
     row_max = scores.max(-1)  # [b, c, h, q]
@@ -126,7 +132,7 @@ def sliding_window_attention(q, k, v, *, one_sided: int, key_mask, query_mask,
     has_global = global_k is not None and global_k.shape[1] > 0
     if has_global:
         # gscores: [b, c, h, q, g]
-        gscores = jnp.einsum("bcqhd,bghd->bchqg", qb, global_k).astype(jnp.float32)
+        gscores = jnp.einsum("bcqhd,bghd->bchqg", qb, global_k).astype(sdt)
         gscores = jnp.where(global_mask[:, None, None, None, :], gscores, neg)
         row_max = jnp.maximum(row_max, gscores.max(-1))
 
@@ -173,9 +179,10 @@ def global_rows_attention(qg, kg, vg, *, key_mask, slot_mask, dropout_rate: floa
     and `value_global` of every token; key_mask: [b, n] False for padding; slot_mask: [b, g].
     Returns out [b, g, h, d] and probs [b, h, g, n]. Empty slots attend uniformly, as in HF.
     """
-    scores = jnp.einsum("bghd,bnhd->bhgn", qg, kg).astype(jnp.float32)  # [b, h, g, n]
+    sdt = softmax_dtype(qg.dtype)
+    scores = jnp.einsum("bghd,bnhd->bhgn", qg, kg).astype(sdt)  # [b, h, g, n]
     allowed = slot_mask[:, None, :, None] & key_mask[:, None, None, :]
-    scores = jnp.where(allowed, scores, _neg(jnp.float32))
+    scores = jnp.where(allowed, scores, _neg(sdt))
     probs = jax.nn.softmax(scores, axis=-1)
     probs_d = _dropout(probs, dropout_rate, dropout_rng)
     out = jnp.einsum("bhgn,bnhd->bghd", probs_d.astype(vg.dtype), vg)  # [b, g, h, d]

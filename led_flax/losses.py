@@ -13,7 +13,7 @@ def token_cross_entropy(logits, labels, ignore_index: int = -100, label_smoothin
     logits: [..., vocab]; labels: [...] with `ignore_index` where no loss is taken. Returning the sum
     and the count (not a mean) lets a train step average over microbatches and devices exactly.
     """
-    logits = logits.astype(jnp.float32)
+    logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
     valid = labels != ignore_index
     safe = jnp.where(valid, labels, 0)
     if label_smoothing:
@@ -51,11 +51,11 @@ def classification_loss(logits, labels, problem_type: str | None, num_labels: in
             problem_type = "single_label_classification"
         else:
             problem_type = "multi_label_classification"
-    logits = logits.astype(jnp.float32)
+    logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
     if problem_type == "regression":
         if num_labels == 1:
-            return jnp.mean((logits.squeeze(-1) - labels.reshape(-1).astype(jnp.float32)) ** 2)
-        return jnp.mean((logits - labels.astype(jnp.float32)) ** 2)
+            return jnp.mean((logits.squeeze(-1) - labels.reshape(-1).astype(logits.dtype)) ** 2)
+        return jnp.mean((logits - labels.astype(logits.dtype)) ** 2)
     if problem_type == "single_label_classification":
         return mean_token_cross_entropy(logits.reshape(-1, num_labels), labels.reshape(-1))
-    return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, labels.astype(jnp.float32)))
+    return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, labels.astype(logits.dtype)))

@@ -19,7 +19,8 @@ import numpy as np
 from flax import struct
 
 from . import losses
-from .attention import count_global_slots, global_rows_attention, global_token_indices, sliding_window_attention
+from .attention import (count_global_slots, global_rows_attention, global_token_indices, sliding_window_attention,
+                        softmax_dtype)
 from .config import LEDConfig
 from .outputs import (LEDDecoderOutput, LEDEncoderBaseModelOutput, LEDSeq2SeqLMOutput, LEDSeq2SeqModelOutput,
                       LEDSeq2SeqQuestionAnsweringModelOutput, LEDSeq2SeqSequenceClassifierOutput)
@@ -50,6 +51,7 @@ def check_token_ids(ids, vocab_size: int, name: str) -> None:
 
 def shift_tokens_right(input_ids, pad_token_id: int, decoder_start_token_id: int):
     """[b, t] -> [b, t]: start token first, the rest shifted right, -100 replaced by padding."""
+    input_ids = jnp.asarray(input_ids)
     start = jnp.full((input_ids.shape[0], 1), decoder_start_token_id, input_ids.dtype)
     shifted = jnp.concatenate([start, input_ids[:, :-1]], axis=1)
     return jnp.where(shifted == -100, pad_token_id, shifted)
@@ -326,9 +328,10 @@ class LEDDecoderAttention(nn.Module):
         hd = D // cfg.decoder_attention_heads
         q = self._split(self.q_proj(hidden) * hd ** -0.5)  # [b, t, h, d]
         k, v = key_value
-        scores = jnp.einsum("bthd,bshd->bhts", q, k).astype(jnp.float32)  # [b, h, t, s]
+        sdt = softmax_dtype(q.dtype)
+        scores = jnp.einsum("bthd,bshd->bhts", q, k).astype(sdt)  # [b, h, t, s]
         if mask is not None:
-            scores = jnp.where(mask, scores, float(jnp.finfo(jnp.float32).min))
+            scores = jnp.where(mask, scores, float(jnp.finfo(sdt).min))
         probs = jax.nn.softmax(scores, axis=-1)
         dropped = _dropout(self, probs, cfg.attention_dropout, deterministic)
         out = jnp.einsum("bhts,bshd->bthd", dropped.astype(self.dtype), v).reshape(b, t, D)  # [b, t, D]
@@ -569,12 +572,13 @@ class LEDForConditionalGeneration(_LEDHead):
             self.lm_head = _dense(cfg, cfg.vocab_size, self.dtype, self.param_dtype, use_bias=False)
 
     def logits(self, hidden):
-        """hidden: [b, t, D] -> logits [b, t, V] in float32."""
+        """hidden: [b, t, D] -> logits [b, t, V] in float32 (or float64)."""
         if self.config.tie_word_embeddings:
             logits = self.led.attend(hidden)
         else:
             logits = self.lm_head(hidden)
-        return logits.astype(jnp.float32) + jax.lax.stop_gradient(self.final_logits_bias).astype(jnp.float32)
+        dt = softmax_dtype(logits.dtype)
+        return logits.astype(dt) + jax.lax.stop_gradient(self.final_logits_bias).astype(dt)
 
     def decode(self, decoder_input_ids=None, encoder_hidden_states=None, encoder_attention_mask=None,
                decoder_attention_mask=None, decoder_inputs_embeds=None, cache=None, deterministic=True,
@@ -636,13 +640,18 @@ class LEDForSequenceClassification(_LEDHead):
             if len(set(counts.tolist())) > 1 or counts.min() == 0:
                 raise ValueError(f"every example needs the same, non-zero number of eos tokens "
                                  f"(id {cfg.eos_token_ids[0]}); found {counts.tolist()}")
+        if decoder_input_ids is not None and decoder_input_ids.shape != input_ids.shape:
+            raise ValueError(f"the head pools the decoder state at the input's last eos, so decoder_input_ids "
+                             f"must have the input's shape {input_ids.shape}, not {decoder_input_ids.shape}; "
+                             f"leave them out to use the shifted input")
         out = self.led(input_ids, attention_mask, decoder_input_ids, decoder_attention_mask, encoder_outputs,
                        global_attention_mask, inputs_embeds, decoder_inputs_embeds, num_global_slots,
                        deterministic, output_attentions, output_hidden_states)
         n = eos.shape[1]
         last_eos = n - 1 - jnp.argmax(eos[:, ::-1], axis=1)  # [b]
         pooled = jnp.take_along_axis(out.last_hidden_state, last_eos[:, None, None], axis=1)[:, 0]  # [b, D]
-        logits = self.classification_head(pooled, deterministic).astype(jnp.float32)
+        logits = self.classification_head(pooled, deterministic)
+        logits = logits.astype(softmax_dtype(logits.dtype))
         loss = None if labels is None else losses.classification_loss(logits, labels, cfg.problem_type,
                                                                       cfg.num_labels)
         return LEDSeq2SeqSequenceClassifierOutput(loss=loss, logits=logits, **_seq2seq_fields(out))
@@ -661,7 +670,8 @@ class LEDForQuestionAnswering(_LEDHead):
         out = self.led(input_ids, attention_mask, decoder_input_ids, decoder_attention_mask, encoder_outputs,
                        global_attention_mask, inputs_embeds, decoder_inputs_embeds, num_global_slots,
                        deterministic, output_attentions, output_hidden_states)
-        logits = self.qa_outputs(out.last_hidden_state).astype(jnp.float32)  # [b, t, 2]
+        logits = self.qa_outputs(out.last_hidden_state)  # [b, t, 2]
+        logits = logits.astype(softmax_dtype(logits.dtype))
         start_logits, end_logits = logits[..., 0], logits[..., 1]
         loss = None
         if start_positions is not None and end_positions is not None:

@@ -1,0 +1,127 @@
+"""led-flax's own checkpoint directory: what `led-flax convert` writes, inference reads, and training
+exports to.
+
+    DIR/
+      led_flax.json           {"format": "led-flax", "format_version": 1, "head": ..., "param_dtype": ...}
+      config.json             the HF LED config (LEDConfig.to_hf), readable by transformers
+      generation_config.json  optional, HF's generation settings
+      params/                 the parameter tree, saved with orbax (StandardCheckpointer)
+      tokenizer files         tokenizer.json, vocab.json, merges.txt, tokenizer_config.json, ...
+
+A directory is written under a temporary name beside DIR and renamed into place only when complete,
+so a crash never leaves a half-written checkpoint where a good one was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+
+import jax
+import numpy as np
+
+from .config import LEDConfig
+
+FORMAT = "led-flax"
+FORMAT_VERSION = 1
+MARKER = "led_flax.json"
+PARAMS = "params"
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json",
+                   "special_tokens_map.json", "added_tokens.json")
+GENERATION_CONFIG = "generation_config.json"
+
+
+class CheckpointError(ValueError):
+    """A directory that is not a readable LED checkpoint; the message says what is wrong and what to do."""
+
+
+def is_led_flax_checkpoint(path: str | os.PathLike) -> bool:
+    return os.path.isfile(os.path.join(os.fspath(path), MARKER))
+
+
+def is_hf_checkpoint(path: str | os.PathLike) -> bool:
+    path = os.fspath(path)
+    weights = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+    return os.path.isfile(os.path.join(path, "config.json")) and any(
+        os.path.isfile(os.path.join(path, w)) for w in weights)
+
+
+def head_of(params) -> str:
+    """Which of the four heads a param tree belongs to."""
+    if "led" not in params:
+        return "base"
+    if "qa_outputs" in params:
+        return "question_answering"
+    if "classification_head" in params:
+        return "sequence_classification"
+    return "conditional_generation"
+
+
+def save(directory: str | os.PathLike, config: LEDConfig, params, *, extra_files=(), overwrite: bool = False) -> str:
+    """Writes a complete checkpoint directory atomically.
+
+    extra_files: paths copied in beside the params (tokenizer files, generation_config.json).
+    overwrite: replace an existing checkpoint at `directory` (only once the new one is complete).
+    """
+    import orbax.checkpoint as ocp
+
+    directory = os.path.abspath(os.fspath(directory))
+    if os.path.exists(directory) and not overwrite:
+        raise FileExistsError(f"{directory} already exists; pass overwrite=True (--overwrite) to replace it")
+    parent = os.path.dirname(directory)
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, f".{os.path.basename(directory)}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        os.makedirs(tmp)
+        params = jax.device_get(params)
+        dtypes = sorted({np.asarray(x).dtype.name for x in jax.tree_util.tree_leaves(params)})
+        checkpointer = ocp.StandardCheckpointer()
+        checkpointer.save(os.path.join(tmp, PARAMS), params)
+        checkpointer.wait_until_finished()
+        checkpointer.close()
+        config.save(tmp)
+        for f in extra_files:
+            shutil.copy2(f, os.path.join(tmp, os.path.basename(f)))
+        marker = {"format": FORMAT, "format_version": FORMAT_VERSION, "head": head_of(params),
+                  "param_dtype": dtypes[0] if len(dtypes) == 1 else dtypes}
+        with open(os.path.join(tmp, MARKER), "w", encoding="utf-8") as f:
+            json.dump(marker, f, indent=2)
+            f.write("\n")
+        if os.path.exists(directory):
+            old = os.path.join(parent, f".{os.path.basename(directory)}.old-{uuid.uuid4().hex[:8]}")
+            os.rename(directory, old)
+            os.rename(tmp, directory)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, directory)
+    finally:
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+    return directory
+
+
+def load(directory: str | os.PathLike):
+    """Reads our checkpoint: (LEDConfig, params, head)."""
+    import orbax.checkpoint as ocp
+
+    directory = os.path.abspath(os.fspath(directory))
+    if not is_led_flax_checkpoint(directory):
+        hint = ("it is an HF checkpoint: convert it with `led-flax convert SRC DST` or "
+                "convert.from_hf" if is_hf_checkpoint(directory) else
+                "expected a directory written by `led-flax convert` or by training")
+        raise CheckpointError(f"{directory} is not a led-flax checkpoint (no {MARKER}); {hint}")
+    with open(os.path.join(directory, MARKER), encoding="utf-8") as f:
+        marker = json.load(f)
+    if marker.get("format") != FORMAT or marker.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(f"{directory} has format {marker.get('format')!r} version "
+                              f"{marker.get('format_version')}; this led-flax reads {FORMAT} up to version "
+                              f"{FORMAT_VERSION}: upgrade led-flax")
+    config = LEDConfig.from_hf(directory)
+    checkpointer = ocp.StandardCheckpointer()
+    try:
+        params = checkpointer.restore(os.path.join(directory, PARAMS))
+    finally:
+        checkpointer.close()
+    return config, params, marker["head"]

@@ -1,0 +1,100 @@
+"""The `led-flax` command (application layer: it may import `convert` and `train`)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+HUB_HINT = ("download it on a machine with internet (huggingface-cli download ID --local-dir DIR) "
+            "and pass the directory")
+
+
+def _resolve_source(src: str) -> str:
+    """A local directory, or a hub id fetched with huggingface_hub when the machine is online."""
+    if os.path.isdir(src):
+        return src
+    if os.path.exists(src) or src.count("/") != 1:
+        raise SystemExit(f"led-flax: {src} is not a checkpoint directory")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise SystemExit(f"led-flax: {src} is not a local directory; to fetch it from the hub install "
+                         f"huggingface_hub (pip install 'led-flax[hub]'), or {HUB_HINT}")
+    try:
+        return snapshot_download(src, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.bin"])
+    except Exception as e:  # noqa: BLE001 - offline errors come in many types
+        raise SystemExit(f"led-flax: could not fetch {src} from the hub ({type(e).__name__}: {e}); the "
+                         f"machine is probably offline: {HUB_HINT}")
+
+
+def cmd_convert(args) -> int:
+    import numpy as np
+    from tqdm import tqdm
+
+    import convert
+    from led_flax import checkpoint
+
+    src = _resolve_source(args.src)
+    if not checkpoint.is_hf_checkpoint(src):
+        raise SystemExit(f"led-flax: {src} is not an HF LED checkpoint (needs config.json and "
+                         f"model.safetensors, a safetensors index, or pytorch_model.bin)")
+    dtype = {"float32": np.float32, "bfloat16": "bfloat16", None: None}[args.dtype]
+    if dtype == "bfloat16":
+        import ml_dtypes
+        dtype = ml_dtypes.bfloat16
+    with tqdm(desc="convert tensors", unit="tensor", disable=args.quiet) as bar:
+        config, params = convert.from_hf(src, head=args.head, dtype=dtype, progress=bar)
+    extra = [os.path.join(src, f) for f in checkpoint.TOKENIZER_FILES + (checkpoint.GENERATION_CONFIG,)
+             if os.path.isfile(os.path.join(src, f))]
+    out = checkpoint.save(args.dst, config, params, extra_files=extra, overwrite=args.overwrite)
+    print(f"wrote {out} ({checkpoint.head_of(params)}, {len(extra)} tokenizer/generation files)")
+    return 0
+
+
+def cmd_export(args) -> int:
+    import convert
+    from led_flax import checkpoint
+
+    config, params, _ = checkpoint.load(args.src)
+    convert.to_hf(config, params, args.dst)
+    import shutil
+    for f in checkpoint.TOKENIZER_FILES + (checkpoint.GENERATION_CONFIG,):
+        if os.path.isfile(os.path.join(args.src, f)):
+            shutil.copy2(os.path.join(args.src, f), os.path.join(args.dst, f))
+    print(f"wrote {args.dst} (loads with transformers' from_pretrained)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="led-flax", description="LED (Longformer-Encoder-Decoder) in JAX/Flax")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("convert", help="an HF LED checkpoint directory (or hub id) -> a led-flax checkpoint")
+    p.add_argument("src", help="HF checkpoint directory, or a hub id such as allenai/led-base-16384 (online only)")
+    p.add_argument("dst", help="the led-flax checkpoint directory to write")
+    p.add_argument("--head", choices=["base", "conditional_generation", "sequence_classification",
+                                      "question_answering"], help="load into this head (default: the checkpoint's)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], help="cast the params (default: keep)")
+    p.add_argument("--overwrite", action="store_true", help="replace DST once the new checkpoint is complete")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("export", help="a led-flax checkpoint -> an HF directory that transformers loads")
+    p.add_argument("src")
+    p.add_argument("dst")
+    p.set_defaults(func=cmd_export)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as e:
+        print(f"led-flax {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

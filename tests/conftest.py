@@ -1,0 +1,119 @@
+"""Shared fixtures: tiny random LED checkpoints built with transformers itself, the reference."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+transformers.logging.set_verbosity_error()
+
+VOCAB = 97
+TINY = dict(vocab_size=VOCAB, d_model=16, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2,
+            decoder_attention_heads=4, encoder_ffn_dim=24, decoder_ffn_dim=20, attention_window=[4, 8],
+            max_encoder_position_embeddings=80, max_decoder_position_embeddings=24, dropout=0.0,
+            pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=2)
+
+
+def hf_config(**overrides):
+    return transformers.LEDConfig(**{**TINY, **overrides})
+
+
+def randomize(model, seed: int, std: float = 0.3):
+    """Weights far from init (LayerNorms and biases too), so every parameter matters to the outputs."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            base = 1.0 if name.endswith("layer_norm.weight") or name.endswith("layernorm_embedding.weight") else 0.0
+            p.copy_(base + torch.randn(p.shape, generator=g) * (std if p.dim() > 1 else 0.1))
+        if hasattr(model, "final_logits_bias"):
+            model.final_logits_bias.copy_(torch.randn(model.final_logits_bias.shape, generator=g) * 0.1)
+    return model.eval()
+
+
+class SequenceClassificationReference(torch.nn.Module):
+    """transformers 4.x's LEDForSequenceClassification, rebuilt from the parts transformers 5 still ships:
+    the decoder state at the input's last eos, through LEDClassificationHead."""
+
+    def __init__(self, config):
+        super().__init__()
+        from transformers.models.led.modeling_led import LEDClassificationHead
+        self.config = config
+        self.led = transformers.LEDModel(config)
+        self.classification_head = LEDClassificationHead(config.d_model, config.d_model, config.num_labels,
+                                                         config.classifier_dropout)
+
+    def forward(self, input_ids, labels=None, **kwargs):
+        out = self.led(input_ids=input_ids, **kwargs)
+        hidden = out.last_hidden_state
+        eos_mask = input_ids.eq(self.config.eos_token_id)
+        pooled = hidden[eos_mask, :].view(hidden.size(0), -1, hidden.size(-1))[:, -1, :]
+        logits = self.classification_head(pooled)
+        loss = None
+        if labels is not None:
+            if self.config.num_labels == 1:
+                loss = torch.nn.functional.mse_loss(logits.squeeze(-1), labels.squeeze().to(logits.dtype))
+            elif labels.dtype in (torch.long, torch.int):
+                loss = torch.nn.functional.cross_entropy(logits.view(-1, self.config.num_labels), labels.view(-1))
+            else:
+                loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+        return out, logits, loss
+
+    def save_4x(self, directory):
+        """A checkpoint as transformers 4.x wrote it: tied copies included."""
+        from safetensors.torch import save_file
+        os.makedirs(directory, exist_ok=True)
+        state = {k: v.contiguous() for k, v in self.state_dict().items()}
+        state["led.encoder.embed_tokens.weight"] = state["led.shared.weight"].clone()
+        state["led.decoder.embed_tokens.weight"] = state["led.shared.weight"].clone()
+        save_file(state, os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})
+        cfg = self.config.to_dict()
+        cfg["architectures"] = ["LEDForSequenceClassification"]
+        cfg["torch_dtype"] = "float32"
+        with open(os.path.join(directory, "config.json"), "w") as f:
+            json.dump(cfg, f)
+
+
+HEAD_CLASSES = {
+    "base": lambda c: transformers.LEDModel(c),
+    "conditional_generation": lambda c: transformers.LEDForConditionalGeneration(c),
+    "question_answering": lambda c: transformers.LEDForQuestionAnswering(c),
+    "sequence_classification": lambda c: SequenceClassificationReference(c),
+}
+
+
+def make_reference(head: str, directory, seed: int = 0, **overrides):
+    """A random transformers model of `head`, saved to `directory`; returns the torch model."""
+    torch.manual_seed(seed)
+    model = randomize(HEAD_CLASSES[head](hf_config(**overrides)), seed)
+    if head == "sequence_classification":
+        model.save_4x(directory)
+    else:
+        model.save_pretrained(directory)
+    return model
+
+
+def rel_err(ours, ref) -> float:
+    """max |ours - ref| / max |ref|: a norm-relative error, meaningful where elements are near zero."""
+    ours = np.asarray(ours, dtype=np.float64)
+    ref = ref.detach().double().numpy() if hasattr(ref, "detach") else np.asarray(ref, dtype=np.float64)
+    assert ours.shape == ref.shape, (ours.shape, ref.shape)
+    scale = max(np.abs(ref).max(), 1e-30)
+    return float(np.abs(ours - ref).max() / scale)
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory):
+    """One saved tiny checkpoint per head: {head: (directory, torch model)}."""
+    out = {}
+    for i, head in enumerate(HEAD_CLASSES):
+        d = tmp_path_factory.mktemp(head)
+        extra = {"num_labels": 3} if head == "sequence_classification" else {}
+        out[head] = (str(d), make_reference(head, d, seed=i, **extra))
+    return out
