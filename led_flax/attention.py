@@ -187,3 +187,46 @@ def global_rows_attention(qg, kg, vg, *, key_mask, slot_mask, dropout_rate: floa
     probs_d = _dropout(probs, dropout_rate, dropout_rng)
     out = jnp.einsum("bhgn,bnhd->bghd", probs_d.astype(vg.dtype), vg)  # [b, g, h, d]
     return out, probs
+
+
+def gather_rows(x, idx):
+    """x: [b, n, ...], idx: [b, g] (n marks an empty slot) -> [b, g, ...], empty slots read row n-1."""
+    safe = jnp.minimum(idx, x.shape[1] - 1).reshape(idx.shape + (1,) * (x.ndim - 2))
+    return jnp.take_along_axis(x, safe, axis=1)
+
+
+def longformer_self_attention(q, k, v, q_global, k_global, v_global, *, one_sided: int, real, is_global,
+                              global_idx, global_valid, dropout_rate: float = 0.0, dropout_rng=None,
+                              return_probs: bool = False):
+    """The whole encoder self-attention of one layer, from projected inputs.
+
+    q, k, v: [b, n, h, d] (q scaled); q_global: [b, g, h, d] `query_global` of the global tokens
+    (scaled, in slot order); k_global, v_global: [b, n, h, d]; real, is_global: [b, n] bool;
+    global_idx, global_valid: [b, g] from `global_token_indices`.
+    Returns out [b, n, h, d] and, with return_probs, HF's `attentions` [b, h, n, g + 2w + 1] and
+    `global_attentions` [b, h, n, g] (None without global slots).
+    """
+    b, n = q.shape[:2]
+    g = global_idx.shape[1]
+    local_rng = global_rng = None
+    if dropout_rng is not None:
+        local_rng, global_rng = jax.random.split(dropout_rng)
+    out, band_probs, gcol_probs = sliding_window_attention(
+        q, k, v, one_sided=one_sided, key_mask=real & ~is_global, query_mask=real,
+        global_k=gather_rows(k, global_idx) if g else None, global_v=gather_rows(v, global_idx) if g else None,
+        global_mask=global_valid, dropout_rate=dropout_rate, dropout_rng=local_rng, return_probs=return_probs)
+    global_probs = None
+    if g:
+        gout, global_probs = global_rows_attention(q_global, k_global, v_global, key_mask=real,
+                                                   slot_mask=global_valid, dropout_rate=dropout_rate,
+                                                   dropout_rng=global_rng)
+        rows = jnp.where(global_valid, global_idx, n)  # empty slots are dropped
+        out = out.at[jnp.arange(b)[:, None], rows].set(gout.astype(out.dtype), mode="drop")
+    if not return_probs:
+        return out, None, None
+    probs = jnp.concatenate([gcol_probs, band_probs], axis=-1)  # [b, n, h, g + 2w + 1]
+    probs = jnp.where(is_global[:, :, None, None], 0.0, probs)  # global rows are filler in HF's layout
+    probs = probs.transpose(0, 2, 1, 3)  # [b, h, n, g + 2w + 1]
+    if global_probs is not None:
+        global_probs = global_probs.transpose(0, 1, 3, 2)  # [b, h, g, n] -> [b, h, n, g]
+    return out, probs, global_probs

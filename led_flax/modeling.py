@@ -19,7 +19,7 @@ import numpy as np
 from flax import struct
 
 from . import losses
-from .attention import (count_global_slots, global_rows_attention, global_token_indices, sliding_window_attention,
+from .attention import (count_global_slots, gather_rows, global_token_indices, longformer_self_attention,
                         softmax_dtype)
 from .config import LEDConfig
 from .outputs import (LEDDecoderOutput, LEDEncoderBaseModelOutput, LEDSeq2SeqLMOutput, LEDSeq2SeqModelOutput,
@@ -124,7 +124,6 @@ class EncoderMasks:
 
     real: Any  # [b, n] bool: not padding
     is_global: Any  # [b, n] bool
-    band_keys: Any  # [b, n] bool: keys allowed in the local band (real and not global)
     global_idx: Any  # [b, g] int32: positions of the global tokens, n in empty slots
     global_valid: Any  # [b, g] bool
 
@@ -148,45 +147,22 @@ class LongformerSelfAttention(nn.Module):
         k = split(dense("key")(hidden))
         v = split(dense("value")(hidden))
         g = masks.global_idx.shape[1]
-        rate = cfg.attention_dropout
-        rng = None if deterministic or rate == 0.0 else self.make_rng("dropout")
-        local_rng, global_rng = jax.random.split(rng) if rng is not None else (None, None)
-
-        gk = gv = None
         if g:
-            safe_idx = jnp.minimum(masks.global_idx, n - 1)[:, :, None, None]  # [b, g, 1, 1]
-            gk = jnp.take_along_axis(k, safe_idx, axis=1)  # [b, g, h, d]
-            gv = jnp.take_along_axis(v, safe_idx, axis=1)  # [b, g, h, d]
-        out, band_probs, gcol_probs = sliding_window_attention(
-            q, k, v, one_sided=cfg.attention_window[self.layer_id] // 2, key_mask=masks.band_keys,
-            query_mask=masks.real, global_k=gk, global_v=gv, global_mask=masks.global_valid,
-            dropout_rate=rate, dropout_rng=local_rng, return_probs=output_attentions)
-
-        global_probs = None
-        if g:
-            safe_idx = jnp.minimum(masks.global_idx, n - 1)[:, :, None]  # [b, g, 1]
-            hidden_g = jnp.take_along_axis(hidden, safe_idx, axis=1)  # [b, g, D]
-            qg = split(dense("query_global")(hidden_g) / scale)  # [b, g, h, d]
+            qg = split(dense("query_global")(gather_rows(hidden, masks.global_idx)) / scale)  # [b, g, h, d]
             kg = split(dense("key_global")(hidden))  # [b, n, h, d]
             vg = split(dense("value_global")(hidden))  # [b, n, h, d]
-            gout, global_probs = global_rows_attention(
-                qg, kg, vg, key_mask=masks.real, slot_mask=masks.global_valid,
-                dropout_rate=rate, dropout_rng=global_rng)
-            rows = jnp.where(masks.global_valid, masks.global_idx, n)  # empty slots are dropped
-            out = out.at[jnp.arange(b)[:, None], rows].set(gout.astype(out.dtype), mode="drop")
-        elif self.is_initializing():  # create the global projections even when the init batch has none
-            for name in ("query_global", "key_global", "value_global"):
-                dense(name)(hidden[:, :0])
-        out = out.reshape(b, n, D)
-
-        probs = None
-        if output_attentions:
-            probs = jnp.concatenate([gcol_probs, band_probs], axis=-1)  # [b, n, h, g + 2w + 1]
-            probs = jnp.where(masks.is_global[:, :, None, None], 0.0, probs)  # global rows are filler in HF
-            probs = probs.transpose(0, 2, 1, 3)  # [b, h, n, g + 2w + 1]
-            if global_probs is not None:
-                global_probs = global_probs.transpose(0, 1, 3, 2)  # [b, h, g, n] -> [b, h, n, g]
-        return out, probs, global_probs
+        else:
+            qg = kg = vg = None
+            if self.is_initializing():  # create the global projections even when the init batch has none
+                for name in ("query_global", "key_global", "value_global"):
+                    dense(name)(hidden[:, :0])
+        rate = cfg.attention_dropout
+        rng = None if deterministic or rate == 0.0 else self.make_rng("dropout")
+        out, probs, global_probs = longformer_self_attention(
+            q, k, v, qg, kg, vg, one_sided=cfg.attention_window[self.layer_id] // 2, real=masks.real,
+            is_global=masks.is_global, global_idx=masks.global_idx, global_valid=masks.global_valid,
+            dropout_rate=rate, dropout_rng=rng, return_probs=output_attentions)
+        return out.reshape(b, n, D), probs, global_probs
 
 
 class LEDEncoderAttention(nn.Module):
@@ -278,8 +254,7 @@ class LEDEncoder(nn.Module):
         hidden = _dropout(self, hidden, cfg.dropout, deterministic)
 
         idx, valid = global_token_indices(is_global, slots)
-        masks = EncoderMasks(real=real, is_global=is_global, band_keys=real & ~is_global,
-                             global_idx=idx, global_valid=valid)
+        masks = EncoderMasks(real=real, is_global=is_global, global_idx=idx, global_valid=valid)
         all_hidden, all_attn, all_global = [], [], []
         for layer in self.layers:
             if output_hidden_states:
