@@ -18,6 +18,8 @@ g global slots (K).
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -71,28 +73,56 @@ def global_token_indices(is_global, num_slots: int):
     return idx, idx < n
 
 
-def _three_blocks(x, w: int, fill):
-    """x: [b, m, ...] with m = c*w -> [b, c, 3w, ...]: each block with its left and right neighbour."""
-    b, m = x.shape[:2]
-    c = m // w
-    pad = [(0, 0), (w, w)] + [(0, 0)] * (x.ndim - 2)
-    xp = jnp.pad(x, pad, constant_values=fill)  # [b, m + 2w, ...]
-    parts = [xp[:, i * w: i * w + m].reshape(b, c, w, *x.shape[2:]) for i in range(3)]
-    return jnp.concatenate(parts, axis=2)  # [b, c, 3w, ...]
-
-
-def _band(w: int) -> np.ndarray:
-    """[w, 3w] bool: key k of the 3-block window is within w positions of query q of the middle block."""
+def _band_masks(w: int):
+    """[w, w] bool masks for the previous and next block: key k is within w positions of query q."""
     q = np.arange(w)[:, None]
-    k = np.arange(3 * w)[None, :]
-    return np.abs(k - w - q) <= w
+    k = np.arange(w)[None, :]
+    return k >= q, k <= q  # previous block: key at k - w, offset k - w - q >= -w; next: k + w - q <= w
 
 
-def _dropout(probs, rate: float, rng):
+def _dropout(x, rate: float, rng):
     if rng is None or rate == 0.0:
-        return probs
-    keep = jax.random.bernoulli(rng, 1.0 - rate, probs.shape)
-    return jnp.where(keep, probs / (1.0 - rate), 0.0)
+        return x
+    keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0.0)
+
+
+# Scores of this many bytes or fewer are computed in one step; longer inputs loop over groups of
+# blocks (lax.map), so the attention's working memory does not grow with the length.
+SCORE_BYTES_PER_STEP = 64 * 2**20
+
+
+def _blocks_attention(qb, ks, vs, kms, qmask, global_k, global_v, global_mask, bands, dropout_rate, rng):
+    """One group of c blocks. qb: [b, h, c, q, d]; ks, vs: the previous, own and next key/value blocks,
+    each [b, h, c, k, d]; kms: their key masks, each [b, 1, c, k]; qmask: [b, 1, c, q].
+    Returns out [b, h, c, q, d] and, for the probabilities, the exp terms and the row scale."""
+    sdt = softmax_dtype(qb.dtype)
+    neg = _neg(sdt)
+    scores = []
+    for kb, km, band in zip(ks, kms, bands):
+        s = jnp.einsum("bhcqd,bhckd->bhcqk", qb, kb).astype(sdt)  # [b, h, c, q, k]
+        allowed = km[:, :, :, None, :]  # [b, 1, c, 1, k]
+        if band is not None:
+            allowed = allowed & band
+        scores.append(jnp.where(allowed, s, neg))
+    row_max = jnp.maximum(jnp.maximum(scores[0].max(-1), scores[1].max(-1)), scores[2].max(-1))  # [b, h, c, q]
+    if global_k is not None:
+        gs = jnp.einsum("bhcqd,bghd->bhcqg", qb, global_k).astype(sdt)  # [b, h, c, q, g]
+        gs = jnp.where(global_mask[:, None, None, None, :], gs, neg)
+        row_max = jnp.maximum(row_max, gs.max(-1))
+        scores.append(gs)
+    exps = [jnp.exp(s - row_max[..., None]) for s in scores]
+    denom = sum(e.sum(-1) for e in exps)  # [b, h, c, q]
+    scale = jnp.where(qmask, 1.0 / denom, 0.0)  # padding rows -> 0
+
+    dropped = exps
+    if rng is not None and dropout_rate > 0.0:  # dropping exp terms before normalising drops the same probabilities
+        dropped = [_dropout(e, dropout_rate, r) for e, r in zip(exps, jax.random.split(rng, len(exps)))]
+    dropped = [e.astype(qb.dtype) for e in dropped]
+    out = sum(jnp.einsum("bhcqk,bhckd->bhcqd", e, vb) for e, vb in zip(dropped[:3], vs))  # [b, h, c, q, d]
+    if global_k is not None:
+        out = out + jnp.einsum("bhcqg,bghd->bhcqd", dropped[3], global_v)
+    return out * scale[..., None].astype(out.dtype), exps, scale
 
 
 def sliding_window_attention(q, k, v, *, one_sided: int, key_mask, query_mask,
@@ -106,86 +136,106 @@ def sliding_window_attention(q, k, v, *, one_sided: int, key_mask, query_mask,
     global_k, global_v: [b, g, h, d] the ordinary keys/values of the global tokens; global_mask [b, g].
     Returns out [b, n, h, d]; with return_probs also band probabilities [b, n, h, 2w+1] (HF's layout:
     column j is key i - w + j) and global-key probabilities [b, n, h, g].
+
+    Each block of w queries scores its own block and its two neighbours as three [w, w] products
+    (no n×n array, and no 3w-wide copy of the scores); the softmax normalisation is applied to the
+    [w, d] output rather than to the [w, 3w] probabilities.
     """
     b, n, h, d = q.shape
     w = one_sided
-    m = -(-n // w) * w  # n rounded up to whole blocks
-    c = m // w
+    c = -(-n // w)  # blocks
+    if global_k is not None and global_k.shape[1] == 0:
+        global_k = global_v = global_mask = None
+    per_block = b * h * w * 3 * w * jnp.dtype(softmax_dtype(q.dtype)).itemsize
+    step = c if return_probs else max(1, min(c, SCORE_BYTES_PER_STEP // per_block))  # blocks per step
+    c_pad = -(-c // step) * step
+    m = c_pad * w
     if m != n:
         pad = [(0, 0), (0, m - n), (0, 0), (0, 0)]
         q, k, v = (jnp.pad(x, pad) for x in (q, k, v))
         key_mask = jnp.pad(key_mask, [(0, 0), (0, m - n)])
         query_mask = jnp.pad(query_mask, [(0, 0), (0, m - n)])
-    sdt = softmax_dtype(q.dtype)
-    neg = _neg(sdt)
 
-    qb = q.reshape(b, c, w, h, d)  # [b, c, q, h, d]
-    k3 = _three_blocks(k, w, 0)  # [b, c, 3w, h, d]
-    v3 = _three_blocks(v, w, 0)  # [b, c, 3w, h, d]
-    km3 = _three_blocks(key_mask, w, False)  # [b, c, 3w]
-    # scores: [b, c, h, q, k]
-    scores = jnp.einsum("bcqhd,bckhd->bchqk", qb, k3).astype(sdt)
-    allowed = jnp.asarray(_band(w))[None, None, None] & km3[:, :, None, None, :]
-    scores = jnp.where(allowed, scores, neg)
-    row_max = scores.max(-1)  # [b, c, h, q]
+    def blocks(x):  # [b, m, h, d] -> [b, h, c, w, d]
+        return x.transpose(0, 2, 1, 3).reshape(b, h, c_pad, w, d)
 
-    has_global = global_k is not None and global_k.shape[1] > 0
-    if has_global:
-        # gscores: [b, c, h, q, g]
-        gscores = jnp.einsum("bcqhd,bghd->bchqg", qb, global_k).astype(sdt)
-        gscores = jnp.where(global_mask[:, None, None, None, :], gscores, neg)
-        row_max = jnp.maximum(row_max, gscores.max(-1))
+    def neighbours(x):  # [b, h, c, ...] -> previous, own and next block of each block (zeros past the ends)
+        xp = jnp.pad(x, [(0, 0), (0, 0), (1, 1)] + [(0, 0)] * (x.ndim - 3))
+        return tuple(xp[:, :, i:i + c_pad] for i in range(3))
 
-    e = jnp.exp(scores - row_max[..., None])  # [b, c, h, q, k]
-    denom = e.sum(-1)
-    if has_global:
-        eg = jnp.exp(gscores - row_max[..., None])  # [b, c, h, q, g]
-        denom = denom + eg.sum(-1)
-    rows = query_mask.reshape(b, c, 1, w)  # [b, c, 1, q]
-    scale = jnp.where(rows, 1.0 / denom, 0.0)[..., None]  # padding rows -> 0
-    probs = e * scale
-    gprobs = eg * scale if has_global else None
+    qb = blocks(q)  # [b, h, c, q, d]
+    ks, vs = neighbours(blocks(k)), neighbours(blocks(v))  # each [b, h, c, k, d]
+    kms = neighbours(key_mask.reshape(b, 1, c_pad, w))  # each [b, 1, c, k]
+    qmask = query_mask.reshape(b, 1, c_pad, w)  # [b, 1, c, q]
+    prev_band, next_band = _band_masks(w)
+    bands = (prev_band, None, next_band)
+    rate = dropout_rate if dropout_rng is not None else 0.0
 
-    if dropout_rng is not None and dropout_rate > 0.0:
-        band_rng, global_rng = jax.random.split(dropout_rng)
-        probs_d = _dropout(probs, dropout_rate, band_rng)
-        gprobs_d = _dropout(gprobs, dropout_rate, global_rng) if has_global else None
-    else:
-        probs_d, gprobs_d = probs, gprobs
+    if step == c_pad:
+        out, exps, scale = _blocks_attention(qb, ks, vs, kms, qmask, global_k, global_v, global_mask, bands,
+                                             rate, dropout_rng)
+    else:  # loop over groups of `step` blocks: the c axis becomes [c / step, step], the loop axis first
+        def group(x):
+            return jnp.moveaxis(x.reshape(x.shape[:2] + (c_pad // step, step) + x.shape[3:]), 2, 0)
 
-    # out: [b, c, q, h, d]
-    out = jnp.einsum("bchqk,bckhd->bcqhd", probs_d.astype(v.dtype), v3)
-    if has_global:
-        out = out + jnp.einsum("bchqg,bghd->bcqhd", gprobs_d.astype(v.dtype), global_v)
-    out = out.reshape(b, m, h, d)[:, :n]
+        def body(xs):
+            i, qg_, ks_, vs_, kms_, qm_ = xs
+            r = None if rate == 0.0 else jax.random.fold_in(dropout_rng, i)
+            return _blocks_attention(qg_, ks_, vs_, kms_, qm_, global_k, global_v, global_mask, bands, rate, r)[0]
+
+        xs = (jnp.arange(c_pad // step), group(qb), tuple(map(group, ks)), tuple(map(group, vs)),
+              tuple(map(group, kms)), group(qmask))
+        out = jnp.moveaxis(jax.lax.map(body, xs), 0, 2)  # [b, h, c / step, step, q, d]
+    out = out.reshape(b, h, m, d).transpose(0, 2, 1, 3)[:, :n]  # [b, n, h, d]
 
     if not return_probs:
         return out, None, None
+    probs = jnp.concatenate(exps[:3], axis=-1) * scale[..., None]  # [b, h, c, q, 3w]
     # band columns in HF's layout: key q + j of the 3w window, j in [0, 2w]
     cols = np.arange(w)[:, None] + np.arange(2 * w + 1)[None, :]  # [q, 2w+1]
-    band = jnp.take_along_axis(probs, jnp.asarray(cols)[None, None, None], axis=-1)  # [b, c, h, q, 2w+1]
-    band = band.transpose(0, 1, 3, 2, 4).reshape(b, m, h, 2 * w + 1)[:, :n]  # [b, n, h, 2w+1]
-    if has_global:
-        gcols = gprobs.transpose(0, 1, 3, 2, 4).reshape(b, m, h, -1)[:, :n]  # [b, n, h, g]
+    band = jnp.take_along_axis(probs, jnp.asarray(cols)[None, None, None], axis=-1)  # [b, h, c, q, 2w+1]
+    band = band.reshape(b, h, m, 2 * w + 1).transpose(0, 2, 1, 3)[:, :n]  # [b, n, h, 2w+1]
+    if global_k is not None:
+        gcols = (exps[3] * scale[..., None]).reshape(b, h, m, -1).transpose(0, 2, 1, 3)[:, :n]  # [b, n, h, g]
     else:
         gcols = jnp.zeros((b, n, h, 0), probs.dtype)
     return out, band, gcols
+
+
+class FactoredProjection(NamedTuple):
+    """`key_global`/`value_global` of every token, left unprojected: hidden [b, n, D], kernel [D, h, d],
+    bias [h, d]. With few global slots (g < d) it is cheaper to fold the projection into the global
+    queries than to project all n tokens: O(n·D·h·g) instead of O(n·D²)."""
+
+    hidden: Any
+    kernel: Any
+    bias: Any
 
 
 def global_rows_attention(qg, kg, vg, *, key_mask, slot_mask, dropout_rate: float = 0.0, dropout_rng=None):
     """Full attention of the global tokens' rows over every token.
 
     qg: [b, g, h, d] `query_global` of the global tokens (scaled); kg, vg: [b, n, h, d] `key_global`
-    and `value_global` of every token; key_mask: [b, n] False for padding; slot_mask: [b, g].
-    Returns out [b, g, h, d] and probs [b, h, g, n]. Empty slots attend uniformly, as in HF.
+    and `value_global` of every token, or each a FactoredProjection; key_mask: [b, n] False for
+    padding; slot_mask: [b, g]. Returns out [b, g, h, d] and probs [b, h, g, n]. Empty slots attend
+    uniformly, as in HF.
     """
     sdt = softmax_dtype(qg.dtype)
-    scores = jnp.einsum("bghd,bnhd->bhgn", qg, kg).astype(sdt)  # [b, h, g, n]
+    if isinstance(kg, FactoredProjection):
+        q_in = jnp.einsum("bghd,Dhd->bghD", qg, kg.kernel)  # [b, g, h, D]: the query moved to input space
+        scores = jnp.einsum("bnD,bghD->bhgn", kg.hidden, q_in) + jnp.einsum("bghd,hd->bhg", qg, kg.bias)[..., None]
+    else:
+        scores = jnp.einsum("bghd,bnhd->bhgn", qg, kg)  # [b, h, g, n]
     allowed = slot_mask[:, None, :, None] & key_mask[:, None, None, :]
-    scores = jnp.where(allowed, scores, _neg(sdt))
+    scores = jnp.where(allowed, scores.astype(sdt), _neg(sdt))
     probs = jax.nn.softmax(scores, axis=-1)
-    probs_d = _dropout(probs, dropout_rate, dropout_rng)
-    out = jnp.einsum("bhgn,bnhd->bghd", probs_d.astype(vg.dtype), vg)  # [b, g, h, d]
+    probs_d = _dropout(probs, dropout_rate, dropout_rng).astype(qg.dtype)
+    if isinstance(vg, FactoredProjection):
+        mixed = jnp.einsum("bhgn,bnD->bhgD", probs_d, vg.hidden)  # [b, h, g, D]
+        out = jnp.einsum("bhgD,Dhd->bghd", mixed, vg.kernel)  # [b, g, h, d]
+        out = out + jnp.einsum("bhg,hd->bghd", probs_d.sum(-1), vg.bias)  # the bias, weighted by sum(p)
+    else:
+        out = jnp.einsum("bhgn,bnhd->bghd", probs_d, vg)  # [b, g, h, d]
     return out, probs
 
 
@@ -201,7 +251,8 @@ def longformer_self_attention(q, k, v, q_global, k_global, v_global, *, one_side
     """The whole encoder self-attention of one layer, from projected inputs.
 
     q, k, v: [b, n, h, d] (q scaled); q_global: [b, g, h, d] `query_global` of the global tokens
-    (scaled, in slot order); k_global, v_global: [b, n, h, d]; real, is_global: [b, n] bool;
+    (scaled, in slot order); k_global, v_global: [b, n, h, d] or FactoredProjection; real, is_global:
+    [b, n] bool;
     global_idx, global_valid: [b, g] from `global_token_indices`.
     Returns out [b, n, h, d] and, with return_probs, HF's `attentions` [b, h, n, g + 2w + 1] and
     `global_attentions` [b, h, n, g] (None without global slots).

@@ -19,8 +19,8 @@ import numpy as np
 from flax import struct
 
 from . import losses
-from .attention import (count_global_slots, gather_rows, global_token_indices, longformer_self_attention,
-                        softmax_dtype)
+from .attention import (FactoredProjection, count_global_slots, gather_rows, global_token_indices,
+                        longformer_self_attention, softmax_dtype)
 from .config import LEDConfig
 from .outputs import (LEDDecoderOutput, LEDEncoderBaseModelOutput, LEDSeq2SeqLMOutput, LEDSeq2SeqModelOutput,
                       LEDSeq2SeqQuestionAnsweringModelOutput, LEDSeq2SeqSequenceClassifierOutput)
@@ -128,6 +128,24 @@ class EncoderMasks:
     global_valid: Any  # [b, g] bool
 
 
+class _DenseParams(nn.Module):
+    """The parameters of an nn.Dense (same names, shapes and init), returned unapplied, split by head."""
+
+    features: int
+    init_std: float
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, heads: int, head_dim: int):
+        kernel = self.param("kernel", nn.initializers.normal(self.init_std), (self.features, self.features),
+                            self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
+        # kernel: [D, D] -> [D, h, d]; bias: [D] -> [h, d]
+        return (jnp.asarray(kernel, self.dtype).reshape(self.features, heads, head_dim),
+                jnp.asarray(bias, self.dtype).reshape(heads, head_dim))
+
+
 class LongformerSelfAttention(nn.Module):
     config: LEDConfig
     layer_id: int
@@ -149,8 +167,13 @@ class LongformerSelfAttention(nn.Module):
         g = masks.global_idx.shape[1]
         if g:
             qg = split(dense("query_global")(gather_rows(hidden, masks.global_idx)) / scale)  # [b, g, h, d]
-            kg = split(dense("key_global")(hidden))  # [b, n, h, d]
-            vg = split(dense("value_global")(hidden))  # [b, n, h, d]
+            if g < hd and not self.is_initializing():  # fold the projection into the few global queries
+                kg, vg = (FactoredProjection(hidden, *_DenseParams(D, cfg.init_std, self.dtype, self.param_dtype,
+                                                                   name=name)(h, hd))
+                          for name in ("key_global", "value_global"))
+            else:
+                kg = split(dense("key_global")(hidden))  # [b, n, h, d]
+                vg = split(dense("value_global")(hidden))  # [b, n, h, d]
         else:
             qg = kg = vg = None
             if self.is_initializing():  # create the global projections even when the init batch has none

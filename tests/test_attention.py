@@ -165,3 +165,54 @@ def test_global_token_indices_in_order_with_empty_slots():
     idx, valid = global_token_indices(glob, 4)
     np.testing.assert_array_equal(idx, [[1, 3, 4, 5], [5, 5, 5, 5]])
     np.testing.assert_array_equal(valid, [[1, 1, 1, 0], [0, 0, 0, 0]])
+
+
+def test_factored_global_projection_equals_projecting_every_token():
+    """With few global slots the key/value_global projection is folded into the global queries."""
+    from led_flax.attention import FactoredProjection, global_rows_attention
+    rng = np.random.default_rng(0)
+    b, n, D, h, g = 2, 9, 12, 3, 2
+    hidden = jnp.asarray(rng.normal(size=(b, n, D)), jnp.float32)
+    qg = jnp.asarray(rng.normal(size=(b, g, h, D // h)), jnp.float32)
+    (kk, kb), (vk, vb) = [(jnp.asarray(rng.normal(size=(D, h, D // h)), jnp.float32),
+                           jnp.asarray(rng.normal(size=(h, D // h)), jnp.float32)) for _ in range(2)]
+    key_mask = jnp.asarray(rng.random((b, n)) > 0.2)
+    slots = jnp.asarray([[True, True], [True, False]])
+    kg = jnp.einsum("bnD,Dhd->bnhd", hidden, kk) + kb
+    vg = jnp.einsum("bnD,Dhd->bnhd", hidden, vk) + vb
+    full = global_rows_attention(qg, kg, vg, key_mask=key_mask, slot_mask=slots)
+    folded = global_rows_attention(qg, FactoredProjection(hidden, kk, kb), FactoredProjection(hidden, vk, vb),
+                                   key_mask=key_mask, slot_mask=slots)
+    for a, r in zip(folded, full):
+        assert rel(a, r) <= TOL
+
+
+def test_long_inputs_loop_over_block_groups_with_the_same_result(monkeypatch):
+    """Past SCORE_BYTES_PER_STEP the blocks are processed a group at a time (lax.map); the result
+    is unchanged, also when the block count is not a multiple of the group."""
+    import led_flax.attention as attention
+    b, n, w = 2, 23, 2
+    q, k, v, qg, kg, vg = _inputs(5, b, n)
+    real, glob = _masks("many", b, n, np.random.default_rng(1))
+    whole = run_banded(q, k, v, qg, kg, vg, w, real, glob)
+    per_block = b * q.shape[2] * w * 3 * w * 4
+    monkeypatch.setattr(attention, "SCORE_BYTES_PER_STEP", 5 * per_block)  # 12 blocks in groups of 5
+    grouped = run_banded(q, k, v, qg, kg, vg, w, real, glob)
+    dense = dense_reference_attention(q, k, v, qg, kg, vg, one_sided=w, attention_mask=real, is_global=glob & real)
+    assert rel(grouped, dense) <= TOL and rel(grouped, whole) <= TOL
+
+
+def test_grouped_attention_memory_does_not_grow_with_the_scores():
+    """At the led-base shape (12 heads, window 1024) the scores of 16k tokens would take 1.2 GB; in
+    groups of blocks the compiled temporaries stay far below that."""
+    h, d, w, n = 12, 64, 512, 16384
+    spec = jax.ShapeDtypeStruct((1, n, h, d), jnp.float32)
+    mask = jax.ShapeDtypeStruct((1, n), jnp.bool_)
+
+    def f(q, k, v, real):
+        from led_flax.attention import sliding_window_attention
+        return sliding_window_attention(q, k, v, one_sided=w, key_mask=real, query_mask=real)[0]
+
+    temp = jax.jit(f).lower(spec, spec, spec, mask).compile().memory_analysis().temp_size_in_bytes
+    scores = n * h * 3 * w * 4
+    assert temp < scores / 2, f"temporary memory {temp / 2**20:.0f} MiB vs {scores / 2**20:.0f} MiB of scores"
