@@ -13,7 +13,6 @@ import json
 import os
 import tempfile
 import warnings
-from typing import Iterable
 
 import jax
 import numpy as np
@@ -126,7 +125,7 @@ def _resolve_tied(state: dict, prefix: str, config: LEDConfig) -> tuple[dict, li
     return state, present
 
 
-def _map_in(state: dict, expected: dict, src_prefix: str, dst_prefix: str):
+def _map_in(state: dict, expected: dict, src_prefix: str, dst_prefix: str, progress=None):
     """HF tensors -> our flat params for every expected path under `dst_prefix`; lists every key
     that is missing or has the wrong shape."""
     params, missing, wrong, used = {}, [], [], set()
@@ -144,6 +143,8 @@ def _map_in(state: dict, expected: dict, src_prefix: str, dst_prefix: str):
             wrong.append(f"{key}: checkpoint {tuple(state[key].shape)}, config.json implies {hf_shape}")
             continue
         params[path] = from_hf(state[key])
+        if progress is not None:
+            progress.update(1)
     return params, used, missing, wrong
 
 
@@ -163,13 +164,14 @@ def _dotted_prefix(prefix: str) -> str:
     return prefix.replace("/", ".")
 
 
-def from_hf(src: str | os.PathLike, head: str | None = None, *, rng=None, dtype=None, progress: Iterable | None = None):
+def from_hf(src: str | os.PathLike, head: str | None = None, *, rng=None, dtype=None, progress=None):
     """An HF LED directory -> (LEDConfig, params).
 
     head: load into this head ('base', 'conditional_generation', 'sequence_classification',
     'question_answering'); default the checkpoint's own. Loading into another head keeps the shared
     body, initialises the new head's weights from `rng` and warns naming them.
     dtype: cast floating params to this numpy dtype (default: keep the checkpoint's).
+    progress: an object with `update(n)` (a tqdm bar), advanced once per tensor.
     """
     src = os.fspath(src)
     config = LEDConfig.from_hf(src)
@@ -190,11 +192,11 @@ def from_hf(src: str | os.PathLike, head: str | None = None, *, rng=None, dtype=
     expected = {p: s.shape for p, s in flatten(shapes).items()}
 
     if source == target:
-        flat, used, missing, wrong = _map_in(state, expected, "", "")
+        flat, used, missing, wrong = _map_in(state, expected, "", "", progress)
         _check(missing, wrong, sorted(set(state) - used))
     else:
         dst_prefix = "" if target == "base" else "led/"
-        flat, used, missing, wrong = _map_in(state, expected, src_prefix, dst_prefix)
+        flat, used, missing, wrong = _map_in(state, expected, src_prefix, dst_prefix, progress)
         dropped = sorted(set(state) - used)
         # every tensor of the shared body must be used; only the old head's own tensors may go
         _check(missing, wrong, [k for k in dropped if k.startswith(src_prefix)])
@@ -205,8 +207,6 @@ def from_hf(src: str | os.PathLike, head: str | None = None, *, rng=None, dtype=
         warnings.warn(f"loaded the {source} checkpoint {src} into the {target} head: initialised "
                       f"{new or 'nothing'}; not used: {dropped or 'nothing'}", HeadInitialisedWarning,
                       stacklevel=2)
-    if progress is not None:
-        progress.update(len(flat))
     if dtype is not None:
         flat = {p: v.astype(dtype) if np.issubdtype(v.dtype, np.floating) or v.dtype.name == "bfloat16" else v
                 for p, v in flat.items()}

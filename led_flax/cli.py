@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 
 HUB_HINT = ("download it on a machine with internet (huggingface-cli download ID --local-dir DIR) "
@@ -36,6 +37,8 @@ def cmd_convert(args) -> int:
     from led_flax import checkpoint
 
     src = _resolve_source(args.src)
+    if os.path.exists(args.dst) and not args.overwrite:
+        raise FileExistsError(f"{args.dst} already exists; pass --overwrite to replace it")
     if not checkpoint.is_hf_checkpoint(src):
         raise SystemExit(f"led-flax: {src} is not an HF LED checkpoint (needs config.json and "
                          f"model.safetensors, a safetensors index, or pytorch_model.bin)")
@@ -58,12 +61,57 @@ def cmd_export(args) -> int:
 
     config, params, _ = checkpoint.load(args.src)
     convert.to_hf(config, params, args.dst)
-    import shutil
     for f in checkpoint.TOKENIZER_FILES + (checkpoint.GENERATION_CONFIG,):
         if os.path.isfile(os.path.join(args.src, f)):
             shutil.copy2(os.path.join(args.src, f), os.path.join(args.dst, f))
     print(f"wrote {args.dst} (loads with transformers' from_pretrained)")
     return 0
+
+
+def cmd_demo(args) -> int:
+    """Offline, on an embedded default: a small random LED written as an HF checkpoint, converted to
+    led-flax, checked bit for bit, then a jitted encoder pass over a long input."""
+    import tempfile
+    import time
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    import convert
+    from convert.table import flatten
+    from led_flax import LEDConfig, LEDForConditionalGeneration, checkpoint, init_params
+
+    work = args.workdir or tempfile.mkdtemp(prefix="led-flax-demo-")
+    config = LEDConfig(vocab_size=1024, d_model=128, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                       decoder_attention_heads=4, encoder_ffn_dim=256, decoder_ffn_dim=256, attention_window=256,
+                       max_encoder_position_embeddings=8192, max_decoder_position_embeddings=256)
+    params = init_params(LEDForConditionalGeneration(config), jax.random.PRNGKey(0))
+    hf_dir, ours_dir = os.path.join(work, "hf"), os.path.join(work, "led-flax")
+    convert.to_hf(config, params, hf_dir)
+    print(f"1. wrote a random LED as an HF checkpoint: {hf_dir}")
+    status = cmd_convert(argparse.Namespace(src=hf_dir, dst=ours_dir, head=None, dtype=None, overwrite=True,
+                                            quiet=args.quiet))
+    loaded_config, loaded, head = checkpoint.load(ours_dir)
+    a, b = flatten(jax.device_get(params)), flatten(loaded)
+    exact = sorted(a) == sorted(b) and all(np.array_equal(np.asarray(a[k]), np.asarray(b[k])) for k in a)
+    print(f"2. converted back and reloaded: {len(a)} tensors, bit-exact: {exact}")
+
+    n = 8192
+    ids = np.random.default_rng(0).integers(3, config.vocab_size, (1, n))
+    glob = np.zeros((1, n), np.int32)
+    glob[0, 0] = 1
+    model = LEDForConditionalGeneration(loaded_config)
+    encode = jax.jit(lambda p, i, g: model.apply({"params": p}, i, global_attention_mask=g, num_global_slots=1,
+                                                 method="encode").last_hidden_state)
+    t0 = time.perf_counter()
+    out = encode(loaded, jnp.asarray(ids), jnp.asarray(glob)).block_until_ready()
+    first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    encode(loaded, jnp.asarray(ids), jnp.asarray(glob)).block_until_ready()
+    print(f"3. encoded {n} tokens (window {config.attention_window[0]}, one global token): output "
+          f"{tuple(out.shape)}, {first:.1f} s with compilation, {time.perf_counter() - t0:.2f} s warm")
+    return 0 if status == 0 and exact and bool(jnp.isfinite(out).all()) else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,6 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace DST once the new checkpoint is complete")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("demo", help="offline demo: random LED -> HF checkpoint -> led-flax -> long-input encode")
+    p.add_argument("--workdir", help="where to write the checkpoints (default: a new temporary directory)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("export", help="a led-flax checkpoint -> an HF directory that transformers loads")
     p.add_argument("src")

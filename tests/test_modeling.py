@@ -1,0 +1,92 @@
+"""Model behaviour beyond parity: initialisation as the reference draws it, dropout through Flax rngs,
+gradient checkpointing (oracle: the same model without it)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import convert
+from convert.table import flatten
+from led_flax import LEDConfig, LEDForConditionalGeneration, init_params, model_for
+
+CFG = LEDConfig(vocab_size=120, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                decoder_attention_heads=4, encoder_ffn_dim=48, decoder_ffn_dim=48, attention_window=[4, 6],
+                max_encoder_position_embeddings=64, max_decoder_position_embeddings=32, init_std=0.05)
+
+
+def _inputs():
+    rng = np.random.default_rng(0)
+    ids = rng.integers(3, 120, (2, 19))
+    am = np.ones_like(ids)
+    am[1, 14:] = 0
+    glob = np.zeros_like(ids)
+    glob[:, 0] = 1
+    labels = rng.integers(3, 120, (2, 7))
+    return dict(input_ids=ids, attention_mask=am, global_attention_mask=glob, labels=labels)
+
+
+def test_init_follows_the_reference():
+    params = flatten(jax.device_get(init_params(LEDForConditionalGeneration(CFG), jax.random.PRNGKey(1))))
+    kernels = np.concatenate([v.ravel() for k, v in params.items() if k.endswith("kernel")])
+    assert abs(kernels.std() - CFG.init_std) < 0.002 and abs(kernels.mean()) < 0.002
+    for k, v in params.items():
+        if k.endswith("bias"):
+            assert np.all(v == 0), k  # Linear and LayerNorm biases, final_logits_bias
+        elif k.endswith("scale"):
+            assert np.all(v == 1), k
+    shared = params["led/shared/embedding"]
+    assert np.all(shared[CFG.pad_token_id] == 0) and abs(shared.std() - CFG.init_std) < 0.005
+    for path in params:  # every path has exactly one conversion rule
+        convert.rule_for(path)
+
+
+def test_dropout_and_layerdrop_follow_the_rng():
+    cfg = CFG.replace(dropout=0.3, attention_dropout=0.2, activation_dropout=0.1, encoder_layerdrop=0.3,
+                      decoder_layerdrop=0.3)
+    model = LEDForConditionalGeneration(cfg)
+    params = init_params(model, jax.random.PRNGKey(0))
+    inputs = _inputs()
+    run = lambda **kw: model.apply({"params": params}, **inputs, **kw).logits
+    det = run()
+    a = run(deterministic=False, rngs={"dropout": jax.random.PRNGKey(1)})
+    b = run(deterministic=False, rngs={"dropout": jax.random.PRNGKey(1)})
+    c = run(deterministic=False, rngs={"dropout": jax.random.PRNGKey(2)})
+    np.testing.assert_array_equal(a, b)
+    assert np.all(np.isfinite(a))
+    assert np.abs(a - det).max() > 1e-3 and np.abs(a - c).max() > 1e-3
+    np.testing.assert_array_equal(run(rngs={"dropout": jax.random.PRNGKey(3)}), det)  # deterministic ignores it
+    with pytest.raises(Exception, match="dropout"):
+        run(deterministic=False)  # no rng given: an error, not a silent no-op
+
+
+def test_gradient_checkpointing_changes_nothing_but_memory():
+    inputs = _inputs()
+    params = init_params(LEDForConditionalGeneration(CFG), jax.random.PRNGKey(0))
+
+    def loss_and_grads(remat):
+        model = model_for(CFG, "conditional_generation", gradient_checkpointing=remat)
+        fn = lambda p: model.apply({"params": p}, **inputs, num_global_slots=1).loss
+        return jax.jit(jax.value_and_grad(fn))(params)
+
+    (l0, g0), (l1, g1) = loss_and_grads(False), loss_and_grads(True)
+    np.testing.assert_allclose(l1, l0, rtol=1e-6)
+    for k, v in flatten(g0).items():
+        np.testing.assert_allclose(flatten(g1)[k], v, rtol=1e-5, atol=1e-7, err_msg=k)
+
+
+def test_bfloat16_params_and_compute():
+    model = LEDForConditionalGeneration(CFG, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16)
+    params = init_params(model)
+    assert {v.dtype for v in jax.tree_util.tree_leaves(params)} == {jnp.dtype(jnp.bfloat16)}
+    out = model.apply({"params": params}, **_inputs())
+    assert out.logits.dtype == jnp.float32 and np.isfinite(float(out.loss))
+
+
+def test_encoder_input_longer_than_positions_is_an_error():
+    model = LEDForConditionalGeneration(CFG)
+    params = init_params(model)
+    with pytest.raises(ValueError, match="truncate"):
+        model.apply({"params": params}, np.ones((1, 65), np.int32), decoder_input_ids=np.ones((1, 2), np.int32))
