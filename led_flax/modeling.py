@@ -362,7 +362,8 @@ class LEDDecoderLayer(nn.Module):
         key_value = self.self_attn.key_value(hidden)
         new_cache = None
         if layer_cache is not None:  # write this step's keys/values into the static cache
-            at = (0, cache_index, 0, 0)
+            zero = jnp.zeros_like(cache_index)
+            at = (zero, cache_index, zero, zero)
             key_value = (jax.lax.dynamic_update_slice(layer_cache["self_k"], key_value[0].astype(
                              layer_cache["self_k"].dtype), at),
                          jax.lax.dynamic_update_slice(layer_cache["self_v"], key_value[1].astype(
