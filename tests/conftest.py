@@ -117,3 +117,31 @@ def checkpoints(tmp_path_factory):
         extra = {"num_labels": 3} if head == "sequence_classification" else {}
         out[head] = (str(d), make_reference(head, d, seed=i, **extra))
     return out
+
+
+def aclsum_texts(limit: int | None = None) -> list[str]:
+    """Full-text bodies of ACLSum papers (real long documents, with unicode)."""
+    import glob
+    import aclsum
+    paths = sorted(glob.glob(os.path.join(os.path.dirname(aclsum.__file__), "dataset", "paper_jsons", "*.json")))
+    texts = []
+    for p in paths[:limit]:
+        with open(p, encoding="utf-8") as f:
+            paper = json.load(f)
+        texts.append("\n\n".join(par["text"] for par in paper["pdf_parse"]["body_text"]))
+    return texts
+
+
+def make_tokenizer(directory, vocab_size: int = 600, texts=None):
+    """A byte-level BPE trained on ACLSum text, saved through transformers' LEDTokenizer, as the
+    released checkpoints ship theirs. Returns the transformers tokenizer."""
+    from tokenizers import ByteLevelBPETokenizer
+    raw = os.path.join(str(directory), "raw")
+    os.makedirs(raw, exist_ok=True)
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(texts or aclsum_texts(20), vocab_size=vocab_size, min_frequency=2,
+                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    bpe.save_model(raw)
+    tok = transformers.LEDTokenizer(vocab=os.path.join(raw, "vocab.json"), merges=os.path.join(raw, "merges.txt"))
+    tok.save_pretrained(str(directory))
+    return transformers.LEDTokenizer.from_pretrained(str(directory))

@@ -1,0 +1,165 @@
+"""LED's tokenizer on the `tokenizers` library, with the ids and text of transformers' `LEDTokenizer`.
+
+transformers 5's `LEDTokenizer` is `RobertaTokenizer`: it rebuilds a byte-level BPE from the
+vocabulary and merges with RoBERTa's settings (no continuing-subword prefix, ByteLevel
+pre-tokenizer and decoder, `<s> X </s>` post-processing) rather than trusting `tokenizer.json`'s
+pipeline. We rebuild it the same way, from `vocab.json` + `merges.txt`, or from the vocabulary and
+merges inside `tokenizer.json` when only that file exists.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Sequence
+
+import numpy as np
+
+SPECIAL_DEFAULTS = {"bos_token": "<s>", "eos_token": "</s>", "sep_token": "</s>", "cls_token": "<s>",
+                    "unk_token": "<unk>", "pad_token": "<pad>", "mask_token": "<mask>"}
+
+
+class TokenizerError(ValueError):
+    """A tokenizer directory that cannot be read; the message names the missing or bad file."""
+
+
+def _token_text(value) -> str:
+    return value["content"] if isinstance(value, dict) else str(value)
+
+
+def _read_json(path):
+    if not os.path.isfile(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:
+            raise TokenizerError(f"{path} is not valid JSON ({e})") from e
+
+
+class LEDTokenizer:
+    """Batch encoding with truncation, right padding, `pad_to_multiple_of`, and a global attention
+    mask on the first token (or on given spans, for QA)."""
+
+    def __init__(self, vocab: dict[str, int], merges: list[tuple[str, str]], *, model_max_length: int = 16384,
+                 add_prefix_space: bool = False, trim_offsets: bool = True, strip: dict | None = None,
+                 **special_tokens):
+        from tokenizers import AddedToken, Tokenizer, decoders, pre_tokenizers, processors
+        from tokenizers.models import BPE
+
+        self.special = {**SPECIAL_DEFAULTS, **{k: _token_text(v) for k, v in special_tokens.items() if v is not None}}
+        self.model_max_length = model_max_length
+        tok = Tokenizer(BPE(vocab=vocab, merges=merges, dropout=None, continuing_subword_prefix="",
+                            end_of_word_suffix="", fuse_unk=False))
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=add_prefix_space)
+        tok.decoder = decoders.ByteLevel()
+        strip = strip or {}  # token text -> (lstrip, rstrip), as the checkpoint's files declare them
+        tok.add_special_tokens([
+            AddedToken(text, special=True, normalized=False, lstrip=strip.get(text, (False, False))[0],
+                       rstrip=strip.get(text, (False, False))[1])
+            for text in dict.fromkeys(self.special.values())])
+        ids = {name: tok.token_to_id(text) for name, text in self.special.items()}
+        missing = [self.special[n] for n in ("bos_token", "eos_token", "pad_token") if ids[n] is None]
+        if missing:
+            raise TokenizerError(f"special tokens {missing} are not in the vocabulary")
+        tok.post_processor = processors.RobertaProcessing((self.special["sep_token"], ids["sep_token"]),
+                                                          (self.special["cls_token"], ids["cls_token"]),
+                                                          trim_offsets=trim_offsets, add_prefix_space=add_prefix_space)
+        self._tok = tok
+        self.bos_token_id, self.eos_token_id, self.pad_token_id = ids["bos_token"], ids["eos_token"], ids["pad_token"]
+        self.vocab_size = tok.get_vocab_size(with_added_tokens=True)
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, model_max_length: int | None = None) -> "LEDTokenizer":
+        directory = os.fspath(directory)
+        vocab_path, merges_path = os.path.join(directory, "vocab.json"), os.path.join(directory, "merges.txt")
+        json_path = os.path.join(directory, "tokenizer.json")
+        if os.path.isfile(vocab_path) and os.path.isfile(merges_path):
+            vocab = _read_json(vocab_path)
+            with open(merges_path, encoding="utf-8") as f:
+                lines = [ln.rstrip("\n") for ln in f if ln.strip() and not ln.startswith("#version")]
+            merges = [tuple(ln.split(" ")) for ln in lines]
+        elif os.path.isfile(json_path):
+            model = _read_json(json_path).get("model", {})
+            if model.get("type") != "BPE":
+                raise TokenizerError(f"{json_path} holds a {model.get('type')} model; LED needs a byte-level BPE")
+            vocab = model["vocab"]
+            merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+        else:
+            raise TokenizerError(f"{directory} has no tokenizer: expected vocab.json and merges.txt, or "
+                                 f"tokenizer.json (copy them from the checkpoint you converted)")
+        config = _read_json(os.path.join(directory, "tokenizer_config.json"))
+        added = list(_read_json(json_path).get("added_tokens", [])) if os.path.isfile(json_path) else []
+        added += list(config.get("added_tokens_decoder", {}).values())
+        strip = {a["content"]: (bool(a.get("lstrip")), bool(a.get("rstrip"))) for a in added if "content" in a}
+        special = _read_json(os.path.join(directory, "special_tokens_map.json"))
+        special.update({k: v for k, v in config.items() if k in SPECIAL_DEFAULTS and v is not None})
+        max_len = model_max_length or config.get("model_max_length") or 16384
+        if max_len > 1e9:  # transformers' "no limit" sentinel
+            max_len = 16384
+        return cls(vocab, merges, model_max_length=int(max_len), add_prefix_space=config.get("add_prefix_space", False),
+                   trim_offsets=config.get("trim_offsets", True), strip=strip, **special)
+
+    # ------------------------------------------------------------------ encoding
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def __call__(self, texts: str | Sequence[str], *, max_length: int | None = None, truncation: bool = True,
+                 padding: bool = True, pad_to_multiple_of: int | None = None,
+                 global_attention: str | Sequence[Sequence[tuple[int, int]]] = "first") -> dict[str, np.ndarray]:
+        """Encodes a batch: input_ids, attention_mask, global_attention_mask, all [b, n] int32.
+
+        max_length: truncate to this many tokens, special tokens included (default: model_max_length).
+        global_attention: "first" (the first token, LED's default for summarization), "none", or per
+        text a list of (start, end) token spans to mark global (the question, for QA).
+        """
+        if isinstance(texts, str):
+            texts = [texts]
+        limit = max_length or self.model_max_length
+        if truncation and padding and pad_to_multiple_of and max_length and max_length % pad_to_multiple_of:
+            raise ValueError(f"max_length {max_length} is not a multiple of pad_to_multiple_of {pad_to_multiple_of}; "
+                             f"padding would exceed it: choose a max_length that is")
+        encodings = self._tok.encode_batch(list(texts))
+        rows = []
+        for enc in encodings:
+            ids = enc.ids
+            if truncation and len(ids) > limit:
+                ids = ids[:limit - 1] + [ids[-1]]  # keep the closing </s>
+            rows.append(ids)
+        width = max(map(len, rows)) if padding else None
+        if padding and pad_to_multiple_of:
+            width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
+        if not padding and len({len(r) for r in rows}) > 1:
+            raise ValueError("texts of different lengths need padding=True to form one array")
+        width = width or len(rows[0])
+        ids = np.full((len(rows), width), self.pad_token_id, np.int32)
+        mask = np.zeros((len(rows), width), np.int32)
+        for i, r in enumerate(rows):
+            ids[i, :len(r)] = r
+            mask[i, :len(r)] = 1
+        glob = np.zeros_like(mask)
+        if global_attention == "first":
+            glob[:, 0] = 1
+        elif global_attention != "none":
+            for i, spans in enumerate(global_attention):
+                for start, end in spans:
+                    glob[i, start:end] = 1
+            glob *= mask
+        return {"input_ids": ids, "attention_mask": mask, "global_attention_mask": glob}
+
+    def token_lengths(self, texts: Sequence[str]) -> list[int]:
+        """Untruncated token counts, special tokens included."""
+        return [len(e.ids) for e in self._tok.encode_batch(list(texts))]
+
+    # ------------------------------------------------------------------ decoding
+    def decode(self, ids, skip_special_tokens: bool = True) -> str:
+        return self._tok.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+
+    def batch_decode(self, sequences, skip_special_tokens: bool = True) -> list[str]:
+        return self._tok.decode_batch([[int(i) for i in s] for s in sequences], skip_special_tokens=skip_special_tokens)
+
+
+def global_attention_from_legacy(mask) -> np.ndarray:
+    """transformers 4.x padded global_attention_mask with -1: read -1 (and 0) as local attention."""
+    return (np.asarray(mask) > 0).astype(np.int32)
