@@ -114,6 +114,76 @@ def cmd_demo(args) -> int:
     return 0 if status == 0 and exact and bool(jnp.isfinite(out).all()) else 1
 
 
+def _read_documents(args) -> tuple[list[str], list[str]]:
+    """(names, texts) from files, a jsonl field, or stdin; unreadable files are skipped with a warning."""
+    import json
+    import warnings
+
+    from led_flax.summarize import InputWarning
+    if args.jsonl:
+        names, texts = [], []
+        with open(args.jsonl, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise SystemExit(f"led-flax summarize: {args.jsonl} line {n} is not JSON ({e})")
+                if args.field not in record:
+                    raise SystemExit(f"led-flax summarize: {args.jsonl} line {n} has no field {args.field!r}; "
+                                     f"name the text field with --field")
+                names.append(f"{args.jsonl}:{n}")
+                texts.append(str(record[args.field]))
+        return names, texts
+    if not args.files:
+        return ["<stdin>"], [sys.stdin.read()]
+    names, texts = [], []
+    for path in args.files:
+        try:
+            with open(path, encoding="utf-8") as f:
+                texts.append(f.read())
+        except UnicodeDecodeError as e:
+            warnings.warn(f"{path} is not UTF-8 ({e.reason} at byte {e.start}); skipped: convert it with "
+                          f"iconv -t UTF-8", InputWarning)
+            texts.append("")
+        except OSError as e:
+            raise SystemExit(f"led-flax summarize: cannot read {path}: {e.strerror}")
+        names.append(path)
+    return names, texts
+
+
+def cmd_summarize(args) -> int:
+    import json
+    import logging
+
+    from led_flax.summarize import SummaryReport, summarize, write_atomic
+
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    names, texts = _read_documents(args)
+    generation = {k: v for k, v in dict(num_beams=args.num_beams, max_length=args.max_length,
+                                         min_length=args.min_length, length_penalty=args.length_penalty,
+                                         no_repeat_ngram_size=args.no_repeat_ngram_size).items() if v is not None}
+    report = SummaryReport()
+    progress_file = args.out + ".progress.jsonl" if args.out else None
+    summaries = summarize(texts, args.model, batch_size=args.batch_size, truncate=not args.no_truncate,
+                          progress=not args.quiet, progress_file=progress_file, names=names, report=report,
+                          compilation_cache=None if args.no_cache else args.cache_dir, **generation)
+    if args.format == "jsonl":
+        lines = [json.dumps({"source": n, "summary": s}, ensure_ascii=False) for n, s in zip(names, summaries)]
+    else:
+        lines = [" ".join(s.split()) for s in summaries]
+    if args.out:
+        write_atomic(args.out, lines)
+        if progress_file and os.path.exists(progress_file):
+            os.remove(progress_file)
+    else:
+        sys.stdout.write("".join(line + "\n" for line in lines))
+    print(f"{report.documents} documents, buckets {report.buckets}, {report.programs} compiled programs, "
+          f"padding waste {100 * report.padding_waste:.1f}%, {report.seconds:.1f} s", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="led-flax", description="LED (Longformer-Encoder-Decoder) in JAX/Flax")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -127,6 +197,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace DST once the new checkpoint is complete")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_convert)
+
+    from led_flax.summarize import DEFAULT_CACHE
+    p = sub.add_parser("summarize", help="summarize documents with a led-flax or HF LED checkpoint")
+    p.add_argument("--model", required=True, help="led-flax checkpoint or HF LED directory")
+    p.add_argument("files", nargs="*", help="text files, one document each (default: stdin, one document)")
+    p.add_argument("--jsonl", help="a jsonl file of documents instead of files")
+    p.add_argument("--field", default="text", help="the text field of --jsonl records (default: text)")
+    p.add_argument("--out", help="write here (atomically; resumable) instead of stdout")
+    p.add_argument("--format", choices=["text", "jsonl"], default="text")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--num-beams", type=int)
+    p.add_argument("--max-length", type=int)
+    p.add_argument("--min-length", type=int)
+    p.add_argument("--length-penalty", type=float)
+    p.add_argument("--no-repeat-ngram-size", type=int)
+    p.add_argument("--no-truncate", action="store_true", help="an over-long document is an error, not cut")
+    p.add_argument("--cache-dir", default=DEFAULT_CACHE, help="JAX's persistent compilation cache")
+    p.add_argument("--no-cache", action="store_true", help="do not use the compilation cache")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--verbose", action="store_true", help="log compilations and buckets")
+    p.set_defaults(func=cmd_summarize)
 
     p = sub.add_parser("demo", help="offline demo: random LED -> HF checkpoint -> led-flax -> long-input encode")
     p.add_argument("--workdir", help="where to write the checkpoints (default: a new temporary directory)")

@@ -330,8 +330,10 @@ def _beam_search(step, cache, cfg: GenerationConfig, batch: int, rng):
 _COMPILED: dict = {}
 
 
-def _program(model, cfg: GenerationConfig, slots: int):
-    key = (id(model), model.config, model.dtype, cfg, slots)
+def _program(model, cfg: GenerationConfig, slots: int, shape: tuple):
+    """One jitted program per model, settings, global slots and input shape (so `_COMPILED` counts
+    the compilations)."""
+    key = (id(model), model.config, model.dtype, cfg, slots, shape)
     if key in _COMPILED:
         return _COMPILED[key]
 
@@ -364,12 +366,13 @@ def _program(model, cfg: GenerationConfig, slots: int):
 
 def generate(model, params, input_ids, attention_mask=None, global_attention_mask=None,
              generation_config: GenerationConfig | None = None, prng_key=None, num_global_slots=None,
-             **overrides) -> GenerateOutput:
+             sharding=None, **overrides) -> GenerateOutput:
     """Generates summaries (or any decoder output) for a batch, in one compiled program per
     (batch shape, settings).
 
     input_ids: [b, n]; attention_mask: [b, n] (default all ones); global_attention_mask: [b, n]
-    (default: the first token, as LED's summarization checkpoints expect). Returns the sequences
+    (default: the first token, as LED's summarization checkpoints expect). sharding: where to put
+    the batch (a NamedSharding over the batch axis spreads it over devices). Returns the sequences
     (decoder start token first, padded with pad_token_id, trimmed to the longest) and their scores.
     """
     config = model.config
@@ -387,8 +390,10 @@ def generate(model, params, input_ids, attention_mask=None, global_attention_mas
     if cfg.do_sample and prng_key is None:
         raise ValueError("sampling needs a PRNG key: pass prng_key=jax.random.PRNGKey(seed)")
     rng = prng_key if prng_key is not None else jax.random.PRNGKey(0)
-    fn = _program(model, cfg, slots)
-    seqs, scores, length = fn(params, jnp.asarray(input_ids, jnp.int32), jnp.asarray(attention_mask, jnp.int32),
-                              jnp.asarray(global_attention_mask, jnp.int32), rng)
+    fn = _program(model, cfg, slots, input_ids.shape)
+    arrays = [jnp.asarray(x, jnp.int32) for x in (input_ids, attention_mask, global_attention_mask)]
+    if sharding is not None:
+        arrays = [jax.device_put(x, sharding) for x in arrays]
+    seqs, scores, length = fn(params, *arrays, rng)
     length = int(length)
     return GenerateOutput(sequences=np.asarray(seqs)[:, :length], scores=np.asarray(scores))
