@@ -1,11 +1,15 @@
 """led-flax: the Longformer-Encoder-Decoder in JAX/Flax, equal to transformers' PyTorch LED."""
 
 from .config import ConfigError, LEDConfig
+from .generation import GenerateOutput, GenerationConfig, generate
 from .modeling import (LEDForConditionalGeneration, LEDForQuestionAnswering, LEDForSequenceClassification,
                        LEDModel, init_params, model_for, shift_tokens_right)
+from .summarization import summarize
+from .tokenizer import LEDTokenizer
 
 __all__ = [
     "ConfigError", "LEDConfig", "LEDModel", "LEDForConditionalGeneration", "LEDForSequenceClassification",
-    "LEDForQuestionAnswering", "init_params", "model_for", "shift_tokens_right",
+    "LEDForQuestionAnswering", "init_params", "model_for", "shift_tokens_right", "generate", "GenerationConfig",
+    "GenerateOutput", "LEDTokenizer", "summarize",
 ]
 __version__ = "0.1.0"

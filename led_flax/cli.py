@@ -119,7 +119,7 @@ def _read_documents(args) -> tuple[list[str], list[str]]:
     import json
     import warnings
 
-    from led_flax.summarize import InputWarning
+    from led_flax.summarization import InputWarning
     if args.jsonl:
         names, texts = [], []
         with open(args.jsonl, encoding="utf-8") as f:
@@ -157,7 +157,7 @@ def cmd_summarize(args) -> int:
     import json
     import logging
 
-    from led_flax.summarize import SummaryReport, summarize, write_atomic
+    from led_flax.summarization import SummaryReport, summarize, write_atomic
 
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     names, texts = _read_documents(args)
@@ -198,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_convert)
 
-    from led_flax.summarize import DEFAULT_CACHE
+    from led_flax.summarization import DEFAULT_CACHE
     p = sub.add_parser("summarize", help="summarize documents with a led-flax or HF LED checkpoint")
     p.add_argument("--model", required=True, help="led-flax checkpoint or HF LED directory")
     p.add_argument("files", nargs="*", help="text files, one document each (default: stdin, one document)")

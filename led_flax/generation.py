@@ -288,8 +288,11 @@ def _beam_search(step, cache, cfg: GenerationConfig, batch: int, rng):
         running_scores = gather(run_lp, nxt)
         beam_origin = gather(src_beam, nxt)  # which old beam each new running beam extends
         flat_origin = (beam_origin + jnp.arange(batch)[:, None] * nb).reshape(-1)
-        cache = jax.tree_util.tree_map(
-            lambda x: x if x.ndim == 0 else jnp.take(x, flat_origin, axis=0), cache)
+        # only the self-attention keys/values follow their beams: cross-attention ones are equal across
+        # the beams of one input
+        cache = dict(cache, layers=tuple(
+            dict(layer, self_k=jnp.take(layer["self_k"], flat_origin, axis=0),
+                 self_v=jnp.take(layer["self_v"], flat_origin, axis=0)) for layer in cache["layers"]))
 
         # candidates that finished among the top num_beams join the finished pool, length-penalised
         did_finish = hits & top_mask[None, :]
@@ -342,11 +345,8 @@ def _program(model, cfg: GenerationConfig, slots: int, shape: tuple):
         enc = model.apply(variables, input_ids, attention_mask, global_attention_mask, num_global_slots=slots,
                           method="encode").last_hidden_state
         batch = input_ids.shape[0]
-        width = cfg.num_beams if cfg.num_beams > 1 else 1
-        if width > 1:  # every beam reads the same encoder output
-            enc = jnp.repeat(enc, width, axis=0)
-            attention_mask = jnp.repeat(attention_mask, width, axis=0)
-        cache = model.apply(variables, enc, cfg.max_length, method="init_cache")
+        # the beams of an input share its encoder output and cross-attention keys and values
+        cache = model.apply(variables, enc, cfg.max_length, cfg.num_beams, method="init_cache")
 
         def step(token, cache):
             out = model.apply(variables, token, enc, attention_mask, cache=cache, method="decode")

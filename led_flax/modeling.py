@@ -311,28 +311,35 @@ class LEDDecoderAttention(nn.Module):
         self.q_proj, self.k_proj, self.v_proj, self.out_proj = (
             dense() for _ in range(4))
 
-    def _split(self, x):  # [b, t, D] -> [b, t, h, d]
+    def _heads(self, x):  # [b, t, D] -> [b, h, t, d]
         h = self.config.decoder_attention_heads
-        return x.reshape(x.shape[0], x.shape[1], h, x.shape[2] // h)
+        return x.reshape(x.shape[0], x.shape[1], h, x.shape[2] // h).transpose(0, 2, 1, 3)
 
     def key_value(self, states):
-        """states: [b, s, D] -> keys and values [b, s, h, d]."""
-        return self._split(self.k_proj(states)), self._split(self.v_proj(states))
+        """states: [b, s, D] -> keys and values [b, h, s, d], heads first: the layout of the decoder
+        cache, so that a decoding step reads it without a transpose."""
+        return self._heads(self.k_proj(states)), self._heads(self.v_proj(states))
 
     def __call__(self, hidden, mask, key_value, deterministic=True, output_attentions=False):
-        """hidden: [b, t, D]; mask: [b or 1, 1, t, s] bool or None; key_value: ([b, s, h, d], [b, s, h, d])."""
+        """hidden: [b, t, D]; mask: [b or 1, 1, t, s] bool or None; key_value: ([b, h, s, d], [b, h, s, d])."""
         cfg = self.config
         b, t, D = hidden.shape
         hd = D // cfg.decoder_attention_heads
-        q = self._split(self.q_proj(hidden) * hd ** -0.5)  # [b, t, h, d]
+        q = self._heads(self.q_proj(hidden) * hd ** -0.5)  # [b, h, t, d]
         k, v = key_value
+        h = q.shape[1]
+        g = b // k.shape[0]  # > 1 when beams share one cached encoder output: queries grouped per input
+        qg = q.reshape(k.shape[0], g, h, t, hd)  # [kb, g, h, t, d]
         sdt = softmax_dtype(q.dtype)
-        scores = jnp.einsum("bthd,bshd->bhts", q, k).astype(sdt)  # [b, h, t, s]
-        if mask is not None:
+        scores = jnp.einsum("bghtd,bhsd->bghts", qg, k).astype(sdt)  # [kb, g, h, t, s]
+        if mask is not None:  # [b or kb or 1, 1, t or 1, s]
+            mask = mask.reshape((-1, g if mask.shape[0] == b else 1) + mask.shape[1:])
             scores = jnp.where(mask, scores, float(jnp.finfo(sdt).min))
         probs = jax.nn.softmax(scores, axis=-1)
         dropped = _dropout(self, probs, cfg.attention_dropout, deterministic)
-        out = jnp.einsum("bhts,bshd->bthd", dropped.astype(self.dtype), v).reshape(b, t, D)  # [b, t, D]
+        out = jnp.einsum("bghts,bhsd->bghtd", dropped.astype(self.dtype), v)  # [kb, g, h, t, d]
+        out = out.reshape(b, h, t, hd).transpose(0, 2, 1, 3).reshape(b, t, D)  # [b, t, D]
+        probs = probs.reshape(b, h, t, -1)
         return self.out_proj(out), (probs if output_attentions else None)
 
 
@@ -363,7 +370,7 @@ class LEDDecoderLayer(nn.Module):
         new_cache = None
         if layer_cache is not None:  # write this step's keys/values into the static cache
             zero = jnp.zeros_like(cache_index)
-            at = (zero, cache_index, zero, zero)
+            at = (zero, zero, cache_index, zero)  # [b, h, s, d]: write at position cache_index
             key_value = (jax.lax.dynamic_update_slice(layer_cache["self_k"], key_value[0].astype(
                              layer_cache["self_k"].dtype), at),
                          jax.lax.dynamic_update_slice(layer_cache["self_v"], key_value[1].astype(
@@ -398,16 +405,17 @@ class LEDDecoder(nn.Module):
         self.layers = [layer(cfg, self.dtype, self.param_dtype) for _ in range(cfg.decoder_layers)]
         self.layernorm_embedding = _layer_norm(self.dtype, self.param_dtype)
 
-    def init_cache(self, encoder_hidden_states, max_length: int):
+    def init_cache(self, encoder_hidden_states, max_length: int, beams: int = 1):
         """A static-shape cache for `max_length` decoder positions; cross-attention keys and values
-        are computed here, once."""
+        are computed here, once. With `beams` > 1 the self-attention cache holds `beams` rows per
+        input (consecutive), which share the input's cross-attention keys and values."""
         cfg = self.config
         if max_length > cfg.max_decoder_position_embeddings:
             raise ValueError(f"max_length {max_length} exceeds max_decoder_position_embeddings "
                              f"({cfg.max_decoder_position_embeddings}); lower it")
         b = encoder_hidden_states.shape[0]
         h = cfg.decoder_attention_heads
-        zeros = jnp.zeros((b, max_length, h, cfg.d_model // h), self.dtype)
+        zeros = jnp.zeros((b * beams, h, max_length, cfg.d_model // h), self.dtype)  # [b, h, s, d]
         layers = []
         for layer in self.layers:
             k, v = layer.cross_key_value(encoder_hidden_states.astype(self.dtype))
@@ -438,7 +446,7 @@ class LEDDecoder(nn.Module):
                     self_mask = self_mask & (attention_mask > 0)[:, None, None, :]
         else:
             index = cache["index"]
-            s = cache["layers"][0]["self_k"].shape[1]
+            s = cache["layers"][0]["self_k"].shape[2]
             positions = index + jnp.arange(t)
             self_mask = (jnp.arange(s)[None, :] <= positions[:, None])[None, None]  # [1, 1, t, s]
             if attention_mask is not None:  # [b, s] over the cache positions
@@ -501,8 +509,8 @@ class LEDModel(nn.Module):
                             encoder_attention_mask, decoder_inputs_embeds, cache, deterministic,
                             output_attentions, output_hidden_states)
 
-    def init_cache(self, encoder_hidden_states, max_length: int):
-        return self.decoder.init_cache(encoder_hidden_states, max_length)
+    def init_cache(self, encoder_hidden_states, max_length: int, beams: int = 1):
+        return self.decoder.init_cache(encoder_hidden_states, max_length, beams)
 
     def attend(self, hidden):
         return self.shared.attend(hidden)
@@ -556,8 +564,8 @@ class _LEDHead(nn.Module):
     def encode(self, *args, **kwargs):
         return self.led.encode(*args, **kwargs)
 
-    def init_cache(self, encoder_hidden_states, max_length: int):
-        return self.led.init_cache(encoder_hidden_states, max_length)
+    def init_cache(self, encoder_hidden_states, max_length: int, beams: int = 1):
+        return self.led.init_cache(encoder_hidden_states, max_length, beams)
 
 
 class LEDForConditionalGeneration(_LEDHead):

@@ -11,8 +11,8 @@ import pytest
 import torch
 import transformers
 
-from led_flax import summarize as summ
-from led_flax.summarize import InputWarning, summarize
+from led_flax import summarization as summ
+from led_flax.summarization import InputWarning, summarize
 
 from conftest import aclsum_texts, hf_config, make_tokenizer, randomize
 

@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-log = logging.getLogger("led_flax.summarize")
+log = logging.getLogger("led_flax.summarization")
 
 DEFAULT_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "led-flax", "jax")
 
