@@ -327,19 +327,24 @@ class LEDDecoderAttention(nn.Module):
         hd = D // cfg.decoder_attention_heads
         q = self._heads(self.q_proj(hidden) * hd ** -0.5)  # [b, h, t, d]
         k, v = key_value
-        h = q.shape[1]
-        g = b // k.shape[0]  # > 1 when beams share one cached encoder output: queries grouped per input
-        qg = q.reshape(k.shape[0], g, h, t, hd)  # [kb, g, h, t, d]
+        h, kb = q.shape[1], k.shape[0]
+        g = b // kb  # > 1 when beams share one cached encoder output
+        # the g query rows of one input become one query axis: [kb, h, g*t, d], heads first
+        qg = q.reshape(kb, g, h, t, hd).transpose(0, 2, 1, 3, 4).reshape(kb, h, g * t, hd)
         sdt = softmax_dtype(q.dtype)
-        scores = jnp.einsum("bghtd,bhsd->bghts", qg, k).astype(sdt)  # [kb, g, h, t, s]
-        if mask is not None:  # [b or kb or 1, 1, t or 1, s]
-            mask = mask.reshape((-1, g if mask.shape[0] == b else 1) + mask.shape[1:])
+        scores = jnp.einsum("bhqd,bhsd->bhqs", qg, k).astype(sdt)  # [kb, h, g*t, s]
+        if mask is not None:  # [b or kb or 1, 1, t or 1, s] -> [kb or 1, 1, g*t, s]
+            mask = jnp.broadcast_to(mask, (mask.shape[0], 1, t, mask.shape[-1]))
+            if mask.shape[0] == b and g > 1:
+                mask = mask.reshape(kb, g, 1, t, -1).transpose(0, 2, 1, 3, 4).reshape(kb, 1, g * t, -1)
+            elif g > 1:
+                mask = jnp.tile(mask, (1, 1, g, 1))
             scores = jnp.where(mask, scores, float(jnp.finfo(sdt).min))
         probs = jax.nn.softmax(scores, axis=-1)
         dropped = _dropout(self, probs, cfg.attention_dropout, deterministic)
-        out = jnp.einsum("bghts,bhsd->bghtd", dropped.astype(self.dtype), v)  # [kb, g, h, t, d]
-        out = out.reshape(b, h, t, hd).transpose(0, 2, 1, 3).reshape(b, t, D)  # [b, t, D]
-        probs = probs.reshape(b, h, t, -1)
+        out = jnp.einsum("bhqs,bhsd->bhqd", dropped.astype(self.dtype), v)  # [kb, h, g*t, d]
+        out = out.reshape(kb, h, g, t, hd).transpose(0, 2, 3, 1, 4).reshape(b, t, D)  # [b, t, D]
+        probs = probs.reshape(kb, h, g, t, -1).transpose(0, 2, 1, 3, 4).reshape(b, h, t, -1)  # [b, h, t, s]
         return self.out_proj(out), (probs if output_attentions else None)
 
 
