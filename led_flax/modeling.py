@@ -74,10 +74,28 @@ def _dropout(module: nn.Module, x, rate: float, deterministic: bool):
     return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
 
 
-def _layer_dropped(module: nn.Module, rate: float, deterministic: bool):
+def _layerdrop(module: nn.Module, rate: float, deterministic: bool, before, after):
+    """LayerDrop: the layer's output, or (with probability `rate` in training) its input."""
     if deterministic or rate == 0.0:
-        return None
-    return jax.random.bernoulli(module.make_rng("dropout"), rate)
+        return after
+    return jnp.where(jax.random.bernoulli(module.make_rng("dropout"), rate), before, after)
+
+
+def _input_embeddings(stack: nn.Module, ids, embeds, names: tuple[str, str]):
+    """The token embeddings of a stack (encoder or decoder) from ids (checked on the host) or given
+    embeddings, in the stack's dtype."""
+    if (ids is None) == (embeds is None):
+        raise ValueError(f"pass exactly one of {names[0]} and {names[1]}")
+    if embeds is None:
+        check_token_ids(ids, stack.config.vocab_size, names[0])
+        embeds = stack.embed_tokens(ids)
+    return embeds.astype(stack.dtype)
+
+
+def _embed_positions(stack: nn.Module, embeds, positions, deterministic: bool):
+    """Embeddings plus learned positions, layernorm_embedding, dropout: the start of both stacks."""
+    hidden = stack.layernorm_embedding(embeds + stack.embed_positions(positions)[None])
+    return _dropout(stack, hidden, stack.config.dropout, deterministic)
 
 
 class Embed(nn.Module):
@@ -244,12 +262,7 @@ class LEDEncoder(nn.Module):
                  num_global_slots: int | None = None, deterministic: bool = True,
                  output_attentions: bool = False, output_hidden_states: bool = False):
         cfg = self.config
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("pass exactly one of input_ids and inputs_embeds")
-        if inputs_embeds is None:
-            check_token_ids(input_ids, cfg.vocab_size, "input_ids")
-            inputs_embeds = self.embed_tokens(input_ids)
-        inputs_embeds = inputs_embeds.astype(self.dtype)
+        inputs_embeds = _input_embeddings(self, input_ids, inputs_embeds, ("input_ids", "inputs_embeds"))
         b, n = inputs_embeds.shape[:2]
         if n > cfg.max_encoder_position_embeddings:
             raise ValueError(f"the input has {n} tokens but the encoder has "
@@ -273,8 +286,7 @@ class LEDEncoder(nn.Module):
         m = n + pad
         # padding positions past the table reuse its last row: they never reach a real token
         positions = jnp.minimum(jnp.arange(m), cfg.max_encoder_position_embeddings - 1)
-        hidden = self.layernorm_embedding(inputs_embeds + self.embed_positions(positions)[None])
-        hidden = _dropout(self, hidden, cfg.dropout, deterministic)
+        hidden = _embed_positions(self, inputs_embeds, positions, deterministic)
 
         idx, valid = global_token_indices(is_global, slots)
         masks = EncoderMasks(real=real, is_global=is_global, global_idx=idx, global_valid=valid)
@@ -283,8 +295,7 @@ class LEDEncoder(nn.Module):
             if output_hidden_states:
                 all_hidden.append(hidden)
             new_hidden, probs, global_probs = layer(hidden, masks, deterministic, output_attentions)
-            drop = _layer_dropped(self, cfg.encoder_layerdrop, deterministic)
-            hidden = new_hidden if drop is None else jnp.where(drop, hidden, new_hidden)
+            hidden = _layerdrop(self, cfg.encoder_layerdrop, deterministic, hidden, new_hidden)
             if output_attentions:
                 all_attn.append(probs[:, :, :n])
                 if slots:
@@ -431,12 +442,8 @@ class LEDDecoder(nn.Module):
                  encoder_attention_mask=None, inputs_embeds=None, cache=None, deterministic=True,
                  output_attentions=False, output_hidden_states=False):
         cfg = self.config
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("pass exactly one of decoder_input_ids and decoder_inputs_embeds")
-        if inputs_embeds is None:
-            check_token_ids(input_ids, cfg.vocab_size, "decoder_input_ids")
-            inputs_embeds = self.embed_tokens(input_ids)
-        inputs_embeds = inputs_embeds.astype(self.dtype)
+        inputs_embeds = _input_embeddings(self, input_ids, inputs_embeds,
+                                          ("decoder_input_ids", "decoder_inputs_embeds"))
         b, t = inputs_embeds.shape[:2]
 
         if cache is None:
@@ -460,8 +467,7 @@ class LEDDecoder(nn.Module):
         if encoder_attention_mask is not None:
             cross_mask = (encoder_attention_mask > 0)[:, None, None, :]  # [b, 1, 1, n]
 
-        hidden = self.layernorm_embedding(inputs_embeds + self.embed_positions(positions)[None])
-        hidden = _dropout(self, hidden, cfg.dropout, deterministic)
+        hidden = _embed_positions(self, inputs_embeds, positions, deterministic)
         all_hidden, all_self, all_cross, new_layers = [], [], [], []
         for i, layer in enumerate(self.layers):
             if output_hidden_states:
@@ -470,8 +476,7 @@ class LEDDecoder(nn.Module):
             new_hidden, self_probs, cross_probs, new_cache = layer(
                 hidden, self_mask, encoder_hidden_states, cross_mask, layer_cache,
                 None if cache is None else cache["index"], deterministic, output_attentions)
-            drop = _layer_dropped(self, cfg.decoder_layerdrop, deterministic)
-            hidden = new_hidden if drop is None else jnp.where(drop, hidden, new_hidden)
+            hidden = _layerdrop(self, cfg.decoder_layerdrop, deterministic, hidden, new_hidden)
             new_layers.append(new_cache)
             all_self.append(self_probs)
             all_cross.append(cross_probs)
