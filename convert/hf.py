@@ -21,7 +21,7 @@ from led_flax.checkpoint import head_of
 from led_flax.config import ARCHITECTURE_TO_HEAD, HEAD_TO_ARCHITECTURE, LEDConfig
 from led_flax.modeling import init_params, model_for
 
-from .table import MappingError, _transpose, flatten, rule_for, unflatten
+from .table import MappingError, _transpose, dotted, flatten, rule_for, unflatten
 
 SAFE = "model.safetensors"
 SAFE_INDEX = "model.safetensors.index.json"
@@ -133,7 +133,7 @@ def _map_in(state: dict, expected: dict, src_prefix: str, dst_prefix: str, progr
         if not path.startswith(dst_prefix):
             continue
         key, _, from_hf = rule_for(path)
-        key = src_prefix + key[len(_dotted_prefix(dst_prefix)):]
+        key = src_prefix + key[len(dotted(dst_prefix)):]
         if key not in state:
             missing.append(key)
             continue
@@ -158,10 +158,6 @@ def _check(missing, wrong, unused):
         problems.append(f"in the checkpoint but unused: {unused}")
     if problems:
         raise MappingError("the checkpoint does not fit its LED config:\n  " + "\n  ".join(problems))
-
-
-def _dotted_prefix(prefix: str) -> str:
-    return prefix.replace("/", ".")
 
 
 def from_hf(src: str | os.PathLike, head: str | None = None, *, rng=None, dtype=None, progress=None):

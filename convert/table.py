@@ -43,7 +43,8 @@ class MappingError(ValueError):
     """Keys that the table cannot map, keys left unused, or shapes that do not fit; all listed."""
 
 
-def _dotted(prefix: str) -> str:
+def dotted(prefix: str) -> str:
+    """Our path prefix ('led/encoder/layers_0/') -> the HF key prefix ('led.encoder.layers.0.')."""
     return re.sub(r"layers_(\d+)", r"layers.\1", prefix).replace("/", ".")
 
 
@@ -55,7 +56,7 @@ def rule_for(path: str) -> tuple[str, Callable, Callable]:
         raise MappingError(f"parameter {path!r} matches {len(hits)} rules of convert.table.TABLE; "
                            f"it needs exactly one")
     m, template, to_hf, from_hf = hits[0]
-    return template.format(p=_dotted(m["p"]), m=m["m"]), to_hf, from_hf
+    return template.format(p=dotted(m["p"]), m=m["m"]), to_hf, from_hf
 
 
 def flatten(tree, prefix: str = "") -> dict[str, object]:

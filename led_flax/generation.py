@@ -238,13 +238,11 @@ def _beam_search(step, cache, cfg: GenerationConfig, batch: int, rng):
         cur_len=jnp.int32(prompt_len),
         running=running,
         running_scores=jnp.zeros((batch, nb), jnp.float32).at[:, 1:].set(big),
-        running_len=jnp.full((batch, nb), prompt_len, jnp.int32),
         seqs=running,
         scores=jnp.full((batch, nb), big, jnp.float32),
         lens=jnp.full((batch, nb), prompt_len, jnp.int32),
         finished=jnp.zeros((batch, nb), bool),
         heuristic=jnp.ones((batch, 1), bool),
-        hits=jnp.zeros((batch, keep), bool),
         cache=cache,
         rng=rng,
         go=jnp.bool_(True),
@@ -318,8 +316,8 @@ def _beam_search(step, cache, cfg: GenerationConfig, batch: int, rng):
         heuristic = s["heuristic"] & jnp.any(best_running > worst_finished, axis=-1, keepdims=True)
         go = jnp.any(heuristic) & ~(jnp.all(finished) & (cfg.early_stopping is True)) & ~jnp.all(hits)
         return dict(cur_len=cur_len, running=running, running_scores=running_scores,
-                    running_len=s["running_len"], seqs=seqs, scores=scores, lens=lens, finished=finished,
-                    heuristic=heuristic, hits=hits, cache=cache, rng=rng, go=go)
+                    seqs=seqs, scores=scores, lens=lens, finished=finished, heuristic=heuristic, cache=cache,
+                    rng=rng, go=go)
 
     s = jax.lax.while_loop(cond, body, state)
     r = cfg.num_return_sequences
