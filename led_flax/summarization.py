@@ -130,7 +130,8 @@ def summarize(texts: Sequence[str], model: str, *, batch_size: int = 4, buckets:
         buckets.append(limit)
 
     # validate every document before any work
-    lengths = tokenizer.token_lengths(texts)
+    encoded = tokenizer.encode_batch(texts)  # tokenized once, for the buckets and for the batches
+    lengths = [len(ids) for ids in encoded]
     todo = []
     for i, (text, n) in enumerate(zip(texts, lengths)):
         if not text.strip():
@@ -186,13 +187,9 @@ def summarize(texts: Sequence[str], model: str, *, batch_size: int = 4, buckets:
             for k in range(0, len(members), batch):
                 rows = members[k:k + batch]
                 fill = rows + [rows[0]] * (batch - len(rows))  # a fixed batch shape per bucket
-                enc = tokenizer([texts[i] for i in fill], max_length=size)
-                ids = np.full((batch, size), tokenizer.pad_token_id, np.int32)
-                mask = np.zeros((batch, size), np.int32)
-                width = enc["input_ids"].shape[1]
-                ids[:, :width], mask[:, :width] = enc["input_ids"], enc["attention_mask"]
-                glob = np.zeros_like(mask)
-                glob[:, 0] = 1
+                # truncated to the bucket and padded to exactly its length, global attention on <s>
+                enc = tokenizer.pad([encoded[i] for i in fill], max_length=size, pad_to_multiple_of=size)
+                ids, mask, glob = enc["input_ids"], enc["attention_mask"], enc["global_attention_mask"]
                 known = len(_COMPILED)
                 out = generate(module, params, ids, mask, glob, gen_config, num_global_slots=1, sharding=sharding)
                 if len(_COMPILED) > known:

@@ -116,17 +116,28 @@ class LEDTokenizer:
         """
         if isinstance(texts, str):
             texts = [texts]
+        return self.pad(self.encode_batch(texts), max_length=max_length, truncation=truncation, padding=padding,
+                        pad_to_multiple_of=pad_to_multiple_of, global_attention=global_attention)
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        """Untruncated ids of each text, special tokens included."""
+        return [e.ids for e in self._tok.encode_batch(list(texts))]
+
+    def pad(self, rows: Sequence[Sequence[int]], *, max_length: int | None = None, truncation: bool = True,
+            padding: bool = True, pad_to_multiple_of: int | None = None,
+            global_attention: str | Sequence[Sequence[tuple[int, int]]] = "first") -> dict[str, np.ndarray]:
+        """Already-encoded rows (`encode_batch`) -> the arrays of `__call__`, with the same options."""
         limit = max_length or self.model_max_length
         if truncation and padding and pad_to_multiple_of and max_length and max_length % pad_to_multiple_of:
             raise ValueError(f"max_length {max_length} is not a multiple of pad_to_multiple_of {pad_to_multiple_of}; "
                              f"padding would exceed it: choose a max_length that is")
-        encodings = self._tok.encode_batch(list(texts))
-        rows = []
-        for enc in encodings:
-            ids = enc.ids
+        truncated = []
+        for ids in rows:
+            ids = list(ids)
             if truncation and len(ids) > limit:
                 ids = ids[:limit - 1] + [ids[-1]]  # keep the closing </s>
-            rows.append(ids)
+            truncated.append(ids)
+        rows = truncated
         width = max(map(len, rows)) if padding else None
         if padding and pad_to_multiple_of:
             width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
@@ -147,10 +158,6 @@ class LEDTokenizer:
                     glob[i, start:end] = 1
             glob *= mask
         return {"input_ids": ids, "attention_mask": mask, "global_attention_mask": glob}
-
-    def token_lengths(self, texts: Sequence[str]) -> list[int]:
-        """Untruncated token counts, special tokens included."""
-        return [len(e.ids) for e in self._tok.encode_batch(list(texts))]
 
     # ------------------------------------------------------------------ decoding
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
