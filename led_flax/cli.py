@@ -184,6 +184,11 @@ def cmd_summarize(args) -> int:
     return 0
 
 
+def _train_cli():
+    import train.cli  # the training package loads only when its command runs
+    return train.cli
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="led-flax", description="LED (Longformer-Encoder-Decoder) in JAX/Flax")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -223,6 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", help="where to write the checkpoints (default: a new temporary directory)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("train", help="fine-tune or train LED from a YAML config (sharded, resumable)")
+    _train_cli().add_arguments(p)
+    p.set_defaults(func=lambda args: _train_cli().main(args))
 
     p = sub.add_parser("export", help="a led-flax checkpoint -> an HF directory that transformers loads")
     p.add_argument("src")

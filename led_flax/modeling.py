@@ -81,6 +81,12 @@ def _layerdrop(module: nn.Module, rate: float, deterministic: bool, before, afte
     return jnp.where(jax.random.bernoulli(module.make_rng("dropout"), rate), before, after)
 
 
+def _constrain(hidden):
+    """Hidden states [b, t, D] between layers: batch split over the data axes, the rest whole (a no-op
+    outside `nn.logical_axis_rules`, see `sharding.RULES`)."""
+    return nn.with_logical_constraint(hidden, ("act_batch", "act_length", "act_embed"))
+
+
 def _input_embeddings(stack: nn.Module, ids, embeds, names: tuple[str, str]):
     """The token embeddings of a stack (encoder or decoder) from ids (checked on the host) or given
     embeddings, in the stack's dtype."""
@@ -295,7 +301,7 @@ class LEDEncoder(nn.Module):
             if output_hidden_states:
                 all_hidden.append(hidden)
             new_hidden, probs, global_probs = layer(hidden, masks, deterministic, output_attentions)
-            hidden = _layerdrop(self, cfg.encoder_layerdrop, deterministic, hidden, new_hidden)
+            hidden = _constrain(_layerdrop(self, cfg.encoder_layerdrop, deterministic, hidden, new_hidden))
             if output_attentions:
                 all_attn.append(probs[:, :, :n])
                 if slots:
@@ -476,7 +482,7 @@ class LEDDecoder(nn.Module):
             new_hidden, self_probs, cross_probs, new_cache = layer(
                 hidden, self_mask, encoder_hidden_states, cross_mask, layer_cache,
                 None if cache is None else cache["index"], deterministic, output_attentions)
-            hidden = _layerdrop(self, cfg.decoder_layerdrop, deterministic, hidden, new_hidden)
+            hidden = _constrain(_layerdrop(self, cfg.decoder_layerdrop, deterministic, hidden, new_hidden))
             new_layers.append(new_cache)
             all_self.append(self_probs)
             all_cross.append(cross_probs)

@@ -100,14 +100,16 @@ def _fingerprint(text: str) -> str:
     return hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
-def summarize(texts: Sequence[str], model: str, *, batch_size: int = 4, buckets: Sequence[int] | None = None,
+def summarize(texts: Sequence[str], model, *, batch_size: int = 4, buckets: Sequence[int] | None = None,
               truncate: bool = True, progress: bool = True, progress_file: str | None = None,
               on_result: Callable[[int, str], None] | None = None, compilation_cache: str | None = DEFAULT_CACHE,
               dtype=None, names: Sequence[str] | None = None, report: SummaryReport | None = None,
               **generation) -> list[str]:
     """Summaries of `texts`, in input order.
 
-    model: a led-flax checkpoint directory or an HF LED directory (converted on the fly).
+    model: a led-flax checkpoint directory or an HF LED directory (converted on the fly), or the
+    (module, params, config, generation config, tokenizer) that `load_model` returns (the train
+    job's evaluation passes its current params this way).
     generation: settings over the checkpoint's generation_config (num_beams=4, max_length=256, ...).
     truncate: documents longer than the model's positions are cut with a warning naming them; with
     False they are an error, raised before any work.
@@ -120,7 +122,10 @@ def summarize(texts: Sequence[str], model: str, *, batch_size: int = 4, buckets:
     from .generation import _COMPILED, generate
 
     enable_compilation_cache(compilation_cache)
-    module, params, config, gen_config, tokenizer = load_model(model, dtype)
+    if isinstance(model, (str, os.PathLike)):
+        module, params, config, gen_config, tokenizer = load_model(os.fspath(model), dtype)
+    else:
+        module, params, config, gen_config, tokenizer = model
     gen_config = gen_config.replace(**generation)
     report = report if report is not None else SummaryReport()
     names = list(names) if names is not None else [f"document {i}" for i in range(len(texts))]

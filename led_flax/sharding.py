@@ -1,0 +1,162 @@
+"""Logical axis names for LED's parameters and activations, and the one table that maps them to mesh axes.
+
+The mesh has three axes: `data` (batch only), `fsdp` (batch, and every parameter's model dimension, so
+each device keeps 1/fsdp of the weights and optimizer state) and `tensor` (heads, feed-forward and
+vocabulary columns, Megatron style). A parameter gets its logical names from its path (`PARAM_AXES`);
+`RULES` maps logical names to mesh axes; nothing else in the library names a mesh axis. A dimension
+that a mesh axis does not divide stays whole on that axis (and `dry_run` reports it), so any LED
+shape runs on any mesh.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# logical axis -> mesh axes (None: replicated). The one table.
+RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
+    ("batch", ("data", "fsdp")),   # examples: split over every data-parallel device
+    ("embed", "fsdp"),             # a parameter's d_model dimension: FSDP shards it
+    ("heads", "tensor"),           # attention projections' output columns (heads x head_dim)
+    ("mlp", "tensor"),             # feed-forward columns
+    ("vocab", "tensor"),           # embedding rows, LM-head columns
+    ("positions", None),
+    ("classes", None),
+    ("act_batch", ("data", "fsdp")),  # activations: batch split, model dimension whole
+    ("act_length", None),
+    ("act_embed", None),
+    ("act_vocab", "tensor"),
+)
+
+# parameter path (regex on the '/'-joined path) -> logical axes, first match wins
+PARAM_AXES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
+    (r"final_logits_bias$", (None, "vocab")),
+    (r"shared/embedding$", ("vocab", "embed")),
+    (r"embed_positions/embedding$", ("positions", "embed")),
+    (r"lm_head/kernel$", ("embed", "vocab")),
+    (r"(query|key|value|query_global|key_global|value_global|q_proj|k_proj|v_proj)/kernel$", ("embed", "heads")),
+    (r"(query|key|value|query_global|key_global|value_global|q_proj|k_proj|v_proj)/bias$", ("heads",)),
+    (r"self_attn/output/kernel$|attn/out_proj/kernel$", ("heads", "embed")),
+    (r"fc1/kernel$|classification_head/dense/kernel$", ("embed", "mlp")),
+    (r"fc1/bias$|classification_head/dense/bias$", ("mlp",)),
+    (r"fc2/kernel$", ("mlp", "embed")),
+    (r"(classification_head/out_proj|qa_outputs)/kernel$", ("embed", "classes")),
+    (r"(classification_head/out_proj|qa_outputs)/bias$", ("classes",)),
+    (r"(bias|scale)$", ("embed",)),  # output biases and LayerNorms
+)
+
+
+class ShardingError(ValueError):
+    """A mesh that does not fit the devices, or a parameter without logical names."""
+
+
+def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None) -> Mesh:
+    """A (data, fsdp, tensor) mesh over all devices (all processes'); -1 on one axis fills it."""
+    devices = list(jax.devices() if devices is None else devices)
+    sizes = [data, fsdp, tensor]
+    if sizes.count(-1) > 1:
+        raise ShardingError(f"mesh sizes {dict(zip(MESH_AXES, sizes))}: at most one axis may be -1")
+    known = math.prod(s for s in sizes if s != -1)
+    if -1 in sizes:
+        if len(devices) % known:
+            raise ShardingError(f"{len(devices)} devices do not divide into fsdp x tensor = {known}; "
+                                f"set mesh sizes whose product divides the device count")
+        sizes[sizes.index(-1)] = len(devices) // known
+    if math.prod(sizes) != len(devices):
+        raise ShardingError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices but there are "
+                            f"{len(devices)}; make data x fsdp x tensor equal the device count (or set data: -1)")
+    # devices in process order, so that each process's devices form a contiguous block of the batch axis
+    order = sorted(devices, key=lambda d: (d.process_index, d.id))
+    return Mesh(np.array(order).reshape(sizes), MESH_AXES)
+
+
+def _path(keys) -> str:
+    return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in keys)
+
+
+def logical_axes(params):
+    """The tree of logical axis tuples for a parameter tree (arrays or ShapeDtypeStructs)."""
+    def one(keys, leaf):
+        path = _path(keys)
+        for pattern, axes in PARAM_AXES:
+            if re.search(pattern, path):
+                if len(axes) != len(leaf.shape):
+                    break
+                return axes
+        raise ShardingError(f"no logical axes for parameter {path} of shape {tuple(leaf.shape)}; add a rule "
+                            f"to led_flax.sharding.PARAM_AXES")
+    return jax.tree_util.tree_map_with_path(one, params)
+
+
+def _mesh_axes(name: str | None):
+    if name is None:
+        return None
+    for logical, mesh_axes in RULES:
+        if logical == name:
+            return mesh_axes
+    raise ShardingError(f"logical axis {name!r} is not in led_flax.sharding.RULES")
+
+
+def spec_for(axes, shape, mesh: Mesh) -> PartitionSpec:
+    """The PartitionSpec for logical `axes` of an array of `shape`; a dimension its mesh axes do not
+    divide is kept whole."""
+    out = []
+    for name, size in zip(axes, shape):
+        mesh_axes = _mesh_axes(name)
+        group = (mesh_axes,) if isinstance(mesh_axes, str) else tuple(mesh_axes or ())
+        group = tuple(a for a in group if mesh.shape[a] > 1)
+        if group and size % math.prod(mesh.shape[a] for a in group) == 0:
+            out.append(group[0] if len(group) == 1 else group)
+        else:
+            out.append(None)
+    return PartitionSpec(*out)
+
+
+def param_shardings(params, mesh: Mesh):
+    """NamedShardings for every parameter (or any tree with the parameters' structure at its leaves)."""
+    axes = logical_axes(params)
+    return jax.tree_util.tree_map(lambda a, p: NamedSharding(mesh, spec_for(a, p.shape, mesh)), axes, params,
+                                  is_leaf=lambda x: isinstance(x, tuple))
+
+
+def batch_spec(ndim: int, batch_axis: int = 0) -> PartitionSpec:
+    """Batch arrays: the example axis over data and fsdp, the rest whole."""
+    spec = [None] * ndim
+    spec[batch_axis] = _mesh_axes("batch")
+    return PartitionSpec(*spec)
+
+
+def logical_rules():
+    """`RULES` in the form flax's `nn.logical_axis_rules` takes, for activation constraints."""
+    return tuple((name, axes) for name, axes in RULES)
+
+
+def kept_whole(params, mesh: Mesh) -> list[str]:
+    """Parameter dimensions whose logical axis maps to a mesh axis of size > 1 that does not divide them."""
+    out = []
+    axes = logical_axes(params)
+    for (keys, leaf), names in zip(jax.tree_util.tree_leaves_with_path(params),
+                                   jax.tree_util.tree_leaves(axes, is_leaf=lambda x: isinstance(x, tuple))):
+        spec = spec_for(names, leaf.shape, mesh)
+        for name, size, got in zip(names, leaf.shape, spec):
+            mesh_axes = _mesh_axes(name)
+            group = (mesh_axes,) if isinstance(mesh_axes, str) else tuple(mesh_axes or ())
+            if got is None and any(mesh.shape[a] > 1 for a in group):
+                out.append(f"{_path(keys)} {name}={size}")
+    return out
+
+
+def bytes_per_device(tree, shardings) -> tuple[int, int]:
+    """(bytes on each device, bytes in all) of a tree of arrays or ShapeDtypeStructs placed with
+    `shardings` (the largest shard, where shards differ)."""
+    per_device = total = 0
+    for leaf, sharding in zip(jax.tree_util.tree_leaves(tree), jax.tree_util.tree_leaves(shardings)):
+        item = np.dtype(leaf.dtype).itemsize
+        total += math.prod(leaf.shape) * item
+        per_device += math.prod(sharding.shard_shape(tuple(leaf.shape))) * item
+    return per_device, total

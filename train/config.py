@@ -1,0 +1,239 @@
+"""The training job's configuration: frozen dataclasses read from YAML, strict about keys and types.
+
+`load("configs/tiny-aclsum.yaml", ["optimizer.learning_rate=1e-3"])` reads the file, applies the
+`--set` overrides (values parsed as YAML), and rejects unknown keys with the nearest known name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+from dataclasses import dataclass, field
+
+import yaml
+
+
+class TrainConfigError(ValueError):
+    """A config file or override that names an unknown key, has the wrong type or an impossible value."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    init: str = "scratch"  # "scratch", or a led-flax checkpoint / HF LED directory to fine-tune
+    led: dict = field(default_factory=dict)  # LEDConfig fields for a model made from scratch
+    dtype: str = "float32"  # compute dtype: float32 or bfloat16 (master weights stay float32)
+    gradient_checkpointing: bool = False  # nn.remat each encoder and decoder layer
+    dropout: bool = True  # apply the config's dropout and layerdrop while training
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    path: str | None = None  # a tokenizer directory; None: the model's, or train one for "scratch"
+    vocab_size: int = 4096  # vocabulary of a tokenizer trained from the training text
+    min_frequency: int = 2
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = "aclsum"  # aclsum | jsonl | datasets
+    train_file: str | None = None  # jsonl / datasets: the training file
+    validation_file: str | None = None
+    test_file: str | None = None
+    document_field: str = "document"
+    summary_field: str = "summary"
+    max_source_length: int = 4096  # tokens, </s> included; longer documents are cut
+    max_target_length: int = 256
+    buckets: tuple = ()  # source lengths to pad to (multiples of the window); () = powers of two
+    batch_size: int = 8  # examples per optimizer step, over all processes and microbatches
+    sort_window: int = 8  # batches whose examples are sorted by length together (less padding)
+    seed: int = 0
+    max_train_examples: int | None = None  # use only the first N training examples (smoke tests)
+    max_eval_examples: int | None = None
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    learning_rate: float = 3e-5
+    schedule: str = "linear"  # linear | cosine | constant (after warmup)
+    warmup_steps: int = 0
+    end_learning_rate: float = 0.0
+    weight_decay: float = 0.0  # AdamW, on kernels and embeddings (not biases or LayerNorms)
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    max_grad_norm: float = 1.0  # 0 = no clipping
+    grad_accum_steps: int = 1  # microbatches per step
+    label_smoothing: float = 0.0
+
+
+@dataclass(frozen=True)
+class MeshConfig:
+    data: int = -1  # -1: all devices not used by the other axes
+    fsdp: int = 1
+    tensor: int = 1
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    every_steps: int = 500  # 0: only at the end
+    keep_last: int = 2
+    keep_best: int = 1  # by validation loss
+    asynchronous: bool = True
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    every_steps: int = 500  # 0: only at the end; -1: never
+    loss_examples: int | None = None  # validation examples for the loss (None: all)
+    rouge_examples: int = 16  # summaries generated for ROUGE (0: none)
+    num_beams: int = 4
+    max_length: int = 256
+    batch_size: int = 4
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    output_dir: str = "runs/default"  # checkpoints/, metrics.jsonl, tensorboard/, final/, hf/
+    steps: int = 1000
+    seed: int = 0
+    log_every: int = 10
+    model: ModelConfig = field(default_factory=ModelConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def _check_type(where: str, value, annotation):
+    text = str(annotation)  # annotations are strings here ("int | None")
+    allows_none = "None" in text
+    if value is None:
+        if allows_none:
+            return None
+        raise TrainConfigError(f"{where} may not be null")
+    if text.startswith("int"):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TrainConfigError(f"{where} must be an integer, not {value!r}")
+    elif text.startswith("float"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TrainConfigError(f"{where} must be a number, not {value!r}")
+        value = float(value)
+    elif text.startswith("bool"):
+        if not isinstance(value, bool):
+            raise TrainConfigError(f"{where} must be true or false, not {value!r}")
+    elif text.startswith("str"):
+        if not isinstance(value, str):
+            raise TrainConfigError(f"{where} must be a string, not {value!r}")
+    elif text == "tuple":
+        if not isinstance(value, (list, tuple)):
+            raise TrainConfigError(f"{where} must be a list, not {value!r}")
+        value = tuple(value)
+    elif text == "dict":
+        if not isinstance(value, dict):
+            raise TrainConfigError(f"{where} must be a mapping, not {value!r}")
+    return value
+
+
+def _build(cls, data: dict, where: str):
+    if not isinstance(data, dict):
+        raise TrainConfigError(f"{where or 'the config'} must be a mapping, not {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in fields:
+            near = difflib.get_close_matches(str(key), fields, n=1)
+            hint = f"; did you mean {where}{near[0]}?" if near else f"; known keys: {', '.join(fields)}"
+            raise TrainConfigError(f"unknown key {where}{key}{hint}")
+        f = fields[key]
+        if dataclasses.is_dataclass(f.default_factory):  # a section
+            kwargs[key] = _build(f.default_factory, value or {}, f"{where}{key}.")
+        else:
+            kwargs[key] = _check_type(f"{where}{key}", value, f.type)
+    return cls(**kwargs)
+
+
+def _set(tree: dict, dotted: str, value) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise TrainConfigError(f"--set {dotted}: {k} is not a section")
+    node[keys[-1]] = value
+
+
+def from_dict(data: dict, overrides=()) -> TrainConfig:
+    data = dict(data or {})
+    for item in overrides:
+        if "=" not in item:
+            raise TrainConfigError(f"--set {item!r}: write key=value, for example optimizer.learning_rate=1e-4")
+        key, raw = item.split("=", 1)
+        _set(data, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+    config = _build(TrainConfig, data, "")
+    validate(config)
+    return config
+
+
+def load(path: str | os.PathLike, overrides=()) -> TrainConfig:
+    if not os.path.isfile(path):
+        raise TrainConfigError(f"no config file {path}; the shipped ones are in configs/ (tiny-aclsum.yaml, "
+                               f"led-base-16384.yaml, led-large-16384.yaml)")
+    with open(path, encoding="utf-8") as f:
+        try:
+            data = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            raise TrainConfigError(f"{path} is not valid YAML: {e}") from None
+    try:
+        return from_dict(data, overrides)
+    except TrainConfigError as e:
+        raise TrainConfigError(f"{path}: {e}") from None
+
+
+def _choice(where: str, value, allowed) -> None:
+    if value not in allowed:
+        raise TrainConfigError(f"{where} is {value!r}; use one of {', '.join(map(str, allowed))}")
+
+
+def validate(c: TrainConfig) -> None:
+    _choice("model.dtype", c.model.dtype, ("float32", "bfloat16"))
+    _choice("data.source", c.data.source, ("aclsum", "jsonl", "datasets"))
+    _choice("optimizer.schedule", c.optimizer.schedule, ("linear", "cosine", "constant"))
+    if c.data.source in ("jsonl", "datasets") and not c.data.train_file:
+        raise TrainConfigError(f"data.source {c.data.source} needs data.train_file")
+    positive = {"steps": c.steps, "data.batch_size": c.data.batch_size, "data.max_source_length":
+                c.data.max_source_length, "data.max_target_length": c.data.max_target_length,
+                "optimizer.grad_accum_steps": c.optimizer.grad_accum_steps, "log_every": c.log_every,
+                "data.sort_window": c.data.sort_window, "eval.batch_size": c.eval.batch_size}
+    for name, value in positive.items():
+        if value < 1:
+            raise TrainConfigError(f"{name} must be at least 1, not {value}")
+    if c.data.batch_size % c.optimizer.grad_accum_steps:
+        raise TrainConfigError(f"data.batch_size {c.data.batch_size} is not a multiple of optimizer.grad_accum_steps "
+                               f"{c.optimizer.grad_accum_steps}")
+    if c.optimizer.learning_rate <= 0:
+        raise TrainConfigError(f"optimizer.learning_rate must be positive, not {c.optimizer.learning_rate}")
+    if not 0 <= c.optimizer.label_smoothing < 1:
+        raise TrainConfigError(f"optimizer.label_smoothing must be in [0, 1), not {c.optimizer.label_smoothing}")
+    if c.checkpoint.keep_last < 1:
+        raise TrainConfigError("checkpoint.keep_last must be at least 1: resuming needs the latest checkpoint")
+    if c.model.init == "scratch" and c.tokenizer.path is None and c.tokenizer.vocab_size < 256 + 5:
+        raise TrainConfigError("tokenizer.vocab_size must be at least 261 (256 bytes and 5 special tokens)")
+    for b in c.data.buckets:
+        if not isinstance(b, int) or b < 1:
+            raise TrainConfigError(f"data.buckets must be positive integers, not {c.data.buckets}")
+
+
+def dump(config: TrainConfig) -> str:
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)
+
+
+__all__ = ["TrainConfig", "TrainConfigError", "load", "from_dict", "dump", "validate"]

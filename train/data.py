@@ -1,0 +1,277 @@
+"""Training data: (document, summary) pairs, tokenized, length-bucketed into static shapes.
+
+Sources: the ACLSum papers of the `aclsum` package (document = the paper's body text, summary = its
+abstract, the package's train/val/test split), jsonl files, or files read through `datasets` (an
+optional extra). Each process reads only its own shard (every `process_count`-th example).
+
+The order is a pure function of (seed, epoch): shuffle, sort windows of `sort_window` batches by
+length (so a batch holds similar lengths), cut into batches, shuffle the batches. `BatchSource`
+serves batch i of that endless order; grain's `MapDataset` over it gives an iterator whose position
+(`get_state`) is saved in every checkpoint, so a resumed job reads exactly the batches it would have.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from led_flax.tokenizer import LEDTokenizer
+
+from .config import DataConfig, TrainConfigError
+
+SPLITS = {"train": "train", "validation": "val", "test": "test"}
+
+
+@dataclass(frozen=True)
+class Example:
+    id: str
+    document: str
+    summary: str
+
+
+# ------------------------------------------------------------------------------------------- sources
+def aclsum_dir() -> str:
+    try:
+        import aclsum
+    except ImportError:
+        raise TrainConfigError("data.source aclsum needs the aclsum package: pip install aclsum") from None
+    return os.path.join(os.path.dirname(aclsum.__file__), "dataset")
+
+
+def aclsum_paper(path: str, id: str) -> Example:
+    """A paper's body text and abstract; body paragraphs that repeat the abstract are left out."""
+    with open(path, encoding="utf-8") as f:
+        paper = json.load(f)
+    parse = paper["pdf_parse"]
+    abstract = " ".join(p["text"] for p in parse.get("abstract") or []).strip() or (paper.get("abstract") or "")
+    abstract = abstract.strip()
+    paragraphs = [p["text"].strip() for p in parse["body_text"]
+                  if (p.get("section") or "").strip().lower() != "abstract"]
+    paragraphs = [p for p in paragraphs if p and p not in abstract and abstract not in p]
+    return Example(id, "\n\n".join(paragraphs), abstract)
+
+
+def aclsum_ids(split: str) -> list[str]:
+    with open(os.path.join(aclsum_dir(), f"{SPLITS[split]}.jsonl"), encoding="utf-8") as f:
+        return [json.loads(line)["id"] for line in f if line.strip()]
+
+
+def _shard(items: list, process_index: int, process_count: int, limit: int | None) -> list:
+    items = items[:limit] if limit else items
+    return items[process_index::process_count]
+
+
+def load_examples(cfg: DataConfig, split: str, process_index: int = 0, process_count: int = 1,
+                  limit: int | None = None) -> list[Example]:
+    """This process's examples of `split` (train, validation, test): only its shard is read."""
+    if cfg.source == "aclsum":
+        ids = _shard(aclsum_ids(split), process_index, process_count, limit)
+        folder = os.path.join(aclsum_dir(), "paper_jsons")
+        return [aclsum_paper(os.path.join(folder, f"{i}.json"), i) for i in ids]
+    path = {"train": cfg.train_file, "validation": cfg.validation_file, "test": cfg.test_file}[split]
+    if not path:
+        return []
+    if not os.path.isfile(path):
+        raise TrainConfigError(f"data.{split}_file {path} does not exist")
+    if cfg.source == "jsonl":
+        records = []
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                if limit and len(records) >= limit:
+                    break
+                try:
+                    records.append((n, json.loads(line)))
+                except json.JSONDecodeError as e:
+                    raise TrainConfigError(f"{path} line {n} is not JSON ({e}); fix or remove the line") from None
+        records = records[process_index::process_count]
+    else:
+        try:
+            import datasets
+        except ImportError:
+            raise TrainConfigError("data.source datasets needs the optional extra: pip install "
+                                   "'led-flax[datasets]'") from None
+        kind = "json" if path.endswith((".json", ".jsonl")) else os.path.splitext(path)[1].lstrip(".")
+        ds = datasets.load_dataset(kind, data_files=path, split="train")
+        if limit:
+            ds = ds.select(range(min(limit, len(ds))))
+        ds = ds.shard(process_count, process_index, contiguous=False)
+        records = [(process_index + k * process_count + 1, r) for k, r in enumerate(ds)]
+    out = []
+    for n, r in records:
+        for name in (cfg.document_field, cfg.summary_field):
+            if not isinstance(r.get(name), str):
+                raise TrainConfigError(f"{path} record {n} has no text field {name!r}; set data.document_field "
+                                       f"and data.summary_field to the fields that hold the texts")
+        out.append(Example(str(r.get("id", n)), r[cfg.document_field], r[cfg.summary_field]))
+    return out
+
+
+# ----------------------------------------------------------------------------------------- tokenizer
+def train_tokenizer(texts, out_dir: str, vocab_size: int, min_frequency: int = 2,
+                    model_max_length: int = 16384) -> LEDTokenizer:
+    """A byte-level BPE with LED's special tokens (<s>=0, <pad>=1, </s>=2, <unk>=3, <mask>), written
+    as vocab.json + merges.txt + tokenizer_config.json (transformers' LEDTokenizer reads it too)."""
+    from tokenizers import ByteLevelBPETokenizer
+
+    tmp = out_dir + ".tmp"
+    os.makedirs(tmp, exist_ok=True)
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=min_frequency, show_progress=False,
+                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    bpe.save_model(tmp)
+    with open(os.path.join(tmp, "tokenizer_config.json"), "w", encoding="utf-8") as f:
+        json.dump({"tokenizer_class": "LEDTokenizer", "model_max_length": model_max_length,
+                   "bos_token": "<s>", "eos_token": "</s>", "sep_token": "</s>", "cls_token": "<s>",
+                   "unk_token": "<unk>", "pad_token": "<pad>", "mask_token": "<mask>",
+                   "add_prefix_space": False}, f, indent=2)
+    if os.path.isdir(out_dir):  # a concurrent or earlier run finished first
+        import shutil
+        shutil.rmtree(tmp)
+    else:
+        os.replace(tmp, out_dir)
+    return LEDTokenizer.from_pretrained(out_dir, model_max_length=model_max_length)
+
+
+# ------------------------------------------------------------------------------------------ batching
+@dataclass(frozen=True)
+class Tokenized:
+    input_ids: tuple  # of int lists, each ending in </s>
+    labels: tuple
+
+
+def tokenize(examples, tokenizer: LEDTokenizer, cfg: DataConfig) -> Tokenized:
+    def cut(rows, limit):
+        return tuple(tuple(r if len(r) <= limit else r[:limit - 1] + [r[-1]]) for r in rows)
+    return Tokenized(cut(tokenizer.encode_batch([e.document for e in examples]), cfg.max_source_length),
+                     cut(tokenizer.encode_batch([e.summary for e in examples]), cfg.max_target_length))
+
+
+def default_buckets(max_source_length: int, window: int, smallest: int = 512) -> tuple[int, ...]:
+    """Powers of two times the window, from `smallest` up, ending at max_source_length (rounded up
+    to the window)."""
+    top = -(-max_source_length // window) * window
+    size = max(window, -(-smallest // window) * window)
+    out = []
+    while size < top:
+        out.append(size)
+        size *= 2
+    return tuple(out) + (top,)
+
+
+def check_buckets(buckets, max_source_length: int, window: int) -> tuple[int, ...]:
+    buckets = tuple(sorted(buckets))
+    bad = [b for b in buckets if b % window]
+    if bad:
+        raise TrainConfigError(f"data.buckets {list(bad)} are not multiples of the attention window {window}; "
+                               f"round them to multiples of {window}")
+    if buckets[-1] < max_source_length:
+        raise TrainConfigError(f"the largest bucket {buckets[-1]} is below data.max_source_length "
+                               f"{max_source_length}; add a bucket of at least that length")
+    return buckets
+
+
+def bucket_for(length: int, buckets) -> int:
+    return next(b for b in buckets if b >= length)
+
+
+def collate(source_rows, label_rows, length: int, target_length: int, pad_id: int, accum: int) -> dict:
+    """Rows -> arrays [accum, rows // accum, ...]; global attention on the first token, labels
+    padded with -100. Rows that are None are empty filler: no attention but <s>, no labels."""
+    n = len(source_rows)
+    ids = np.full((n, length), pad_id, np.int32)
+    mask = np.zeros((n, length), np.int32)
+    labels = np.full((n, target_length), -100, np.int32)
+    for i, (src, tgt) in enumerate(zip(source_rows, label_rows)):
+        if src is None:
+            ids[i, 0], mask[i, 0] = 0, 1
+            continue
+        ids[i, :len(src)] = src
+        mask[i, :len(src)] = 1
+        labels[i, :len(tgt)] = tgt
+    glob = np.zeros_like(mask)
+    glob[:, 0] = 1
+    batch = {"input_ids": ids, "attention_mask": mask, "global_attention_mask": glob, "labels": labels}
+    return {k: v.reshape(accum, n // accum, *v.shape[1:]) for k, v in batch.items()}
+
+
+def pad_source(batch: dict, length: int, pad_id: int) -> dict:
+    """Widens the source arrays of a collated batch to `length` (the bucket all processes agreed on)."""
+    extra = length - batch["input_ids"].shape[-1]
+    if extra <= 0:
+        return batch
+    out = dict(batch)
+    width = [(0, 0)] * (batch["input_ids"].ndim - 1) + [(0, extra)]
+    out["input_ids"] = np.pad(batch["input_ids"], width, constant_values=pad_id)
+    out["attention_mask"] = np.pad(batch["attention_mask"], width)
+    out["global_attention_mask"] = np.pad(batch["global_attention_mask"], width)
+    return out
+
+
+class BatchSource:
+    """Batch i of the endless, deterministic training order of one process's examples (a grain
+    random-access source: `len` and `getitem`)."""
+
+    EPOCHS = 1_000_000
+
+    def __init__(self, data: Tokenized, local_batch: int, accum: int, buckets, target_length: int, pad_id: int,
+                 seed: int, sort_window: int):
+        self.data, self.local_batch, self.accum = data, local_batch, accum
+        self.buckets, self.target_length, self.pad_id = tuple(buckets), target_length, pad_id
+        self.seed, self.sort_window = seed, sort_window
+        self.lengths = np.array([len(r) for r in data.input_ids])
+        self.per_epoch = len(self.lengths) // local_batch
+        if self.per_epoch == 0:
+            raise TrainConfigError(f"this process has {len(self.lengths)} training examples, fewer than one batch "
+                                   f"of {local_batch}; lower data.batch_size or add data")
+
+    def __len__(self) -> int:
+        return self.per_epoch * self.EPOCHS
+
+    @functools.lru_cache(maxsize=2)
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """[batches, local_batch] example indices of one epoch."""
+        rng = np.random.default_rng([self.seed, epoch])
+        order = rng.permutation(len(self.lengths))
+        window = self.local_batch * self.sort_window
+        chunks = [order[k:k + window] for k in range(0, len(order), window)]
+        order = np.concatenate([c[np.argsort(-self.lengths[c], kind="stable")] for c in chunks])
+        batches = order[:self.per_epoch * self.local_batch].reshape(self.per_epoch, self.local_batch)
+        return batches[rng.permutation(self.per_epoch)]
+
+    def __getitem__(self, i: int) -> dict:
+        epoch, j = divmod(int(i), self.per_epoch)
+        rows = self.epoch_order(epoch)[j]
+        length = bucket_for(int(self.lengths[rows].max()), self.buckets)
+        return collate([self.data.input_ids[r] for r in rows], [self.data.labels[r] for r in rows], length,
+                       self.target_length, self.pad_id, self.accum)
+
+
+def train_iterator(source: BatchSource):
+    """A checkpointable iterator over `source` (grain): `get_state()` / `set_state()` hold its position."""
+    import grain
+    ds = grain.MapDataset.source(source)
+    return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2)))
+
+
+def eval_batches(data: Tokenized, batch: int, buckets, target_length: int, pad_id: int) -> list[dict]:
+    """Fixed validation batches (sorted by length, the last filled with empty rows)."""
+    order = np.argsort([-len(r) for r in data.input_ids], kind="stable")
+    out = []
+    for k in range(0, len(order), batch):
+        rows = list(order[k:k + batch])
+        src = [data.input_ids[r] for r in rows] + [None] * (batch - len(rows))
+        tgt = [data.labels[r] for r in rows] + [None] * (batch - len(rows))
+        length = bucket_for(max(len(s) for s in src if s is not None), buckets)
+        out.append(collate(src, tgt, length, target_length, pad_id, 1))
+    return out
+
+
+def filler_batch(batch: int, target_length: int, pad_id: int, length: int) -> dict:
+    """An evaluation batch with no tokens to score (for a process with fewer batches than another)."""
+    return collate([None] * batch, [None] * batch, length, target_length, pad_id, 1)

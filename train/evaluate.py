@@ -1,0 +1,41 @@
+"""Evaluation: ROUGE-1/2/L (the `rouge-score` package, F-measure x 100) of summaries made by the batch
+summarization path, and the lead-sentences baseline the demo compares against."""
+
+from __future__ import annotations
+
+import re
+import warnings
+
+ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
+
+
+def rouge(predictions, references) -> dict:
+    """Mean ROUGE F-measures (x 100) with stemming, over aligned lists."""
+    from rouge_score import rouge_scorer
+    scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
+    totals = dict.fromkeys(ROUGE_TYPES, 0.0)
+    for pred, ref in zip(predictions, references, strict=True):
+        scores = scorer.score(ref, pred)
+        for k in ROUGE_TYPES:
+            totals[k] += scores[k].fmeasure
+    n = max(len(predictions), 1)
+    return {k: 100 * v / n for k, v in totals.items()}
+
+
+def lead_sentences(text: str, n: int = 3) -> str:
+    """The first `n` sentences of a document: the classic extractive baseline."""
+    sentences = re.split(r"(?<=[.!?])\s+", " ".join(text.split()))
+    return " ".join(sentences[:n])
+
+
+def generate_summaries(module, params, config, tokenizer, texts, *, num_beams: int, max_length: int,
+                       batch_size: int, buckets=None, no_repeat_ngram_size: int = 3) -> list[str]:
+    """Summaries through `led_flax.summarize` with in-memory params (host arrays)."""
+    from led_flax.generation import GenerationConfig
+    from led_flax.summarization import InputWarning, summarize
+    gen = GenerationConfig.from_hf(None, config)
+    with warnings.catch_warnings():  # long documents are cut to the model's positions, as in training
+        warnings.simplefilter("ignore", InputWarning)
+        return summarize(texts, (module, params, config, gen, tokenizer), batch_size=batch_size, buckets=buckets,
+                         progress=False, compilation_cache=None, num_beams=num_beams, max_length=max_length,
+                         no_repeat_ngram_size=no_repeat_ngram_size)

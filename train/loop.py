@@ -1,0 +1,350 @@
+"""The training job: data, model, mesh, the step loop, evaluation, checkpoints, export.
+
+`run(config)` trains for `config.steps` optimizer steps, resuming from the latest checkpoint in
+`output_dir/checkpoints` if there is one, and ends with `output_dir/final` (a led-flax checkpoint
+that `led-flax summarize` reads) and `output_dir/hf` (an HF directory that transformers loads).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import signal
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
+
+from led_flax import checkpoint as ckpt_format
+from led_flax import sharding as shd
+from led_flax.modeling import model_for
+from led_flax.tokenizer import LEDTokenizer
+
+from . import data as data_lib
+from . import step as step_lib
+from .checkpoints import Checkpoints
+from .config import TrainConfig, TrainConfigError, dump
+from .metrics import MetricsLog
+from .model import load_pretrained, scratch_config
+
+log = logging.getLogger("led_flax.train")
+
+# test hook: "kill_after_step=K" or "kill_during_save=K" sends this process SIGKILL at that point
+FAULT_ENV = "LED_FLAX_FAULT"
+
+
+class TrainingError(RuntimeError):
+    """The job stopped (a NaN loss, say); the message says why and which checkpoint is intact."""
+
+
+def _fault(kind: str, step: int) -> None:
+    spec = os.environ.get(FAULT_ENV, "")
+    if spec == f"{kind}={step}":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _agree_max(value: int) -> int:
+    """The largest `value` over all processes (every process must call it at the same point)."""
+    if jax.process_count() == 1:
+        return int(value)
+    return int(np.max(multihost_utils.process_allgather(np.asarray(value, np.int64))))
+
+
+def _host(tree):
+    """Host numpy copies of (possibly multi-process) arrays."""
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def _write_json(path: str, data: dict) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+class Job:
+    """One training run's pieces, built from a config (see `run`)."""
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.out = os.path.abspath(cfg.output_dir)
+        self.is_main = jax.process_index() == 0
+        os.makedirs(self.out, exist_ok=True)
+        self.mesh = shd.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+        data_ways = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+        micro = cfg.data.batch_size // cfg.optimizer.grad_accum_steps
+        if micro % data_ways:
+            raise TrainConfigError(f"a microbatch of {micro} examples (data.batch_size / grad_accum_steps) does not "
+                                   f"split over the {data_ways} data-parallel devices (mesh data x fsdp); make it "
+                                   f"a multiple of {data_ways}")
+        pc = jax.process_count()
+        if cfg.data.batch_size % pc:
+            raise TrainConfigError(f"data.batch_size {cfg.data.batch_size} does not split over {pc} processes")
+        self._tokenizer_and_model()
+        self._data()
+        self.tx = step_lib.optimizer(cfg.optimizer, cfg.steps)
+        self.lr = step_lib.schedule(cfg.optimizer, cfg.steps)
+
+    # ------------------------------------------------------------------ setup
+    def _tokenizer_and_model(self):
+        cfg = self.cfg
+        init = cfg.model.init
+        self.pretrained = None
+        if cfg.tokenizer.path:
+            tok_dir = cfg.tokenizer.path
+        elif init != "scratch":
+            tok_dir = init
+        else:
+            tok_dir = os.path.join(self.out, "tokenizer")
+            if not os.path.isdir(tok_dir):
+                if self.is_main:  # every process must use the same vocabulary: process 0 trains it once
+                    log.info("training a %d-token byte-level BPE on the training text", cfg.tokenizer.vocab_size)
+                    texts = [t for e in data_lib.load_examples(cfg.data, "train", limit=cfg.data.max_train_examples)
+                             for t in (e.document, e.summary)]
+                    data_lib.train_tokenizer(texts, tok_dir, cfg.tokenizer.vocab_size, cfg.tokenizer.min_frequency)
+                if jax.process_count() > 1:
+                    multihost_utils.sync_global_devices("led_flax_tokenizer")
+        if not os.path.isdir(tok_dir):
+            raise TrainConfigError(f"tokenizer directory {tok_dir} does not exist; set tokenizer.path")
+        if init == "scratch":
+            self.tokenizer = LEDTokenizer.from_pretrained(tok_dir)
+            self.config = scratch_config(cfg, self.tokenizer)
+        else:
+            self.config, self.pretrained = load_pretrained(init)
+            self.tokenizer = LEDTokenizer.from_pretrained(tok_dir)
+            if self.tokenizer.vocab_size > self.config.vocab_size:
+                raise TrainConfigError(f"the tokenizer in {tok_dir} has {self.tokenizer.vocab_size} tokens but the "
+                                       f"model only {self.config.vocab_size}; use the model's own tokenizer")
+        self.tokenizer_dir = tok_dir
+        if cfg.data.max_source_length > self.config.max_encoder_position_embeddings:
+            raise TrainConfigError(f"data.max_source_length {cfg.data.max_source_length} exceeds the model's "
+                                   f"{self.config.max_encoder_position_embeddings} encoder positions")
+        if cfg.data.max_target_length > self.config.max_decoder_position_embeddings:
+            raise TrainConfigError(f"data.max_target_length {cfg.data.max_target_length} exceeds the model's "
+                                   f"{self.config.max_decoder_position_embeddings} decoder positions")
+        dtype = jnp.bfloat16 if cfg.model.dtype == "bfloat16" else jnp.float32
+        self.model = model_for(self.config, "conditional_generation", dtype=dtype, param_dtype=jnp.float32,
+                               gradient_checkpointing=cfg.model.gradient_checkpointing)
+        self.eval_model = model_for(self.config, "conditional_generation", dtype=dtype, param_dtype=jnp.float32)
+
+    def _data(self):
+        cfg = self.cfg
+        window = max(self.config.attention_window)
+        self.buckets = data_lib.check_buckets(
+            cfg.data.buckets or data_lib.default_buckets(cfg.data.max_source_length, window),
+            cfg.data.max_source_length, window)
+        pi, pc = jax.process_index(), jax.process_count()
+        train = data_lib.load_examples(cfg.data, "train", pi, pc, cfg.data.max_train_examples)
+        self.train_ids = [e.id for e in train]
+        self.source = data_lib.BatchSource(
+            data_lib.tokenize(train, self.tokenizer, cfg.data), cfg.data.batch_size // pc,
+            cfg.optimizer.grad_accum_steps, self.buckets, cfg.data.max_target_length, self.tokenizer.pad_token_id,
+            cfg.data.seed, cfg.data.sort_window)
+        self.iterator = data_lib.train_iterator(self.source)
+        self.val_examples = []
+        self.val = None
+        if cfg.eval.every_steps >= 0:
+            self.val_examples = data_lib.load_examples(cfg.data, "validation", pi, pc, cfg.data.max_eval_examples)
+            if self.val_examples:
+                self.val = data_lib.tokenize(self.val_examples[:cfg.eval.loss_examples], self.tokenizer, cfg.data)
+
+    def abstract_state(self):
+        """ShapeDtypeStructs of the train state, with their shardings."""
+        def fresh(rng):
+            params = self.model.init(rng, jnp.ones((1, 2), jnp.int32), decoder_input_ids=jnp.ones((1, 2), jnp.int32))
+            return step_lib.init_state(params["params"], self.tx, self.cfg.seed)
+        shapes = jax.eval_shape(fresh, jax.random.PRNGKey(0))
+        self.shardings = step_lib.state_shardings(shapes, self.tx, self.mesh)
+        return jax.tree_util.tree_map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                                      shapes, self.shardings)
+
+    def initial_state(self):
+        abstract = self.abstract_state()
+        if self.pretrained is None:
+            def fresh(rng):
+                ids = jnp.ones((1, 2), jnp.int32)
+                params = self.model.init(rng, ids, decoder_input_ids=ids)["params"]
+                return step_lib.init_state(params, self.tx, self.cfg.seed)
+            return jax.jit(fresh, out_shardings=self.shardings)(jax.random.PRNGKey(self.cfg.seed))
+        host = jax.tree_util.tree_map(np.asarray, self.pretrained)
+        params = jax.tree_util.tree_map(
+            lambda a, s: jax.make_array_from_callback(a.shape, s.sharding, lambda idx: a[idx].astype(s.dtype)),
+            host, abstract["params"])
+        shardings = self.shardings
+        return jax.jit(lambda p: step_lib.init_state(p, self.tx, self.cfg.seed),
+                       in_shardings=(shardings["params"],), out_shardings=shardings)(params)
+
+    # ------------------------------------------------------------------ evaluation
+    def validation_loss(self, params, eval_step) -> float | None:
+        if self.val is None:
+            return None
+        pc = jax.process_count()
+        per_process = max(self.cfg.eval.batch_size // pc, 1)
+        batch = per_process * pc
+        ways = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+        if batch % ways:
+            per_process = -(-ways // pc)
+        batches = data_lib.eval_batches(self.val, per_process, self.buckets, self.cfg.data.max_target_length,
+                                        self.tokenizer.pad_token_id)
+        total = count = 0.0
+        for k in range(_agree_max(len(batches))):
+            b = batches[k] if k < len(batches) else data_lib.filler_batch(
+                per_process, self.cfg.data.max_target_length, self.tokenizer.pad_token_id, self.buckets[0])
+            b = {key: v[0] for key, v in b.items()}  # [1, b, n] -> [b, n]
+            b = data_lib.pad_source(b, _agree_max(b["input_ids"].shape[-1]), self.tokenizer.pad_token_id)
+            s, c = eval_step(params, step_lib.global_batch(b, self.mesh, accumulate=False))
+            total += float(s)
+            count += float(c)
+        return total / max(count, 1.0)
+
+    def rouge(self, params) -> dict:
+        """ROUGE of generated summaries on the first validation examples (process 0's shard)."""
+        n = self.cfg.eval.rouge_examples
+        if not n or not self.val_examples:
+            return {}
+        host = _host(params)
+        if not self.is_main:
+            return {}
+        from .evaluate import generate_summaries, rouge
+        examples = self.val_examples[:n]
+        texts = [e.document for e in examples]
+        preds = generate_summaries(self.eval_model, host, self.config, self.tokenizer, texts,
+                                   num_beams=self.cfg.eval.num_beams, max_length=self.cfg.eval.max_length,
+                                   batch_size=self.cfg.eval.batch_size,
+                                   buckets=[b for b in self.buckets])
+        return rouge(preds, [e.summary for e in examples])
+
+    # ------------------------------------------------------------------ export
+    def export(self, params) -> None:
+        host = _host(params)
+        if not self.is_main:
+            return
+        import convert
+        gen = {"decoder_start_token_id": self.config.decoder_start_token_id, "bos_token_id": self.config.bos_token_id,
+               "eos_token_id": self.config.eos_token_id, "pad_token_id": self.config.pad_token_id,
+               "forced_bos_token_id": self.config.bos_token_id, "num_beams": self.cfg.eval.num_beams,
+               "max_length": self.cfg.eval.max_length, "no_repeat_ngram_size": 3, "early_stopping": True}
+        gen_path = os.path.join(self.out, "generation_config.json")
+        _write_json(gen_path, gen)
+        tok_files = [os.path.join(self.tokenizer_dir, f) for f in ckpt_format.TOKENIZER_FILES
+                     if os.path.isfile(os.path.join(self.tokenizer_dir, f))]
+        ckpt_format.save(os.path.join(self.out, "final"), self.config, host, extra_files=tok_files + [gen_path],
+                         overwrite=True)
+        hf_tmp = os.path.join(self.out, ".hf.tmp")
+        shutil.rmtree(hf_tmp, ignore_errors=True)
+        convert.to_hf(self.config, host, hf_tmp)
+        for f in tok_files + [gen_path]:
+            shutil.copy2(f, hf_tmp)
+        hf = os.path.join(self.out, "hf")
+        if os.path.exists(hf):
+            shutil.rmtree(hf)
+        os.replace(hf_tmp, hf)
+
+
+def _check_config_unchanged(out: str, cfg: TrainConfig, resuming: bool) -> None:
+    path = os.path.join(out, "train_config.yaml")
+    text = dump(cfg)
+    if resuming and os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            old = f.read()
+        if old != text:
+            log.warning("resuming with a config that differs from the one this run started with (%s)", path)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def run(cfg: TrainConfig, *, progress: bool = True) -> dict:
+    """Trains; returns the last metrics. Raises TrainingError on a NaN or infinite loss."""
+    from tqdm import tqdm
+
+    job = Job(cfg)
+    is_main = job.is_main
+    ckpts = Checkpoints(os.path.join(job.out, "checkpoints"), cfg.checkpoint.keep_last, cfg.checkpoint.keep_best,
+                        cfg.checkpoint.asynchronous)
+    metrics_log = MetricsLog(job.out, enabled=is_main)
+    latest = ckpts.latest_step()
+    if is_main:
+        _check_config_unchanged(job.out, cfg, latest is not None)
+    if latest is not None:
+        state = ckpts.restore(latest, job.abstract_state(), job.iterator)
+        metrics_log.truncate(latest)
+        log.info("resumed from step %d (%s)", latest, ckpts.directory)
+    else:
+        state = job.initial_state()
+    start = int(jax.device_get(state["step"]))
+    train_step = step_lib.make_train_step(job.model, job.tx, job.lr, job.mesh, job.shardings,
+                                          cfg.optimizer.label_smoothing, cfg.model.dropout)
+    eval_step = step_lib.make_eval_step(job.eval_model, job.mesh, job.shardings["params"])
+    if is_main:
+        n_params = sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(state["params"]))
+        per_device, total = shd.bytes_per_device(state, job.shardings)
+        log.info("%s parameters; train state %.1f MiB, %.1f MiB per device; mesh %s; %d processes",
+                 f"{n_params:,}", total / 2**20, per_device / 2**20, dict(job.mesh.shape), jax.process_count())
+    bar = tqdm(total=cfg.steps, initial=start, disable=not (progress and is_main), desc="train", unit="step")
+    last: dict = {}
+    best = None
+    tokens_seen = 0
+    t0 = time.perf_counter()
+    try:
+        for step in range(start, cfg.steps):
+            local = next(job.iterator)
+            length = _agree_max(local["input_ids"].shape[-1])  # every process pads to the same bucket
+            local = data_lib.pad_source(local, length, job.tokenizer.pad_token_id)
+            state, m = train_step(state, step_lib.global_batch(local, job.mesh))
+            m = jax.device_get(m)
+            done = step + 1
+            if not np.isfinite(m["loss"]):
+                ckpts.wait()
+                good = ckpts.latest_step()
+                raise TrainingError(
+                    f"the loss is {float(m['loss'])} at step {done}: training stopped without saving. The last good "
+                    f"checkpoint is step {good} in {ckpts.directory}" + (" (none yet)" if good is None else "") +
+                    "; lower optimizer.learning_rate, raise optimizer.warmup_steps or set optimizer.max_grad_norm, "
+                    "then rerun the same command to resume from it")
+            tokens_seen += int(m["tokens"])
+            last = {"loss": float(m["loss"]), "tokens": int(m["tokens"]), "grad_norm": float(m["grad_norm"]),
+                    "learning_rate": float(m["learning_rate"]), "bucket": int(length)}
+            if done % cfg.log_every == 0 or done == cfg.steps or done == start + 1:
+                metrics_log.write(done, "train", {**last, "tokens_per_s": tokens_seen / (time.perf_counter() - t0)})
+            bar.update(1)
+            bar.set_postfix(loss=f"{last['loss']:.3f}", lr=f"{last['learning_rate']:.2e}")
+            _fault("kill_after_step", done)
+
+            metrics = None
+            final = done == cfg.steps
+            every = cfg.eval.every_steps
+            if every >= 0 and ((every and done % every == 0) or final):
+                val_loss = job.validation_loss(state["params"], eval_step)
+                if val_loss is not None:
+                    scores = job.rouge(state["params"]) if final or every else {}
+                    metrics = {"val_loss": val_loss}
+                    metrics_log.write(done, "eval", {**metrics, **scores})
+                    best = val_loss if best is None else min(best, val_loss)
+                    last.update(val_loss=val_loss, **scores)
+                    if is_main:
+                        bar.write(f"step {done}: val_loss {val_loss:.4f}" + "".join(
+                            f", {k} {v:.2f}" for k, v in scores.items()))
+            every = cfg.checkpoint.every_steps
+            if final or (every and done % every == 0):
+                ckpts.save(done, state, job.iterator, metrics)
+                _fault("kill_during_save", done)
+        ckpts.wait()
+        job.export(state["params"])
+    finally:
+        bar.close()
+        metrics_log.close()
+        ckpts.close()
+    return last
+
+
+__all__ = ["run", "Job", "TrainingError", "FAULT_ENV"]

@@ -1,0 +1,62 @@
+"""Metrics sinks: a jsonl log (one record per logged step or evaluation) and TensorBoard event files
+(tensorboardX: no TensorFlow). Only process 0 writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+
+class MetricsLog:
+    def __init__(self, directory: str, enabled: bool = True, tensorboard: bool = True):
+        self.path = os.path.join(directory, "metrics.jsonl")
+        self.enabled = enabled
+        self.writer = None
+        if enabled and tensorboard:
+            try:
+                from tensorboardX import SummaryWriter
+            except ImportError:  # pragma: no cover - a declared dependency
+                SummaryWriter = None
+            if SummaryWriter is not None:
+                self.writer = SummaryWriter(os.path.join(directory, "tensorboard"), flush_secs=10)
+
+    def truncate(self, step: int) -> None:
+        """Drops records after `step` (written by a run that died before its next checkpoint), so a
+        resumed run's log reads as one uninterrupted run."""
+        if not self.enabled or not os.path.exists(self.path):
+            return
+        with open(self.path, encoding="utf-8") as f:
+            keep = []
+            for line in f:
+                try:
+                    if json.loads(line)["step"] <= step:
+                        keep.append(line if line.endswith("\n") else line + "\n")
+                except (json.JSONDecodeError, KeyError):
+                    continue  # a line cut short by the kill
+        fd, tmp = tempfile.mkstemp(prefix=".metrics.", dir=os.path.dirname(self.path))
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.writelines(keep)
+        os.replace(tmp, self.path)
+
+    def write(self, step: int, kind: str, values: dict) -> None:
+        if not self.enabled:
+            return
+        record = {"step": step, "kind": kind, **{k: (float(v) if not isinstance(v, (int, str)) else v)
+                                                for k, v in values.items()}}
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+        if self.writer is not None:
+            for k, v in record.items():
+                if k not in ("step", "kind") and isinstance(v, (int, float)):
+                    self.writer.add_scalar(f"{kind}/{k}", v, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def read(path: str) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]

@@ -1,0 +1,67 @@
+"""The model and tokenizer a training job starts from: made from scratch, or loaded from a led-flax
+checkpoint or an HF LED directory."""
+
+from __future__ import annotations
+
+import os
+
+from led_flax import checkpoint
+from led_flax.config import LEDConfig
+from led_flax.tokenizer import LEDTokenizer
+
+from .config import TrainConfig, TrainConfigError
+
+# the released checkpoints' architectures, for dry runs on a machine that has not converted them
+PRESETS = {
+    "allenai/led-base-16384": dict(vocab_size=50265, d_model=768, encoder_layers=6, decoder_layers=6,
+                                   encoder_attention_heads=12, decoder_attention_heads=12, encoder_ffn_dim=3072,
+                                   decoder_ffn_dim=3072, attention_window=1024,
+                                   max_encoder_position_embeddings=16384, max_decoder_position_embeddings=1024),
+    "allenai/led-large-16384": dict(vocab_size=50265, d_model=1024, encoder_layers=12, decoder_layers=12,
+                                    encoder_attention_heads=16, decoder_attention_heads=16, encoder_ffn_dim=4096,
+                                    decoder_ffn_dim=4096, attention_window=1024,
+                                    max_encoder_position_embeddings=16384, max_decoder_position_embeddings=1024),
+}
+
+
+def scratch_config(cfg: TrainConfig, tokenizer: LEDTokenizer) -> LEDConfig:
+    fields = dict(cfg.model.led)
+    fields.update(vocab_size=tokenizer.vocab_size, pad_token_id=tokenizer.pad_token_id,
+                  bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                  decoder_start_token_id=tokenizer.eos_token_id)
+    try:
+        return LEDConfig(**fields)
+    except TypeError as e:
+        raise TrainConfigError(f"model.led: {e}; its keys are LEDConfig fields (d_model, encoder_layers, ...)") from None
+
+
+def architecture(cfg: TrainConfig) -> LEDConfig:
+    """The LEDConfig of `model.init` without loading weights (for dry runs)."""
+    init = cfg.model.init
+    if init == "scratch":
+        return LEDConfig(**{"vocab_size": cfg.tokenizer.vocab_size, **cfg.model.led})
+    if os.path.isdir(init):
+        return LEDConfig.from_hf(os.path.join(init, "config.json"))
+    if init in PRESETS:
+        return LEDConfig(**PRESETS[init])
+    raise TrainConfigError(f"model.init {init} is not a directory; convert the checkpoint first "
+                           f"(led-flax convert {init} DIR) and point model.init at DIR")
+
+
+def load_pretrained(init: str):
+    """(LEDConfig, host params) of a led-flax checkpoint or an HF LED directory."""
+    if checkpoint.is_led_flax_checkpoint(init):
+        config, params, head = checkpoint.load(init)
+        if head != "conditional_generation":
+            raise TrainConfigError(f"model.init {init} holds a {head} model; summarization fine-tuning needs "
+                                   f"LEDForConditionalGeneration")
+        return config, params
+    if checkpoint.is_hf_checkpoint(init):
+        import convert
+        return convert.from_hf(init, "conditional_generation")
+    if init in PRESETS:
+        raise TrainConfigError(f"model.init {init} is a hub id; this job reads local checkpoints only: run "
+                               f"`led-flax convert {init} checkpoints/{init.split('/')[1]}` (online) and set "
+                               f"model.init to that directory")
+    raise TrainConfigError(f"model.init {init} is neither 'scratch', a led-flax checkpoint nor an HF LED "
+                           f"directory (config.json with model.safetensors or pytorch_model.bin)")

@@ -1,0 +1,157 @@
+"""The optimizer and the jitted, sharded train and eval steps.
+
+The loss of a step is the token sum over the token count of the whole step: every microbatch of
+every device adds its summed cross entropy and its count, and one division happens at the end (not a
+mean of per-microbatch means). Gradients are accumulated the same way, in float32.
+"""
+
+from __future__ import annotations
+
+import re
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import NamedSharding, PartitionSpec
+
+from led_flax import sharding as shd
+from led_flax.losses import token_cross_entropy
+from led_flax.modeling import shift_tokens_right
+
+from .config import OptimizerConfig
+
+FROZEN = re.compile(r"final_logits_bias$")  # a buffer in the reference: it never trains
+NO_DECAY = re.compile(r"(bias|scale)$")  # biases and LayerNorms, as transformers' Trainer
+
+
+def _label_tree(params, fn):
+    return jax.tree_util.tree_map_with_path(lambda keys, _: fn(shd._path(keys)), params)
+
+
+def schedule(cfg: OptimizerConfig, steps: int) -> optax.Schedule:
+    """Linear warmup from 0, then linear or cosine decay to `end_learning_rate` at `steps`, or constant."""
+    warm = max(cfg.warmup_steps, 0)
+    rest = max(steps - warm, 1)
+    if cfg.schedule == "linear":
+        decay = optax.linear_schedule(cfg.learning_rate, cfg.end_learning_rate, rest)
+    elif cfg.schedule == "cosine":
+        decay = optax.cosine_decay_schedule(cfg.learning_rate, rest, alpha=cfg.end_learning_rate / cfg.learning_rate)
+    else:
+        decay = optax.constant_schedule(cfg.learning_rate)
+    if not warm:
+        return decay
+    return optax.join_schedules([optax.linear_schedule(0.0, cfg.learning_rate, warm), decay], [warm])
+
+
+def optimizer(cfg: OptimizerConfig, steps: int) -> optax.GradientTransformation:
+    """AdamW (decoupled weight decay on kernels and embeddings) after global-norm clipping;
+    `final_logits_bias` is frozen."""
+    adamw = optax.adamw(schedule(cfg, steps), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay,
+                        mask=lambda p: _label_tree(p, lambda path: not NO_DECAY.search(path)))
+    trained = optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), adamw) if cfg.max_grad_norm else adamw
+    return optax.multi_transform({"train": trained, "frozen": optax.set_to_zero()},
+                                 lambda p: _label_tree(p, lambda path: "frozen" if FROZEN.search(path) else "train"))
+
+
+def batch_loss(model, params, batch, key, label_smoothing: float = 0.0, deterministic: bool = True):
+    """(summed token cross entropy, token count) of one microbatch: arrays [b, ...]."""
+    cfg = model.config
+    decoder_input_ids = shift_tokens_right(batch["labels"], cfg.pad_token_id, cfg.decoder_start_token_id)
+    out = model.apply({"params": params}, input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                      global_attention_mask=batch["global_attention_mask"], decoder_input_ids=decoder_input_ids,
+                      num_global_slots=1, deterministic=deterministic,
+                      rngs=None if deterministic else {"dropout": key})
+    return token_cross_entropy(out.logits, batch["labels"], label_smoothing=label_smoothing)
+
+
+def loss_and_grads(model, params, batch, key, label_smoothing: float = 0.0, deterministic: bool = True):
+    """Batch arrays [accum, b, ...] -> (loss, token count, grads), all normalised by the step's count."""
+    def micro(carry, xs):
+        grads, total, count = carry
+        mb, i = xs
+        (s, c), g = jax.value_and_grad(
+            lambda p: batch_loss(model, p, mb, jax.random.fold_in(key, i), label_smoothing, deterministic),
+            has_aux=True)(params)
+        grads = jax.tree_util.tree_map(lambda a, b: a + b.astype(a.dtype), grads, g)
+        return (grads, total + s, count + c), None
+
+    zeros = jax.tree_util.tree_map(lambda p: jnp.zeros(p.shape, jnp.promote_types(p.dtype, jnp.float32)), params)
+    accum = batch["labels"].shape[0]
+    init = (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
+    (grads, total, count), _ = jax.lax.scan(micro, init, (batch, jnp.arange(accum)))
+    denom = jnp.maximum(count, 1).astype(jnp.float32)
+    return total / denom, count, jax.tree_util.tree_map(lambda g: g / denom, grads)
+
+
+def init_state(params, tx, seed: int) -> dict:
+    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
+            "rng": jax.random.key_data(jax.random.PRNGKey(seed))}
+
+
+def state_shardings(state_shapes: dict, tx, mesh) -> dict:
+    """NamedShardings for the train state: params and their optimizer moments by the logical rules,
+    counters and the PRNG key replicated."""
+    replicated = NamedSharding(mesh, PartitionSpec())
+    params = shd.param_shardings(state_shapes["params"], mesh)
+    by_path = {shd._path(k): (leaf.shape, sh) for (k, leaf), sh in
+               zip(jax.tree_util.tree_leaves_with_path(state_shapes["params"]), jax.tree_util.tree_leaves(params))}
+
+    def moment(keys, leaf):
+        # an optimizer leaf shaped like a parameter sits under that parameter's path (AdamW's mu, nu)
+        names = "/".join(str(k.key) for k in keys if isinstance(k, jax.tree_util.DictKey))
+        for path, (shape, sh) in by_path.items():
+            if names.endswith(path) and tuple(leaf.shape) == tuple(shape):
+                return sh
+        return replicated
+
+    opt = jax.tree_util.tree_map_with_path(moment, state_shapes["opt_state"])
+    return {"step": replicated, "params": params, "opt_state": opt, "rng": replicated}
+
+
+def batch_shardings(mesh, accumulate: bool = True) -> NamedSharding:
+    """Batch arrays [accum, b, n] (or [b, n]): the example axis over data x fsdp."""
+    return NamedSharding(mesh, shd.batch_spec(3 if accumulate else 2, 1 if accumulate else 0))
+
+
+def make_train_step(model, tx, lr_schedule, mesh, shardings, label_smoothing: float = 0.0, dropout: bool = True):
+    """The jitted step (state, batch) -> (state, metrics), with explicit shardings and the state donated."""
+    deterministic = not dropout
+
+    def step(state, batch):
+        key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
+        loss, count, grads = loss_and_grads(model, state["params"], batch, key, label_smoothing, deterministic)
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        metrics = {"loss": loss, "tokens": count, "grad_norm": optax.global_norm(grads),
+                   "learning_rate": lr_schedule(state["step"])}
+        return {"step": state["step"] + 1, "params": params, "opt_state": opt_state, "rng": state["rng"]}, metrics
+
+    replicated = NamedSharding(mesh, PartitionSpec())
+    jitted = jax.jit(step, in_shardings=(shardings, batch_shardings(mesh)),
+                     out_shardings=(shardings, replicated), donate_argnums=(0,))
+
+    def run(state, batch):
+        with jax.set_mesh(mesh), nn.logical_axis_rules(shd.logical_rules()):
+            return jitted(state, batch)
+    run.jitted = jitted
+    return run
+
+
+def make_eval_step(model, mesh, param_sharding):
+    """The jitted (params, batch [b, ...]) -> (summed loss, token count), no dropout, no smoothing."""
+    replicated = NamedSharding(mesh, PartitionSpec())
+    jitted = jax.jit(lambda p, b: batch_loss(model, p, b, None),
+                     in_shardings=(param_sharding, batch_shardings(mesh, accumulate=False)),
+                     out_shardings=(replicated, replicated))
+
+    def run(params, batch):
+        with jax.set_mesh(mesh), nn.logical_axis_rules(shd.logical_rules()):
+            return jitted(params, batch)
+    return run
+
+
+def global_batch(batch: dict, mesh, accumulate: bool = True) -> dict:
+    """This process's rows -> global arrays sharded over the mesh (each process gives its own rows)."""
+    sharding = batch_shardings(mesh, accumulate)
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
