@@ -48,6 +48,7 @@ class DataConfig:
     batch_size: int = 8  # examples per optimizer step, over all processes and microbatches
     sort_window: int = 8  # batches whose examples are sorted by length together (less padding)
     seed: int = 0
+    shards: int | None = None  # data shards (None: one per process); fix it to compare runs across process counts
     max_train_examples: int | None = None  # use only the first N training examples (smoke tests)
     max_eval_examples: int | None = None
 
@@ -223,6 +224,8 @@ def validate(c: TrainConfig) -> None:
         raise TrainConfigError(f"optimizer.learning_rate must be positive, not {c.optimizer.learning_rate}")
     if not 0 <= c.optimizer.label_smoothing < 1:
         raise TrainConfigError(f"optimizer.label_smoothing must be in [0, 1), not {c.optimizer.label_smoothing}")
+    if c.data.shards is not None and c.data.shards < 1:
+        raise TrainConfigError(f"data.shards must be at least 1, not {c.data.shards}")
     if c.checkpoint.keep_last < 1:
         raise TrainConfigError("checkpoint.keep_last must be at least 1: resuming needs the latest checkpoint")
     if c.model.init == "scratch" and c.tokenizer.path is None and c.tokenizer.vocab_size < 256 + 5:

@@ -60,14 +60,16 @@ def aclsum_ids(split: str) -> list[str]:
         return [json.loads(line)["id"] for line in f if line.strip()]
 
 
-def _shard(items: list, process_index: int, process_count: int, limit: int | None) -> list:
+def _shard(items: list, shard: int, num_shards: int, limit: int | None) -> list:
     items = items[:limit] if limit else items
-    return items[process_index::process_count]
+    return items[shard::num_shards]
 
 
-def load_examples(cfg: DataConfig, split: str, process_index: int = 0, process_count: int = 1,
+def load_examples(cfg: DataConfig, split: str, shard: int = 0, num_shards: int = 1,
                   limit: int | None = None) -> list[Example]:
-    """This process's examples of `split` (train, validation, test): only its shard is read."""
+    """Shard `shard` of `num_shards` of `split` (train, validation, test): every `num_shards`-th example
+    of the first `limit`; only that shard is read."""
+    process_index, process_count = shard, num_shards
     if cfg.source == "aclsum":
         ids = _shard(aclsum_ids(split), process_index, process_count, limit)
         folder = os.path.join(aclsum_dir(), "paper_jsons")
@@ -214,42 +216,54 @@ def pad_source(batch: dict, length: int, pad_id: int) -> dict:
 
 
 class BatchSource:
-    """Batch i of the endless, deterministic training order of one process's examples (a grain
-    random-access source: `len` and `getitem`)."""
+    """Batch i of the endless, deterministic training order of this process's data shards (a grain
+    random-access source: `len` and `getitem`).
+
+    Each shard has its own order, a function of (seed, shard, epoch); a batch is the concatenation
+    of every owned shard's next `rows_per_shard` rows. So the global batch of a step depends on the
+    number of shards, not on how many processes hold them: one process holding both shards of a
+    two-shard job reads exactly the batches that two processes do.
+    """
 
     EPOCHS = 1_000_000
 
-    def __init__(self, data: Tokenized, local_batch: int, accum: int, buckets, target_length: int, pad_id: int,
+    def __init__(self, shards: dict, rows_per_shard: int, accum: int, buckets, target_length: int, pad_id: int,
                  seed: int, sort_window: int):
-        self.data, self.local_batch, self.accum = data, local_batch, accum
+        self.shards = dict(sorted(shards.items()))  # shard index -> Tokenized
+        self.rows, self.accum = rows_per_shard, accum
         self.buckets, self.target_length, self.pad_id = tuple(buckets), target_length, pad_id
         self.seed, self.sort_window = seed, sort_window
-        self.lengths = np.array([len(r) for r in data.input_ids])
-        self.per_epoch = len(self.lengths) // local_batch
+        self.lengths = {k: np.array([len(r) for r in d.input_ids]) for k, d in self.shards.items()}
+        self.per_epoch = min(len(v) for v in self.lengths.values()) // rows_per_shard
         if self.per_epoch == 0:
-            raise TrainConfigError(f"this process has {len(self.lengths)} training examples, fewer than one batch "
-                                   f"of {local_batch}; lower data.batch_size or add data")
+            raise TrainConfigError(f"a data shard has {min(len(v) for v in self.lengths.values())} training examples, "
+                                   f"fewer than its {rows_per_shard} rows of a batch; lower data.batch_size or "
+                                   f"add data")
 
     def __len__(self) -> int:
         return self.per_epoch * self.EPOCHS
 
-    @functools.lru_cache(maxsize=2)
-    def epoch_order(self, epoch: int) -> np.ndarray:
-        """[batches, local_batch] example indices of one epoch."""
-        rng = np.random.default_rng([self.seed, epoch])
-        order = rng.permutation(len(self.lengths))
-        window = self.local_batch * self.sort_window
+    @functools.lru_cache(maxsize=8)
+    def epoch_order(self, shard: int, epoch: int) -> np.ndarray:
+        """[batches, rows] example indices of one shard's epoch."""
+        lengths = self.lengths[shard]
+        rng = np.random.default_rng([self.seed, shard, epoch])
+        order = rng.permutation(len(lengths))
+        window = self.rows * self.sort_window
         chunks = [order[k:k + window] for k in range(0, len(order), window)]
-        order = np.concatenate([c[np.argsort(-self.lengths[c], kind="stable")] for c in chunks])
-        batches = order[:self.per_epoch * self.local_batch].reshape(self.per_epoch, self.local_batch)
+        order = np.concatenate([c[np.argsort(-lengths[c], kind="stable")] for c in chunks])
+        batches = order[:self.per_epoch * self.rows].reshape(self.per_epoch, self.rows)
         return batches[rng.permutation(self.per_epoch)]
 
     def __getitem__(self, i: int) -> dict:
         epoch, j = divmod(int(i), self.per_epoch)
-        rows = self.epoch_order(epoch)[j]
-        length = bucket_for(int(self.lengths[rows].max()), self.buckets)
-        return collate([self.data.input_ids[r] for r in rows], [self.data.labels[r] for r in rows], length,
-                       self.target_length, self.pad_id, self.accum)
+        rows = {shard: self.epoch_order(shard, epoch)[j] for shard in self.shards}
+        length = bucket_for(max(int(self.lengths[k][r].max()) for k, r in rows.items()), self.buckets)
+        parts = [collate([d.input_ids[r] for r in rows[k]], [d.labels[r] for r in rows[k]], length,
+                         self.target_length, self.pad_id, self.accum) for k, d in self.shards.items()]
+        # [accum, rows, ...] per shard -> [accum, shards x rows, ...]: each microbatch holds a slice of every
+        # shard, laid out as the processes' rows of the global batch would be
+        return {key: np.concatenate([p[key] for p in parts], axis=1) for key in parts[0]}
 
 
 def train_iterator(source: BatchSource):

@@ -3,6 +3,7 @@ every parameter's shard shape, and the bytes each device holds. No weights, no d
 
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -37,8 +38,8 @@ def plan(cfg: TrainConfig, devices=None) -> dict:
     batch["labels"] = jax.ShapeDtypeStruct((accum, micro, t), jnp.int32)
     train_step = step_lib.make_train_step(model, tx, step_lib.schedule(cfg.optimizer, cfg.steps), mesh, shardings,
                                           cfg.optimizer.label_smoothing, cfg.model.dropout)
-    with jax.set_mesh(mesh):
-        new_state, metrics = jax.eval_shape(train_step, shapes, batch)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(shd.logical_rules()):
+        new_state, metrics = jax.eval_shape(train_step.jitted, shapes, batch)
     params_dev, params_all = shd.bytes_per_device(shapes["params"], shardings["params"])
     state_dev, state_all = shd.bytes_per_device(shapes, shardings)
     batch_shard = step_lib.batch_shardings(mesh).shard_shape((accum, micro, n))

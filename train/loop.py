@@ -98,10 +98,12 @@ class Job:
         cfg = self.cfg
         init = cfg.model.init
         self.pretrained = None
+        if init != "scratch":
+            self.config, self.pretrained, model_dir = load_pretrained(init)
         if cfg.tokenizer.path:
             tok_dir = cfg.tokenizer.path
         elif init != "scratch":
-            tok_dir = init
+            tok_dir = model_dir
         else:
             tok_dir = os.path.join(self.out, "tokenizer")
             if not os.path.isdir(tok_dir):
@@ -118,7 +120,6 @@ class Job:
             self.tokenizer = LEDTokenizer.from_pretrained(tok_dir)
             self.config = scratch_config(cfg, self.tokenizer)
         else:
-            self.config, self.pretrained = load_pretrained(init)
             self.tokenizer = LEDTokenizer.from_pretrained(tok_dir)
             if self.tokenizer.vocab_size > self.config.vocab_size:
                 raise TrainConfigError(f"the tokenizer in {tok_dir} has {self.tokenizer.vocab_size} tokens but the "
@@ -142,17 +143,29 @@ class Job:
             cfg.data.buckets or data_lib.default_buckets(cfg.data.max_source_length, window),
             cfg.data.max_source_length, window)
         pi, pc = jax.process_index(), jax.process_count()
-        train = data_lib.load_examples(cfg.data, "train", pi, pc, cfg.data.max_train_examples)
-        self.train_ids = [e.id for e in train]
+        shards = cfg.data.shards or pc
+        if shards % pc:
+            raise TrainConfigError(f"data.shards {shards} does not split over {pc} processes; use a multiple of {pc}")
+        rows = cfg.data.batch_size // shards
+        if cfg.data.batch_size % shards or rows % cfg.optimizer.grad_accum_steps:
+            raise TrainConfigError(f"data.batch_size {cfg.data.batch_size} must split into {shards} data shards x "
+                                   f"{cfg.optimizer.grad_accum_steps} microbatches")
+        self.owned = list(range(pi, shards, pc))  # this process reads these shards only
+        train = {k: data_lib.load_examples(cfg.data, "train", k, shards, cfg.data.max_train_examples)
+                 for k in self.owned}
+        self.train_ids = {k: [e.id for e in v] for k, v in train.items()}
+        log.info("process %d reads data shards %s of %d: %d training examples", pi, self.owned, shards,
+                 sum(map(len, train.values())))
         self.source = data_lib.BatchSource(
-            data_lib.tokenize(train, self.tokenizer, cfg.data), cfg.data.batch_size // pc,
+            {k: data_lib.tokenize(v, self.tokenizer, cfg.data) for k, v in train.items()}, rows,
             cfg.optimizer.grad_accum_steps, self.buckets, cfg.data.max_target_length, self.tokenizer.pad_token_id,
             cfg.data.seed, cfg.data.sort_window)
         self.iterator = data_lib.train_iterator(self.source)
         self.val_examples = []
         self.val = None
         if cfg.eval.every_steps >= 0:
-            self.val_examples = data_lib.load_examples(cfg.data, "validation", pi, pc, cfg.data.max_eval_examples)
+            self.val_examples = [e for k in self.owned for e in data_lib.load_examples(
+                cfg.data, "validation", k, shards, cfg.data.max_eval_examples)]
             if self.val_examples:
                 self.val = data_lib.tokenize(self.val_examples[:cfg.eval.loss_examples], self.tokenizer, cfg.data)
 
@@ -290,6 +303,11 @@ def run(cfg: TrainConfig, *, progress: bool = True) -> dict:
         per_device, total = shd.bytes_per_device(state, job.shardings)
         log.info("%s parameters; train state %.1f MiB, %.1f MiB per device; mesh %s; %d processes",
                  f"{n_params:,}", total / 2**20, per_device / 2**20, dict(job.mesh.shape), jax.process_count())
+    # each process's own record: the shards it read and the bucket of every step (multi-host debugging)
+    os.makedirs(os.path.join(job.out, "processes"), exist_ok=True)
+    pi = jax.process_index()
+    _write_json(os.path.join(job.out, "processes", f"{pi}.json"), {"shards": job.owned, "train_ids": job.train_ids})
+    data_log = open(os.path.join(job.out, "processes", f"{pi}.steps.jsonl"), "a", encoding="utf-8")
     bar = tqdm(total=cfg.steps, initial=start, disable=not (progress and is_main), desc="train", unit="step")
     last: dict = {}
     best = None
@@ -298,22 +316,28 @@ def run(cfg: TrainConfig, *, progress: bool = True) -> dict:
     try:
         for step in range(start, cfg.steps):
             local = next(job.iterator)
-            length = _agree_max(local["input_ids"].shape[-1])  # every process pads to the same bucket
+            local_length = int(local["input_ids"].shape[-1])
+            length = _agree_max(local_length)  # every process pads to the same bucket
             local = data_lib.pad_source(local, length, job.tokenizer.pad_token_id)
             state, m = train_step(state, step_lib.global_batch(local, job.mesh))
             m = jax.device_get(m)
             done = step + 1
-            if not np.isfinite(m["loss"]):
+            bad = [k for k in ("loss", "grad_norm", "update_norm") if not np.isfinite(m[k])]
+            if bad:
                 ckpts.wait()
                 good = ckpts.latest_step()
+                what = ", ".join(f"{k} {float(m[k])}" for k in bad)
                 raise TrainingError(
-                    f"the loss is {float(m['loss'])} at step {done}: training stopped without saving. The last good "
+                    f"{what} at step {done}: training stopped without saving. The last good "
                     f"checkpoint is step {good} in {ckpts.directory}" + (" (none yet)" if good is None else "") +
                     "; lower optimizer.learning_rate, raise optimizer.warmup_steps or set optimizer.max_grad_norm, "
                     "then rerun the same command to resume from it")
             tokens_seen += int(m["tokens"])
             last = {"loss": float(m["loss"]), "tokens": int(m["tokens"]), "grad_norm": float(m["grad_norm"]),
                     "learning_rate": float(m["learning_rate"]), "bucket": int(length)}
+            data_log.write(json.dumps({"step": done, "bucket": int(length), "local_length": local_length,
+                                       "loss": last["loss"]}) + "\n")
+            data_log.flush()
             if done % cfg.log_every == 0 or done == cfg.steps or done == start + 1:
                 metrics_log.write(done, "train", {**last, "tokens_per_s": tokens_seen / (time.perf_counter() - t0)})
             bar.update(1)
@@ -341,6 +365,7 @@ def run(cfg: TrainConfig, *, progress: bool = True) -> dict:
         ckpts.wait()
         job.export(state["params"])
     finally:
+        data_log.close()
         bar.close()
         metrics_log.close()
         ckpts.close()

@@ -49,19 +49,29 @@ def architecture(cfg: TrainConfig) -> LEDConfig:
 
 
 def load_pretrained(init: str):
-    """(LEDConfig, host params) of a led-flax checkpoint or an HF LED directory."""
+    """(LEDConfig, host params, local directory) of a led-flax checkpoint or an HF LED directory (or hub id)."""
     if checkpoint.is_led_flax_checkpoint(init):
         config, params, head = checkpoint.load(init)
         if head != "conditional_generation":
             raise TrainConfigError(f"model.init {init} holds a {head} model; summarization fine-tuning needs "
                                    f"LEDForConditionalGeneration")
-        return config, params
+        return config, params, init
     if checkpoint.is_hf_checkpoint(init):
         import convert
-        return convert.from_hf(init, "conditional_generation")
-    if init in PRESETS:
-        raise TrainConfigError(f"model.init {init} is a hub id; this job reads local checkpoints only: run "
-                               f"`led-flax convert {init} checkpoints/{init.split('/')[1]}` (online) and set "
-                               f"model.init to that directory")
+        return (*convert.from_hf(init, "conditional_generation"), init)
+    if not os.path.exists(init) and init.count("/") == 1:  # a hub id: fetched when the machine is online
+        fix = (f"run `led-flax convert {init} checkpoints/{init.split('/')[1]}` where the hub is reachable and "
+               f"set model.init to that directory")
+        try:
+            from huggingface_hub import snapshot_download
+        except ImportError:
+            raise TrainConfigError(f"model.init {init} is a hub id and huggingface_hub is not installed "
+                                   f"(pip install 'led-flax[hub]'); or {fix}") from None
+        try:
+            local = snapshot_download(init, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.bin"])
+        except Exception as e:  # noqa: BLE001 - offline errors come in many types
+            raise TrainConfigError(f"could not fetch model.init {init} from the hub ({type(e).__name__}); "
+                                   f"{fix}") from None
+        return load_pretrained(local)
     raise TrainConfigError(f"model.init {init} is neither 'scratch', a led-flax checkpoint nor an HF LED "
                            f"directory (config.json with model.safetensors or pytorch_model.bin)")

@@ -124,7 +124,7 @@ def make_train_step(model, tx, lr_schedule, mesh, shardings, label_smoothing: fl
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         metrics = {"loss": loss, "tokens": count, "grad_norm": optax.global_norm(grads),
-                   "learning_rate": lr_schedule(state["step"])}
+                   "update_norm": optax.global_norm(updates), "learning_rate": lr_schedule(state["step"])}
         return {"step": state["step"] + 1, "params": params, "opt_state": opt_state, "rng": state["rng"]}, metrics
 
     replicated = NamedSharding(mesh, PartitionSpec())
