@@ -1,0 +1,117 @@
+"""The training job end to end: resume after SIGKILL (also mid-save), NaN stop, overfitting, export."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import aclsum_texts, torch, transformers
+from train_helpers import tiny_config, train_cli, write_config
+
+from led_flax import checkpoint
+from train import data as data_lib
+from train.checkpoints import Checkpoints
+from train.loop import FAULT_ENV, Job, TrainingError, run
+from train.metrics import read
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("train-tokenizer") / "tok"
+    data_lib.train_tokenizer(aclsum_texts(20), str(d), vocab_size=400)
+    return str(d)
+
+
+def _losses(path):
+    return {r["step"]: r["loss"] for r in read(os.path.join(path, "metrics.jsonl")) if r["kind"] == "train"}
+
+
+def _params(path):
+    return jax.tree_util.tree_leaves(checkpoint.load(os.path.join(path, "final"))[1])
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, tokenizer_dir):
+    out = tmp_path_factory.mktemp("uninterrupted")
+    run(tiny_config(out, tokenizer_dir), progress=False)
+    return str(out)
+
+
+def test_killed_runs_resume_on_the_same_curve(tmp_path, tokenizer_dir, uninterrupted):
+    out = tmp_path / "run"
+    cfg = write_config(tiny_config(out, tokenizer_dir), tmp_path / "tiny.yaml")
+    # SIGKILL after step 5 (checkpoint 4 may still be in flight: 2 is complete, orbax waits for it before 4)
+    first = train_cli(["--config", cfg], env={FAULT_ENV: "kill_after_step=5"})
+    assert first.returncode == -signal.SIGKILL, first.stderr[-2000:]
+    # resumed, then SIGKILL right after starting the asynchronous save of step 6
+    second = train_cli(["--config", cfg], env={FAULT_ENV: "kill_during_save=6"})
+    assert second.returncode == -signal.SIGKILL, second.stderr[-2000:]
+    assert "resumed from step" in second.stderr
+    resumed_from = int(second.stderr.split("resumed from step ")[1].split()[0])
+    assert resumed_from in (2, 4)
+    third = train_cli(["--config", cfg])
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert "resumed from step" in third.stderr
+
+    ref, got = _losses(uninterrupted), _losses(out)
+    assert sorted(got) == list(range(1, 9)) and got == ref  # step for step, bit for bit
+    for a, b in zip(_params(uninterrupted), _params(out)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # the last two and the best by validation loss; no temporary directory left behind
+    steps = Checkpoints(os.path.join(out, "checkpoints"), 2, 1).steps()
+    assert {6, 8} <= set(steps) and len(steps) <= 3
+    assert not [d for d in os.listdir(os.path.join(out, "checkpoints")) if "tmp" in d]
+
+
+def test_the_export_loads_in_transformers_with_the_same_logits(uninterrupted):
+    from led_flax.modeling import model_for
+    config, params, _ = checkpoint.load(os.path.join(uninterrupted, "final"))
+    hf = transformers.LEDForConditionalGeneration.from_pretrained(os.path.join(uninterrupted, "hf")).eval()
+    tok = transformers.LEDTokenizer.from_pretrained(os.path.join(uninterrupted, "hf"))
+    ids = np.asarray([tok("A short document about parsing.")["input_ids"]])
+    dec = np.asarray([[2, 0, 100, 101]])
+    ours = model_for(config).apply({"params": params}, ids, decoder_input_ids=dec).logits
+    with torch.no_grad():
+        ref = hf(input_ids=torch.tensor(ids), decoder_input_ids=torch.tensor(dec)).logits.numpy()
+    np.testing.assert_allclose(np.asarray(ours), ref, atol=1e-4, rtol=1e-4)
+
+
+def test_a_nan_stops_the_job_and_keeps_the_last_good_checkpoint(tmp_path, tokenizer_dir):
+    # the learning rate warms up from 0 (step 1 changes nothing), then explodes the parameters at step 2
+    cfg = tiny_config(tmp_path, tokenizer_dir, optimizer={"learning_rate": 1e30, "warmup_steps": 2,
+                                                          "schedule": "constant"},
+                      checkpoint={"every_steps": 1}, eval={"every_steps": -1})
+    with pytest.raises(TrainingError, match=r"at step 2: training stopped without saving. The last good "
+                                            r"checkpoint is step 1"):
+        run(cfg, progress=False)
+    ckpts = Checkpoints(os.path.join(tmp_path, "checkpoints"), 2, 1)
+    assert ckpts.steps() == [1]
+    job = Job(cfg)
+    state = ckpts.restore(1, job.abstract_state(), job.iterator)
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree_util.tree_leaves(state["params"]))
+
+
+def test_a_tiny_model_overfits_a_handful_of_examples(tmp_path, tokenizer_dir):
+    texts = aclsum_texts(3)
+    path = tmp_path / "few.jsonl"
+    with open(path, "w", encoding="utf-8") as f:
+        for t in texts[:2]:
+            f.write(json.dumps({"document": t[:600], "summary": t[:40]}) + "\n")
+    cfg = tiny_config(tmp_path / "out", tokenizer_dir, steps=60,
+                      model={"dropout": False},
+                      data={"source": "jsonl", "train_file": str(path), "validation_file": str(path),
+                            "batch_size": 2, "max_train_examples": None},
+                      optimizer={"learning_rate": 1e-2, "warmup_steps": 5, "schedule": "constant",
+                                 "weight_decay": 0.0},
+                      checkpoint={"every_steps": 0}, eval={"every_steps": 0, "rouge_examples": 2, "num_beams": 1,
+                                                           "max_length": 32})
+    last = run(cfg, progress=False)
+    losses = _losses(tmp_path / "out")
+    assert losses[1] > 4 and last["loss"] < 0.2, (losses[1], last)
+    assert last["val_loss"] < 0.2
+    assert last["rouge1"] > 90, last  # it learned to write the summaries it saw
