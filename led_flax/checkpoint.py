@@ -59,6 +59,14 @@ def head_of(params) -> str:
     return "conditional_generation"
 
 
+def _local_checkpointer(ocp):
+    """A checkpointer for this process alone: in a multi-process job only one process writes or reads
+    a led-flax checkpoint (host arrays), so orbax must not wait for the others at its barriers."""
+    me = jax.process_index()
+    return ocp.StandardCheckpointer(multiprocessing_options=ocp.options.MultiprocessingOptions(
+        primary_host=me, active_processes={me}, barrier_sync_key_prefix=f"led_flax_local_{me}"))
+
+
 def save(directory: str | os.PathLike, config: LEDConfig, params, *, extra_files=(), overwrite: bool = False) -> str:
     """Writes a complete checkpoint directory atomically.
 
@@ -77,7 +85,7 @@ def save(directory: str | os.PathLike, config: LEDConfig, params, *, extra_files
         os.makedirs(tmp)
         params = jax.device_get(params)
         dtypes = sorted({np.asarray(x).dtype.name for x in jax.tree_util.tree_leaves(params)})
-        checkpointer = ocp.StandardCheckpointer()
+        checkpointer = _local_checkpointer(ocp)
         checkpointer.save(os.path.join(tmp, PARAMS), params)
         checkpointer.wait_until_finished()
         checkpointer.close()
@@ -119,7 +127,7 @@ def load(directory: str | os.PathLike):
                               f"{marker.get('format_version')}; this led-flax reads {FORMAT} up to version "
                               f"{FORMAT_VERSION}: upgrade led-flax")
     config = LEDConfig.from_hf(directory)
-    checkpointer = ocp.StandardCheckpointer()
+    checkpointer = _local_checkpointer(ocp)
     try:
         params = checkpointer.restore(os.path.join(directory, PARAMS))
     finally:

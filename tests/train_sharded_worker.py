@@ -66,7 +66,7 @@ mu = {}
 for k, v in jax.tree_util.tree_leaves_with_path(state["opt_state"]):
     names = "/".join(str(x.key) for x in k if isinstance(x, jax.tree_util.DictKey))
     if names.endswith("encoder/layers_0/fc1/kernel"):
-        mu[names] = list(v.addressable_shards[0].data.shape)
+        mu[jax.tree_util.keystr(k)] = list(v.addressable_shards[0].data.shape)
 out["moment_shards"] = mu
 b = step_lib.global_batch(batches[0], mesh)
 out["batch_shard"] = list(b["input_ids"].addressable_shards[0].data.shape)

@@ -56,6 +56,9 @@ def main(args) -> int:
     except TrainingError as e:
         print(f"led-flax train: stopped: {e}", file=sys.stderr)
         return 3
+    import jax
+    if jax.process_index():
+        return 0
     print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in last.items()))
     print(f"wrote {os.path.join(cfg.output_dir, 'final')} (led-flax summarize --model) and "
           f"{os.path.join(cfg.output_dir, 'hf')} (transformers)")

@@ -125,6 +125,11 @@ def _check_type(where: str, value, annotation):
         if isinstance(value, bool) or not isinstance(value, int):
             raise TrainConfigError(f"{where} must be an integer, not {value!r}")
     elif text.startswith("float"):
+        if isinstance(value, str):  # YAML reads 1e-4 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise TrainConfigError(f"{where} must be a number, not {value!r}")
         value = float(value)
