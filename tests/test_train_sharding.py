@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from conftest import aclsum_texts
-from train_helpers import ROOT, tiny_config, write_config
+from train_helpers import ROOT, SUBPROCESS_ENV, tiny_config, write_config
 
 from train import data as data_lib
 from train.loop import run
@@ -83,7 +83,7 @@ def test_two_processes_train_as_one(tmp_path):
     multi = tmp_path / "multi"
     cfg = write_config(tiny_config(multi, tok, **sections), tmp_path / "multi.yaml")
     port = _free_port()
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = {**os.environ, **SUBPROCESS_ENV}
     procs = [subprocess.Popen([sys.executable, "-m", "led_flax.cli", "train", "--quiet", "--config", cfg,
                                "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)],
                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -5,10 +5,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 
 from train import config as config_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# the training subprocesses of a session share JAX's persistent compilation cache: the same step
+# compiles once, not once per process
+SUBPROCESS_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "JAX_COMPILATION_CACHE_DIR": tempfile.mkdtemp(prefix="led-flax-jit-"),
+                  "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
 
 TINY_LED = dict(d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
                 encoder_ffn_dim=64, decoder_ffn_dim=64, attention_window=16, max_encoder_position_embeddings=256,
@@ -42,6 +47,6 @@ def write_config(cfg, path) -> str:
 
 def train_cli(args, env=None, timeout=300):
     """`python -m led_flax.cli train ARGS` in a subprocess; returns the CompletedProcess."""
-    full = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
+    full = {**os.environ, **SUBPROCESS_ENV, **(env or {})}
     return subprocess.run([sys.executable, "-m", "led_flax.cli", "train", "--quiet", *args], cwd=ROOT, env=full,
                           capture_output=True, text=True, timeout=timeout)
