@@ -171,9 +171,13 @@ def sliding_window_attention(q, k, v, *, one_sided: int, key_mask, query_mask,
     bands = (prev_band, None, next_band)
     rate = dropout_rate if dropout_rng is not None else 0.0
 
-    if step == c_pad:
+    if return_probs:
         out, exps, scale = _blocks_attention(qb, ks, vs, kms, qmask, global_k, global_v, global_mask, bands,
                                              rate, dropout_rng)
+    elif step == c_pad:
+        # under jax.checkpoint: the backward pass recomputes the [q, 3w] scores instead of keeping them
+        out = jax.checkpoint(lambda *xs: _blocks_attention(*xs, global_k, global_v, global_mask, bands, rate,
+                                                           dropout_rng)[0])(qb, ks, vs, kms, qmask)
     else:  # loop over groups of `step` blocks: the c axis becomes [c / step, step], the loop axis first
         def group(x):
             return jnp.moveaxis(x.reshape(x.shape[:2] + (c_pad // step, step) + x.shape[3:]), 2, 0)
@@ -185,7 +189,9 @@ def sliding_window_attention(q, k, v, *, one_sided: int, key_mask, query_mask,
 
         xs = (jnp.arange(c_pad // step), group(qb), tuple(map(group, ks)), tuple(map(group, vs)),
               tuple(map(group, kms)), group(qmask))
-        out = jnp.moveaxis(jax.lax.map(body, xs), 0, 2)  # [b, h, c / step, step, q, d]
+        # each group's scores are recomputed in the backward pass (jax.checkpoint), so training, like
+        # inference, holds one group of scores at a time rather than all n x 3w of them
+        out = jnp.moveaxis(jax.lax.map(jax.checkpoint(body, prevent_cse=False), xs), 0, 2)  # [b, h, c/step, step, q, d]
     out = out.reshape(b, h, m, d).transpose(0, 2, 1, 3)[:, :n]  # [b, n, h, d]
 
     if not return_probs:

@@ -126,3 +126,18 @@ def test_label_smoothing_changes_the_loss_and_zero_is_plain_cross_entropy(refere
     plain, smooth = plain / count, smooth / count
     assert abs(float(plain) - loss) / loss < 1e-5
     assert float(smooth) != pytest.approx(float(plain), rel=1e-3)
+
+
+def test_bfloat16_compute_with_gradient_checkpointing_tracks_float32(reference_step):
+    config, params, batch, _, _ = reference_step
+    micro = {k: v[None] for k, v in batch.items()}
+    out = {}
+    for name, kw in (("f32", {}), ("bf16", {"dtype": jax.numpy.bfloat16, "gradient_checkpointing": True})):
+        model = model_for(config, "conditional_generation", **kw)
+        loss, _, grads = jax.jit(lambda p, b: step_lib.loss_and_grads(model, p, b, jax.random.PRNGKey(0)))(params,
+                                                                                                           micro)
+        out[name] = (float(loss), np.concatenate([np.ravel(g) for g in jax.tree_util.tree_leaves(grads)]))
+    assert all(g.dtype == np.float32 for g in (out["bf16"][1],))  # float32 master gradients
+    assert abs(out["bf16"][0] - out["f32"][0]) / out["f32"][0] < 2e-2
+    a, b = out["bf16"][1], out["f32"][1]
+    assert a @ b / np.linalg.norm(a) / np.linalg.norm(b) > 0.99

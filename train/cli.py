@@ -46,8 +46,15 @@ def main(args) -> int:
     logger.propagate = False
     cfg = config_lib.load(args.config, args.overrides)
     if args.dry_run:
+        from led_flax.sharding import ShardingError
+
         from .dry_run import dry_run
-        print(dry_run(cfg))
+        try:
+            print(dry_run(cfg))
+        except ShardingError as e:
+            raise ShardingError(f"{e}. To plan for more devices than this machine has, fake them: "
+                                f"XLA_FLAGS=--xla_force_host_platform_device_count=N led-flax train ... --dry-run") \
+                from None
         return 0
     initialize_distributed(args)
     from .loop import TrainingError, run

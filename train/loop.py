@@ -200,11 +200,9 @@ class Job:
         if self.val is None:
             return None
         pc = jax.process_count()
-        per_process = max(self.cfg.eval.batch_size // pc, 1)
-        batch = per_process * pc
-        ways = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
-        if batch % ways:
-            per_process = -(-ways // pc)
+        # the global batch: eval.batch_size rounded up to split over the processes and the data devices
+        unit = math.lcm(pc, self.mesh.shape["data"] * self.mesh.shape["fsdp"])
+        per_process = -(-self.cfg.eval.batch_size // unit) * unit // pc
         batches = data_lib.eval_batches(self.val, per_process, self.buckets, self.cfg.data.max_target_length,
                                         self.tokenizer.pad_token_id)
         total = count = 0.0
@@ -350,7 +348,7 @@ def run(cfg: TrainConfig, *, progress: bool = True) -> dict:
             if every >= 0 and ((every and done % every == 0) or final):
                 val_loss = job.validation_loss(state["params"], eval_step)
                 if val_loss is not None:
-                    scores = job.rouge(state["params"]) if final or every else {}
+                    scores = job.rouge(state["params"])
                     metrics = {"val_loss": val_loss}
                     metrics_log.write(done, "eval", {**metrics, **scores})
                     best = val_loss if best is None else min(best, val_loss)
