@@ -122,10 +122,10 @@ class Embed(nn.Module):
         self.embedding = self.param("embedding", init, (self.num_embeddings, self.features), self.param_dtype)
 
     def __call__(self, ids):
-        table = jnp.asarray(self.embedding)
-        if self.padding_idx is not None:
-            table = table.at[self.padding_idx].set(jax.lax.stop_gradient(table[self.padding_idx]))
-        return jnp.take(table, ids, axis=0).astype(self.dtype)
+        rows = jnp.take(jnp.asarray(self.embedding), ids, axis=0)  # [..., D]
+        if self.padding_idx is not None:  # no gradient reaches the table through padding lookups
+            rows = jnp.where((ids == self.padding_idx)[..., None], jax.lax.stop_gradient(rows), rows)
+        return rows.astype(self.dtype)
 
     def attend(self, x):
         # x: [b, t, D]; table: [V, D] -> [b, t, V]

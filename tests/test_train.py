@@ -115,3 +115,7 @@ def test_a_tiny_model_overfits_a_handful_of_examples(tmp_path, tokenizer_dir):
     assert losses[1] > 4 and last["loss"] < 0.2, (losses[1], last)
     assert last["val_loss"] < 0.2
     assert last["rouge1"] > 90, last  # it learned to write the summaries it saw
+    events = os.listdir(tmp_path / "out" / "tensorboard")
+    assert events and all(e.startswith("events.out.tfevents") for e in events)
+    evals = [r for r in read(str(tmp_path / "out" / "metrics.jsonl")) if r["kind"] == "eval"]
+    assert [r["step"] for r in evals] == [60] and {"val_loss", "rouge1", "rouge2", "rougeL"} <= set(evals[0])

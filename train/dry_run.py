@@ -15,8 +15,9 @@ from .config import TrainConfig
 from .model import architecture
 
 
-def plan(cfg: TrainConfig, devices=None) -> dict:
-    """Abstract state, shardings and sizes of `cfg`'s job on `devices` (default: all)."""
+def plan(cfg: TrainConfig, devices=None, step: bool = True) -> dict:
+    """Abstract state, shardings and sizes of `cfg`'s job on `devices` (default: all); with `step`,
+    also the train step's abstract outputs (it traces the whole model)."""
     config = architecture(cfg)
     dtype = jnp.bfloat16 if cfg.model.dtype == "bfloat16" else jnp.float32
     model = model_for(config, "conditional_generation", dtype=dtype, param_dtype=jnp.float32,
@@ -38,15 +39,17 @@ def plan(cfg: TrainConfig, devices=None) -> dict:
     batch["labels"] = jax.ShapeDtypeStruct((accum, micro, t), jnp.int32)
     train_step = step_lib.make_train_step(model, tx, step_lib.schedule(cfg.optimizer, cfg.steps), mesh, shardings,
                                           cfg.optimizer.label_smoothing, cfg.model.dropout)
-    with jax.set_mesh(mesh), nn.logical_axis_rules(shd.logical_rules()):
-        new_state, metrics = jax.eval_shape(train_step.jitted, shapes, batch)
+    step_output = None
+    if step:
+        with jax.set_mesh(mesh), nn.logical_axis_rules(shd.logical_rules()):
+            step_output = jax.eval_shape(train_step.jitted, shapes, batch)
     params_dev, params_all = shd.bytes_per_device(shapes["params"], shardings["params"])
     state_dev, state_all = shd.bytes_per_device(shapes, shardings)
     batch_shard = step_lib.batch_shardings(mesh).shard_shape((accum, micro, n))
     return {"config": config, "mesh": mesh, "shapes": shapes, "shardings": shardings,
             "params_bytes": (params_dev, params_all), "state_bytes": (state_dev, state_all),
             "batch_shard": batch_shard, "kept_whole": shd.kept_whole(shapes["params"], mesh),
-            "step_output": (new_state, metrics)}
+            "step_output": step_output}
 
 
 def dry_run(cfg: TrainConfig) -> str:
