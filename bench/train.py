@@ -43,6 +43,8 @@ def _batch(n):
 
 
 def run_ours(n, steps, remat):
+    from train.cli import configure_xla
+    configure_xla()  # as `led-flax train` does
     import jax
 
     from led_flax import LEDConfig, sharding
