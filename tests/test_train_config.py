@@ -139,3 +139,11 @@ def test_the_loader_is_deterministic_resumable_and_shard_composable():
         for k in batch:
             np.testing.assert_array_equal(batch[k], np.concatenate([x[k], y[k]], axis=1))
     assert not all(np.array_equal(after[0]["input_ids"], after[6]["input_ids"]) for _ in [0])  # reshuffled
+
+
+def test_the_dry_run_prints_the_mesh_shardings_and_bytes(capsys):
+    assert cli_main(["train", "--config", os.path.join(ROOT, "configs", "tiny-aclsum.yaml"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "mesh: {'data': 1, 'fsdp': 1, 'tensor': 1} over 1 devices" in out
+    assert "train state (params + AdamW moments):" in out and "GiB per device" in out
+    assert "led/encoder/layers_0/fc1/kernel" in out and "led/encoder/layers_1/" not in out
