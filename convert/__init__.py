@@ -1,7 +1,8 @@
 """Checkpoint conversion between transformers' LED and led-flax (imports led_flax, never the reverse)."""
 
-from .hf import HeadInitialisedWarning, from_hf, head_of, read_state_dict, to_hf, to_state_dict
+from .hf import (HeadInitialisedWarning, HubError, fetch_from_hub, from_hf, head_of, read_state_dict, to_hf,
+                 to_state_dict)
 from .table import TABLE, MappingError, rule_for
 
 __all__ = ["from_hf", "to_hf", "read_state_dict", "to_state_dict", "head_of", "rule_for", "TABLE",
-           "MappingError", "HeadInitialisedWarning"]
+           "MappingError", "HeadInitialisedWarning", "fetch_from_hub", "HubError"]

@@ -35,6 +35,24 @@ _HEAD_KEYS = {
 }
 
 
+class HubError(ValueError):
+    """A hub id that could not be fetched: huggingface_hub is missing, or the hub is out of reach."""
+
+
+def fetch_from_hub(repo_id: str) -> str:
+    """The local directory of an HF checkpoint on the hub (config, weights, tokenizer files)."""
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise HubError(f"{repo_id} is not a local directory; to fetch it from the hub install huggingface_hub "
+                       f"(pip install 'led-flax[hub]')") from None
+    try:
+        return snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.bin"])
+    except Exception as e:  # noqa: BLE001 - offline errors come in many types
+        raise HubError(f"could not fetch {repo_id} from the hub ({type(e).__name__}: {e}); the machine is "
+                       f"probably offline") from None
+
+
 class HeadInitialisedWarning(UserWarning):
     """A checkpoint was loaded into another head: the new head's weights are freshly initialised."""
 
@@ -252,5 +270,5 @@ def to_hf(config: LEDConfig, params: dict, dst: str | os.PathLike) -> str:
     return dst
 
 
-__all__ = ["from_hf", "to_hf", "read_state_dict", "to_state_dict", "head_of", "HeadInitialisedWarning",
+__all__ = ["from_hf", "to_hf", "fetch_from_hub", "HubError", "read_state_dict", "to_state_dict", "head_of", "HeadInitialisedWarning",
            "MappingError", "ARCHITECTURE_TO_HEAD"]

@@ -17,16 +17,11 @@ def _resolve_source(src: str) -> str:
         return src
     if os.path.exists(src) or src.count("/") != 1:
         raise SystemExit(f"led-flax: {src} is not a checkpoint directory")
+    import convert
     try:
-        from huggingface_hub import snapshot_download
-    except ImportError:
-        raise SystemExit(f"led-flax: {src} is not a local directory; to fetch it from the hub install "
-                         f"huggingface_hub (pip install 'led-flax[hub]'), or {HUB_HINT}")
-    try:
-        return snapshot_download(src, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.bin"])
-    except Exception as e:  # noqa: BLE001 - offline errors come in many types
-        raise SystemExit(f"led-flax: could not fetch {src} from the hub ({type(e).__name__}: {e}); the "
-                         f"machine is probably offline: {HUB_HINT}")
+        return convert.fetch_from_hub(src)
+    except convert.HubError as e:
+        raise SystemExit(f"led-flax: {e}; or {HUB_HINT}") from None
 
 
 def cmd_convert(args) -> int:

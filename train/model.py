@@ -60,18 +60,12 @@ def load_pretrained(init: str):
         import convert
         return (*convert.from_hf(init, "conditional_generation"), init)
     if not os.path.exists(init) and init.count("/") == 1:  # a hub id: fetched when the machine is online
-        fix = (f"run `led-flax convert {init} checkpoints/{init.split('/')[1]}` where the hub is reachable and "
-               f"set model.init to that directory")
+        import convert
         try:
-            from huggingface_hub import snapshot_download
-        except ImportError:
-            raise TrainConfigError(f"model.init {init} is a hub id and huggingface_hub is not installed "
-                                   f"(pip install 'led-flax[hub]'); or {fix}") from None
-        try:
-            local = snapshot_download(init, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.bin"])
-        except Exception as e:  # noqa: BLE001 - offline errors come in many types
-            raise TrainConfigError(f"could not fetch model.init {init} from the hub ({type(e).__name__}); "
-                                   f"{fix}") from None
-        return load_pretrained(local)
+            return load_pretrained(convert.fetch_from_hub(init))
+        except convert.HubError as e:
+            raise TrainConfigError(f"model.init: {e}; or run `led-flax convert {init} checkpoints/"
+                                   f"{init.split('/')[1]}` where the hub is reachable and set model.init to that "
+                                   f"directory") from None
     raise TrainConfigError(f"model.init {init} is neither 'scratch', a led-flax checkpoint nor an HF LED "
                            f"directory (config.json with model.safetensors or pytorch_model.bin)")
