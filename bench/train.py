@@ -57,9 +57,7 @@ def run_ours(n, steps, remat):
     tx = step_lib.optimizer(opt, 1000)
     mesh = sharding.make_mesh(1, 1, 1, jax.devices()[:1])
 
-    def fresh(rng):
-        ids = jax.numpy.ones((1, 2), jax.numpy.int32)
-        return step_lib.init_state(model.init(rng, ids, decoder_input_ids=ids)["params"], tx, 0)
+    fresh = step_lib.fresh_state(model, tx, 0)
     shardings = step_lib.state_shardings(jax.eval_shape(fresh, jax.random.PRNGKey(0)), tx, mesh)
     state = jax.jit(fresh, out_shardings=shardings)(jax.random.PRNGKey(0))
     step = step_lib.make_train_step(model, tx, step_lib.schedule(opt, 1000), mesh, shardings, dropout=True)

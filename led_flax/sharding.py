@@ -18,7 +18,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
-# logical axis -> mesh axes (None: replicated). The one table.
+# logical axis -> mesh axes (None: replicated). The one table; flax's `nn.logical_axis_rules` takes it
+# as it is, for the activation constraints.
 RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("batch", ("data", "fsdp")),   # examples: split over every data-parallel device
     ("embed", "fsdp"),             # a parameter's d_model dimension: FSDP shards it
@@ -102,14 +103,19 @@ def _mesh_axes(name: str | None):
     raise ShardingError(f"logical axis {name!r} is not in led_flax.sharding.RULES")
 
 
+def _split_axes(name: str | None, mesh: Mesh) -> tuple[str, ...]:
+    """The mesh axes (of size > 1) that the logical axis `name` is split over."""
+    mesh_axes = _mesh_axes(name)
+    group = (mesh_axes,) if isinstance(mesh_axes, str) else tuple(mesh_axes or ())
+    return tuple(a for a in group if mesh.shape[a] > 1)
+
+
 def spec_for(axes, shape, mesh: Mesh) -> PartitionSpec:
     """The PartitionSpec for logical `axes` of an array of `shape`; a dimension its mesh axes do not
     divide is kept whole."""
     out = []
     for name, size in zip(axes, shape):
-        mesh_axes = _mesh_axes(name)
-        group = (mesh_axes,) if isinstance(mesh_axes, str) else tuple(mesh_axes or ())
-        group = tuple(a for a in group if mesh.shape[a] > 1)
+        group = _split_axes(name, mesh)
         if group and size % math.prod(mesh.shape[a] for a in group) == 0:
             out.append(group[0] if len(group) == 1 else group)
         else:
@@ -131,11 +137,6 @@ def batch_spec(ndim: int, batch_axis: int = 0) -> PartitionSpec:
     return PartitionSpec(*spec)
 
 
-def logical_rules():
-    """`RULES` in the form flax's `nn.logical_axis_rules` takes, for activation constraints."""
-    return tuple((name, axes) for name, axes in RULES)
-
-
 def kept_whole(params, mesh: Mesh) -> list[str]:
     """Parameter dimensions whose logical axis maps to a mesh axis of size > 1 that does not divide them."""
     out = []
@@ -144,9 +145,7 @@ def kept_whole(params, mesh: Mesh) -> list[str]:
                                    jax.tree_util.tree_leaves(axes, is_leaf=lambda x: isinstance(x, tuple))):
         spec = spec_for(names, leaf.shape, mesh)
         for name, size, got in zip(names, leaf.shape, spec):
-            mesh_axes = _mesh_axes(name)
-            group = (mesh_axes,) if isinstance(mesh_axes, str) else tuple(mesh_axes or ())
-            if got is None and any(mesh.shape[a] > 1 for a in group):
+            if got is None and _split_axes(name, mesh):
                 out.append(f"{_path(keys)} {name}={size}")
     return out
 

@@ -84,10 +84,11 @@ def load_model(directory: str, dtype=None):
     return module, params, config, GenerationConfig.from_hf(directory, config), tokenizer
 
 
-def default_buckets(config, smallest: int = 512) -> list[int]:
-    """Powers of two times the largest window, up to the encoder's positions."""
+def default_buckets(config, smallest: int = 512, top: int | None = None) -> list[int]:
+    """Powers of two times the largest window, from `smallest` up, ending at `top` (default: the
+    encoder's positions)."""
     window = max(config.attention_window)
-    top = config.max_encoder_position_embeddings
+    top = config.max_encoder_position_embeddings if top is None else top
     size = max(window, -(-smallest // window) * window)
     out = []
     while size < top:
@@ -231,7 +232,7 @@ def summarize(texts: Sequence[str], model, *, batch_size: int = 4, buckets: Sequ
 def write_atomic(path: str, lines: Sequence[str]) -> None:
     """Writes all lines to `path` through a temporary file in the same folder and a rename."""
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".summaries.", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=folder)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.writelines(line + "\n" for line in lines)

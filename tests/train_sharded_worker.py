@@ -40,9 +40,7 @@ for _ in range(2):
 
 
 def train(mesh):
-    def fresh(r):
-        ids = jax.numpy.ones((1, 2), jax.numpy.int32)
-        return step_lib.init_state(model.init(r, ids, decoder_input_ids=ids)["params"], tx, 0)
+    fresh = step_lib.fresh_state(model, tx, 0)
     shapes = jax.eval_shape(fresh, jax.random.PRNGKey(0))
     shardings = step_lib.state_shardings(shapes, tx, mesh)
     state = jax.jit(fresh, out_shardings=shardings)(jax.random.PRNGKey(0))

@@ -2,9 +2,10 @@
 
 Sources: the ACLSum papers of the `aclsum` package (document = the paper's body text, summary = its
 abstract, the package's train/val/test split), jsonl files, or files read through `datasets` (an
-optional extra). Each process reads only its own shard (every `process_count`-th example).
+optional extra). Each process reads only its own data shards (shard k of S: every S-th example,
+from the k-th).
 
-The order is a pure function of (seed, epoch): shuffle, sort windows of `sort_window` batches by
+The order of a shard is a pure function of (seed, shard, epoch): shuffle, sort windows of `sort_window` batches by
 length (so a batch holds similar lengths), cut into batches, shuffle the batches. `BatchSource`
 serves batch i of that endless order; grain's `MapDataset` over it gives an iterator whose position
 (`get_state`) is saved in every checkpoint, so a resumed job reads exactly the batches it would have.
@@ -69,9 +70,8 @@ def load_examples(cfg: DataConfig, split: str, shard: int = 0, num_shards: int =
                   limit: int | None = None) -> list[Example]:
     """Shard `shard` of `num_shards` of `split` (train, validation, test): every `num_shards`-th example
     of the first `limit`; only that shard is read."""
-    process_index, process_count = shard, num_shards
     if cfg.source == "aclsum":
-        ids = _shard(aclsum_ids(split), process_index, process_count, limit)
+        ids = _shard(aclsum_ids(split), shard, num_shards, limit)
         folder = os.path.join(aclsum_dir(), "paper_jsons")
         return [aclsum_paper(os.path.join(folder, f"{i}.json"), i) for i in ids]
     path = {"train": cfg.train_file, "validation": cfg.validation_file, "test": cfg.test_file}[split]
@@ -91,7 +91,7 @@ def load_examples(cfg: DataConfig, split: str, shard: int = 0, num_shards: int =
                     records.append((n, json.loads(line)))
                 except json.JSONDecodeError as e:
                     raise TrainConfigError(f"{path} line {n} is not JSON ({e}); fix or remove the line") from None
-        records = records[process_index::process_count]
+        records = _shard(records, shard, num_shards, None)
     else:
         try:
             import datasets
@@ -102,8 +102,8 @@ def load_examples(cfg: DataConfig, split: str, shard: int = 0, num_shards: int =
         ds = datasets.load_dataset(kind, data_files=path, split="train")
         if limit:
             ds = ds.select(range(min(limit, len(ds))))
-        ds = ds.shard(process_count, process_index, contiguous=False)
-        records = [(process_index + k * process_count + 1, r) for k, r in enumerate(ds)]
+        ds = ds.shard(num_shards, shard, contiguous=False)
+        records = [(shard + k * num_shards + 1, r) for k, r in enumerate(ds)]
     out = []
     for n, r in records:
         for name in (cfg.document_field, cfg.summary_field):
@@ -152,18 +152,6 @@ def tokenize(examples, tokenizer: LEDTokenizer, cfg: DataConfig) -> Tokenized:
         return tuple(tuple(r if len(r) <= limit else r[:limit - 1] + [r[-1]]) for r in rows)
     return Tokenized(cut(tokenizer.encode_batch([e.document for e in examples]), cfg.max_source_length),
                      cut(tokenizer.encode_batch([e.summary for e in examples]), cfg.max_target_length))
-
-
-def default_buckets(max_source_length: int, window: int, smallest: int = 512) -> tuple[int, ...]:
-    """Powers of two times the window, from `smallest` up, ending at max_source_length (rounded up
-    to the window)."""
-    top = -(-max_source_length // window) * window
-    size = max(window, -(-smallest // window) * window)
-    out = []
-    while size < top:
-        out.append(size)
-        size *= 2
-    return tuple(out) + (top,)
 
 
 def check_buckets(buckets, max_source_length: int, window: int) -> tuple[int, ...]:

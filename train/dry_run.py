@@ -25,11 +25,7 @@ def plan(cfg: TrainConfig, devices=None, step: bool = True) -> dict:
     mesh = shd.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, devices)
     tx = step_lib.optimizer(cfg.optimizer, cfg.steps)
 
-    def fresh(rng):
-        ids = jnp.ones((1, 2), jnp.int32)
-        return step_lib.init_state(model.init(rng, ids, decoder_input_ids=ids)["params"], tx, cfg.seed)
-
-    shapes = jax.eval_shape(fresh, jax.random.PRNGKey(0))
+    shapes = jax.eval_shape(step_lib.fresh_state(model, tx, cfg.seed), jax.random.PRNGKey(0))
     shardings = step_lib.state_shardings(shapes, tx, mesh)
     accum = cfg.optimizer.grad_accum_steps
     micro = cfg.data.batch_size // accum
@@ -41,7 +37,7 @@ def plan(cfg: TrainConfig, devices=None, step: bool = True) -> dict:
                                           cfg.optimizer.label_smoothing, cfg.model.dropout)
     step_output = None
     if step:
-        with jax.set_mesh(mesh), nn.logical_axis_rules(shd.logical_rules()):
+        with jax.set_mesh(mesh), nn.logical_axis_rules(shd.RULES):
             step_output = jax.eval_shape(train_step.jitted, shapes, batch)
     params_dev, params_all = shd.bytes_per_device(shapes["params"], shardings["params"])
     state_dev, state_all = shd.bytes_per_device(shapes, shardings)

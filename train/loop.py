@@ -23,6 +23,7 @@ from jax.experimental import multihost_utils
 from led_flax import checkpoint as ckpt_format
 from led_flax import sharding as shd
 from led_flax.modeling import model_for
+from led_flax.summarization import default_buckets, write_atomic
 from led_flax.tokenizer import LEDTokenizer
 
 from . import data as data_lib
@@ -63,11 +64,7 @@ def _host(tree):
 
 
 def _write_json(path: str, data: dict) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data, indent=2).splitlines())
 
 
 class Job:
@@ -140,7 +137,7 @@ class Job:
         cfg = self.cfg
         window = max(self.config.attention_window)
         self.buckets = data_lib.check_buckets(
-            cfg.data.buckets or data_lib.default_buckets(cfg.data.max_source_length, window),
+            cfg.data.buckets or default_buckets(self.config, top=-(-cfg.data.max_source_length // window) * window),
             cfg.data.max_source_length, window)
         pi, pc = jax.process_index(), jax.process_count()
         shards = cfg.data.shards or pc
@@ -171,10 +168,7 @@ class Job:
 
     def abstract_state(self):
         """ShapeDtypeStructs of the train state, with their shardings."""
-        def fresh(rng):
-            params = self.model.init(rng, jnp.ones((1, 2), jnp.int32), decoder_input_ids=jnp.ones((1, 2), jnp.int32))
-            return step_lib.init_state(params["params"], self.tx, self.cfg.seed)
-        shapes = jax.eval_shape(fresh, jax.random.PRNGKey(0))
+        shapes = jax.eval_shape(step_lib.fresh_state(self.model, self.tx, self.cfg.seed), jax.random.PRNGKey(0))
         self.shardings = step_lib.state_shardings(shapes, self.tx, self.mesh)
         return jax.tree_util.tree_map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                                       shapes, self.shardings)
@@ -182,18 +176,14 @@ class Job:
     def initial_state(self):
         abstract = self.abstract_state()
         if self.pretrained is None:
-            def fresh(rng):
-                ids = jnp.ones((1, 2), jnp.int32)
-                params = self.model.init(rng, ids, decoder_input_ids=ids)["params"]
-                return step_lib.init_state(params, self.tx, self.cfg.seed)
+            fresh = step_lib.fresh_state(self.model, self.tx, self.cfg.seed)
             return jax.jit(fresh, out_shardings=self.shardings)(jax.random.PRNGKey(self.cfg.seed))
         host = jax.tree_util.tree_map(np.asarray, self.pretrained)
         params = jax.tree_util.tree_map(
             lambda a, s: jax.make_array_from_callback(a.shape, s.sharding, lambda idx: a[idx].astype(s.dtype)),
             host, abstract["params"])
-        shardings = self.shardings
         return jax.jit(lambda p: step_lib.init_state(p, self.tx, self.cfg.seed),
-                       in_shardings=(shardings["params"],), out_shardings=shardings)(params)
+                       in_shardings=(self.shardings["params"],), out_shardings=self.shardings)(params)
 
     # ------------------------------------------------------------------ evaluation
     def validation_loss(self, params, eval_step) -> float | None:
@@ -230,7 +220,7 @@ class Job:
         preds = generate_summaries(self.eval_model, host, self.config, self.tokenizer, texts,
                                    num_beams=self.cfg.eval.num_beams, max_length=self.cfg.eval.max_length,
                                    batch_size=self.cfg.eval.batch_size,
-                                   buckets=[b for b in self.buckets])
+                                   buckets=list(self.buckets))
         return rouge(preds, [e.summary for e in examples])
 
     # ------------------------------------------------------------------ export
@@ -268,10 +258,7 @@ def _check_config_unchanged(out: str, cfg: TrainConfig, resuming: bool) -> None:
             old = f.read()
         if old != text:
             log.warning("resuming with a config that differs from the one this run started with (%s)", path)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    write_atomic(path, text.splitlines())
 
 
 def run(cfg: TrainConfig, *, progress: bool = True) -> dict:
@@ -308,7 +295,6 @@ def run(cfg: TrainConfig, *, progress: bool = True) -> dict:
     data_log = open(os.path.join(job.out, "processes", f"{pi}.steps.jsonl"), "a", encoding="utf-8")
     bar = tqdm(total=cfg.steps, initial=start, disable=not (progress and is_main), desc="train", unit="step")
     last: dict = {}
-    best = None
     tokens_seen = 0
     t0 = time.perf_counter()
     try:
@@ -351,7 +337,6 @@ def run(cfg: TrainConfig, *, progress: bool = True) -> dict:
                     scores = job.rouge(state["params"])
                     metrics = {"val_loss": val_loss}
                     metrics_log.write(done, "eval", {**metrics, **scores})
-                    best = val_loss if best is None else min(best, val_loss)
                     last.update(val_loss=val_loss, **scores)
                     if is_main:
                         bar.write(f"step {done}: val_loss {val_loss:.4f}" + "".join(

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+
+from led_flax.summarization import write_atomic
 
 
 class MetricsLog:
@@ -31,13 +32,10 @@ class MetricsLog:
             for line in f:
                 try:
                     if json.loads(line)["step"] <= step:
-                        keep.append(line if line.endswith("\n") else line + "\n")
+                        keep.append(line.rstrip("\n"))
                 except (json.JSONDecodeError, KeyError):
                     continue  # a line cut short by the kill
-        fd, tmp = tempfile.mkstemp(prefix=".metrics.", dir=os.path.dirname(self.path))
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.writelines(keep)
-        os.replace(tmp, self.path)
+        write_atomic(self.path, keep)
 
     def write(self, step: int, kind: str, values: dict) -> None:
         if not self.enabled:

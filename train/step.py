@@ -93,6 +93,14 @@ def init_state(params, tx, seed: int) -> dict:
             "rng": jax.random.key_data(jax.random.key(seed, impl=DROPOUT_PRNG))}
 
 
+def fresh_state(model, tx, seed: int):
+    """rng -> a new train state: `model.init`'s parameters (the reference's init), zeroed AdamW moments."""
+    def fresh(rng):
+        ids = jnp.ones((1, 2), jnp.int32)
+        return init_state(model.init(rng, ids, decoder_input_ids=ids)["params"], tx, seed)
+    return fresh
+
+
 def state_shardings(state_shapes: dict, tx, mesh) -> dict:
     """NamedShardings for the train state: params and their optimizer moments by the logical rules,
     counters and the PRNG key replicated."""
@@ -136,7 +144,7 @@ def make_train_step(model, tx, lr_schedule, mesh, shardings, label_smoothing: fl
                      out_shardings=(shardings, replicated), donate_argnums=(0,))
 
     def run(state, batch):
-        with jax.set_mesh(mesh), nn.logical_axis_rules(shd.logical_rules()):
+        with jax.set_mesh(mesh), nn.logical_axis_rules(shd.RULES):
             return jitted(state, batch)
     run.jitted = jitted
     return run
@@ -150,7 +158,7 @@ def make_eval_step(model, mesh, param_sharding):
                      out_shardings=(replicated, replicated))
 
     def run(params, batch):
-        with jax.set_mesh(mesh), nn.logical_axis_rules(shd.logical_rules()):
+        with jax.set_mesh(mesh), nn.logical_axis_rules(shd.RULES):
             return jitted(params, batch)
     return run
 
