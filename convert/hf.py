@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
 
 import jax
 import numpy as np
+import safetensors.numpy
 
 from led_flax.checkpoint import head_of
 from led_flax.config import ARCHITECTURE_TO_HEAD, HEAD_TO_ARCHITECTURE, LEDConfig
+from led_flax.files import write_atomic
 from led_flax.modeling import init_params, model_for
 
 from .table import MappingError, _transpose, dotted, flatten, rule_for, unflatten
@@ -237,20 +238,6 @@ def to_state_dict(config: LEDConfig, params: dict) -> dict[str, np.ndarray]:
     return state
 
 
-def _atomic_write_safetensors(state: dict, path: str) -> None:
-    from safetensors.numpy import save_file
-
-    fd, tmp = tempfile.mkstemp(prefix=".model.", suffix=".tmp", dir=os.path.dirname(path))
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata={"format": "pt"})
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def to_hf(config: LEDConfig, params: dict, dst: str | os.PathLike) -> str:
     """Writes `config.json` and `model.safetensors` for transformers' `from_pretrained`."""
     dst = os.fspath(dst)
@@ -261,12 +248,8 @@ def to_hf(config: LEDConfig, params: dict, dst: str | os.PathLike) -> str:
     config = config.replace(architectures=(HEAD_TO_ARCHITECTURE[head],))
     hf = config.to_hf()
     hf["dtype"] = "bfloat16" if dtypes == {"bfloat16"} else ("float16" if dtypes == {"float16"} else "float32")
-    _atomic_write_safetensors(state, os.path.join(dst, SAFE))
-    fd, tmp = tempfile.mkstemp(prefix=".config.", suffix=".tmp", dir=dst)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(hf, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, os.path.join(dst, "config.json"))
+    write_atomic(os.path.join(dst, SAFE), safetensors.numpy.save(state, metadata={"format": "pt"}))
+    write_atomic(os.path.join(dst, "config.json"), json.dumps(hf, indent=2) + "\n")
     return dst
 
 

@@ -17,12 +17,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import uuid
 
 import jax
 import numpy as np
 
 from .config import LEDConfig
+from .files import atomic_directory, write_atomic
 
 FORMAT = "led-flax"
 FORMAT_VERSION = 1
@@ -76,13 +76,7 @@ def save(directory: str | os.PathLike, config: LEDConfig, params, *, extra_files
     import orbax.checkpoint as ocp
 
     directory = os.path.abspath(os.fspath(directory))
-    if os.path.exists(directory) and not overwrite:
-        raise FileExistsError(f"{directory} already exists; pass overwrite=True (--overwrite) to replace it")
-    parent = os.path.dirname(directory)
-    os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".{os.path.basename(directory)}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        os.makedirs(tmp)
+    with atomic_directory(directory, overwrite=overwrite) as tmp:
         params = jax.device_get(params)
         dtypes = sorted({np.asarray(x).dtype.name for x in jax.tree_util.tree_leaves(params)})
         checkpointer = _local_checkpointer(ocp)
@@ -94,19 +88,7 @@ def save(directory: str | os.PathLike, config: LEDConfig, params, *, extra_files
             shutil.copy2(f, os.path.join(tmp, os.path.basename(f)))
         marker = {"format": FORMAT, "format_version": FORMAT_VERSION, "head": head_of(params),
                   "param_dtype": dtypes[0] if len(dtypes) == 1 else dtypes}
-        with open(os.path.join(tmp, MARKER), "w", encoding="utf-8") as f:
-            json.dump(marker, f, indent=2)
-            f.write("\n")
-        if os.path.exists(directory):
-            old = os.path.join(parent, f".{os.path.basename(directory)}.old-{uuid.uuid4().hex[:8]}")
-            os.rename(directory, old)
-            os.rename(tmp, directory)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, directory)
-    finally:
-        if os.path.exists(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
+        write_atomic(os.path.join(tmp, MARKER), json.dumps(marker, indent=2) + "\n")
     return directory
 
 

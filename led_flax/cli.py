@@ -206,7 +206,8 @@ def cmd_summarize(args) -> int:
     import json
     import logging
 
-    from led_flax.summarization import SummaryReport, summarize, write_atomic
+    from led_flax.files import write_atomic
+    from led_flax.summarization import SummaryReport, summarize
 
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     names, texts = _read_documents(args)

@@ -222,8 +222,5 @@ class LEDConfig:
         return dict(sorted(out.items()))
 
     def save(self, directory: str | os.PathLike) -> str:
-        path = os.path.join(os.fspath(directory), "config.json")
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(self.to_hf(), f, indent=2)
-            f.write("\n")
-        return path
+        from .files import write_atomic
+        return write_atomic(os.path.join(os.fspath(directory), "config.json"), json.dumps(self.to_hf(), indent=2) + "\n")

@@ -76,14 +76,15 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None) -> M
     return Mesh(np.array(order).reshape(sizes), MESH_AXES)
 
 
-def _path(keys) -> str:
+def path_of(keys) -> str:
+    """A key path (from `jax.tree_util.tree_leaves_with_path`) as a '/'-joined string: 'led/shared/embedding'."""
     return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in keys)
 
 
 def logical_axes(params):
     """The tree of logical axis tuples for a parameter tree (arrays or ShapeDtypeStructs)."""
     def one(keys, leaf):
-        path = _path(keys)
+        path = path_of(keys)
         for pattern, axes in PARAM_AXES:
             if re.search(pattern, path):
                 if len(axes) != len(leaf.shape):
@@ -146,7 +147,7 @@ def kept_whole(params, mesh: Mesh) -> list[str]:
         spec = spec_for(names, leaf.shape, mesh)
         for name, size, got in zip(names, leaf.shape, spec):
             if got is None and _split_axes(name, mesh):
-                out.append(f"{_path(keys)} {name}={size}")
+                out.append(f"{path_of(keys)} {name}={size}")
     return out
 
 

@@ -13,13 +13,14 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
+
+from .buckets import bucket_for, default_buckets
 
 log = logging.getLogger("led_flax.summarization")
 
@@ -82,19 +83,6 @@ def load_model(directory: str, dtype=None):
     tokenizer = LEDTokenizer.from_pretrained(directory, model_max_length=config.max_encoder_position_embeddings)
     module = model_for(config, head, dtype=dtype or jnp.float32)
     return module, params, config, GenerationConfig.from_hf(directory, config), tokenizer
-
-
-def default_buckets(config, smallest: int = 512, top: int | None = None) -> list[int]:
-    """Powers of two times the largest window, from `smallest` up, ending at `top` (default: the
-    encoder's positions)."""
-    window = max(config.attention_window)
-    top = config.max_encoder_position_embeddings if top is None else top
-    size = max(window, -(-smallest // window) * window)
-    out = []
-    while size < top:
-        out.append(size)
-        size *= 2
-    return out + [top]
 
 
 def _fingerprint(text: str) -> str:
@@ -180,7 +168,7 @@ def summarize(texts: Sequence[str], model, *, batch_size: int = 4, buckets: Sequ
 
     by_bucket: dict[int, list[int]] = {}
     for i in todo:
-        size = next(b for b in buckets if b >= min(lengths[i], limit))
+        size = bucket_for(min(lengths[i], limit), buckets)
         by_bucket.setdefault(size, []).append(i)
     report.documents = len(texts)
     report.buckets = {b: len(v) for b, v in sorted(by_bucket.items())}
@@ -227,17 +215,3 @@ def summarize(texts: Sequence[str], model, *, batch_size: int = 4, buckets: Sequ
     log.info("%d documents in %d buckets %s, %d compiled programs, padding waste %.1f%%", len(todo),
              len(by_bucket), report.buckets, report.programs, 100 * report.padding_waste)
     return [results[i] for i in range(len(texts))]
-
-
-def write_atomic(path: str, lines: Sequence[str]) -> None:
-    """Writes all lines to `path` through a temporary file in the same folder and a rename."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.writelines(line + "\n" for line in lines)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise

@@ -55,8 +55,8 @@ def train(mesh):
 one_state, _, one_losses = train(shd.make_mesh(1, 1, 1, jax.devices()[:1]))
 mesh = shd.make_mesh(2, 2, 2)
 state, shardings, losses = train(mesh)
-flat_one = {shd._path(k): np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(one_state["params"])}
-flat = {shd._path(k): v for k, v in jax.tree_util.tree_leaves_with_path(state["params"])}
+flat_one = {shd.path_of(k): np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(one_state["params"])}
+flat = {shd.path_of(k): v for k, v in jax.tree_util.tree_leaves_with_path(state["params"])}
 out["losses_1"], out["losses_8"] = one_losses, losses
 out["max_param_diff"] = max(float(np.max(np.abs(np.asarray(flat[k]) - flat_one[k]))) for k in flat)
 out["shards"] = {k: [list(v.shape), list(v.addressable_shards[0].data.shape)] for k, v in flat.items()}

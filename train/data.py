@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from led_flax.buckets import bucket_for
+from led_flax.files import atomic_directory
 from led_flax.tokenizer import LEDTokenizer
 
 from .config import DataConfig, TrainConfigError
@@ -121,22 +123,16 @@ def train_tokenizer(texts, out_dir: str, vocab_size: int, min_frequency: int = 2
     as vocab.json + merges.txt + tokenizer_config.json (transformers' LEDTokenizer reads it too)."""
     from tokenizers import ByteLevelBPETokenizer
 
-    tmp = out_dir + ".tmp"
-    os.makedirs(tmp, exist_ok=True)
-    bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=min_frequency, show_progress=False,
-                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
-    bpe.save_model(tmp)
-    with open(os.path.join(tmp, "tokenizer_config.json"), "w", encoding="utf-8") as f:
-        json.dump({"tokenizer_class": "LEDTokenizer", "model_max_length": model_max_length,
-                   "bos_token": "<s>", "eos_token": "</s>", "sep_token": "</s>", "cls_token": "<s>",
-                   "unk_token": "<unk>", "pad_token": "<pad>", "mask_token": "<mask>",
-                   "add_prefix_space": False}, f, indent=2)
-    if os.path.isdir(out_dir):  # a concurrent or earlier run finished first
-        import shutil
-        shutil.rmtree(tmp)
-    else:
-        os.replace(tmp, out_dir)
+    with atomic_directory(out_dir) as tmp:
+        bpe = ByteLevelBPETokenizer()
+        bpe.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=min_frequency, show_progress=False,
+                                special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+        bpe.save_model(tmp)
+        with open(os.path.join(tmp, "tokenizer_config.json"), "w", encoding="utf-8") as f:
+            json.dump({"tokenizer_class": "LEDTokenizer", "model_max_length": model_max_length,
+                       "bos_token": "<s>", "eos_token": "</s>", "sep_token": "</s>", "cls_token": "<s>",
+                       "unk_token": "<unk>", "pad_token": "<pad>", "mask_token": "<mask>",
+                       "add_prefix_space": False}, f, indent=2)
     return LEDTokenizer.from_pretrained(out_dir, model_max_length=model_max_length)
 
 
@@ -164,10 +160,6 @@ def check_buckets(buckets, max_source_length: int, window: int) -> tuple[int, ..
         raise TrainConfigError(f"the largest bucket {buckets[-1]} is below data.max_source_length "
                                f"{max_source_length}; add a bucket of at least that length")
     return buckets
-
-
-def bucket_for(length: int, buckets) -> int:
-    return next(b for b in buckets if b >= length)
 
 
 def collate(source_rows, label_rows, length: int, target_length: int, pad_id: int, accum: int) -> dict:

@@ -63,7 +63,7 @@ def dry_run(cfg: TrainConfig) -> str:
     specs = jax.tree_util.tree_leaves(p["shardings"]["params"])
     lines.append("parameter shardings (first encoder and decoder layer; the others repeat them):")
     for (keys, leaf), sh in zip(flat, specs):
-        path = shd._path(keys)
+        path = shd.path_of(keys)
         if "layers_" in path and not ("layers_0/" in path):
             continue
         lines.append(f"  {path:<72} {str(tuple(leaf.shape)):<16} {str(sh.spec):<28} shard "

@@ -23,7 +23,8 @@ from jax.experimental import multihost_utils
 from led_flax import checkpoint as ckpt_format
 from led_flax import sharding as shd
 from led_flax.modeling import model_for
-from led_flax.summarization import default_buckets, write_atomic
+from led_flax.buckets import default_buckets
+from led_flax.files import atomic_directory, write_atomic
 from led_flax.tokenizer import LEDTokenizer
 
 from . import data as data_lib
@@ -239,15 +240,10 @@ class Job:
                      if os.path.isfile(os.path.join(self.tokenizer_dir, f))]
         ckpt_format.save(os.path.join(self.out, "final"), self.config, host, extra_files=tok_files + [gen_path],
                          overwrite=True)
-        hf_tmp = os.path.join(self.out, ".hf.tmp")
-        shutil.rmtree(hf_tmp, ignore_errors=True)
-        convert.to_hf(self.config, host, hf_tmp)
-        for f in tok_files + [gen_path]:
-            shutil.copy2(f, hf_tmp)
-        hf = os.path.join(self.out, "hf")
-        if os.path.exists(hf):
-            shutil.rmtree(hf)
-        os.replace(hf_tmp, hf)
+        with atomic_directory(os.path.join(self.out, "hf"), overwrite=True) as hf_tmp:
+            convert.to_hf(self.config, host, hf_tmp)
+            for f in tok_files + [gen_path]:
+                shutil.copy2(f, hf_tmp)
 
 
 def _check_config_unchanged(out: str, cfg: TrainConfig, resuming: bool) -> None:

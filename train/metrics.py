@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 
-from led_flax.summarization import write_atomic
+from led_flax.files import write_atomic
 
 
 class MetricsLog:

@@ -30,7 +30,7 @@ DROPOUT_PRNG = "unsafe_rbg"
 
 
 def _label_tree(params, fn):
-    return jax.tree_util.tree_map_with_path(lambda keys, _: fn(shd._path(keys)), params)
+    return jax.tree_util.tree_map_with_path(lambda keys, _: fn(shd.path_of(keys)), params)
 
 
 def schedule(cfg: OptimizerConfig, steps: int) -> optax.Schedule:
@@ -106,7 +106,7 @@ def state_shardings(state_shapes: dict, tx, mesh) -> dict:
     counters and the PRNG key replicated."""
     replicated = NamedSharding(mesh, PartitionSpec())
     params = shd.param_shardings(state_shapes["params"], mesh)
-    by_path = {shd._path(k): (leaf.shape, sh) for (k, leaf), sh in
+    by_path = {shd.path_of(k): (leaf.shape, sh) for (k, leaf), sh in
                zip(jax.tree_util.tree_leaves_with_path(state_shapes["params"]), jax.tree_util.tree_leaves(params))}
 
     def moment(keys, leaf):

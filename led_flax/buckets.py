@@ -1,0 +1,30 @@
+"""Length buckets: the fixed set of padded input lengths that inference and training compile for.
+
+Powers of two times the largest attention window, so a corpus compiles one program per bucket and
+every bucket is a whole number of attention blocks.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+
+def default_buckets(config, smallest: int = 512, top: int | None = None) -> list[int]:
+    """Powers of two times the largest window, from `smallest` up, ending at `top` (default: the
+    encoder's positions). config: an LEDConfig. Returns ascending token counts."""
+    window = max(config.attention_window)
+    top = config.max_encoder_position_embeddings if top is None else top
+    size = max(window, -(-smallest // window) * window)
+    out = []
+    while size < top:
+        out.append(size)
+        size *= 2
+    return out + [top]
+
+
+def bucket_for(length: int, buckets: Sequence[int]) -> int:
+    """The smallest bucket that holds `length` tokens. Raises ValueError when none does."""
+    for b in sorted(buckets):
+        if b >= length:
+            return b
+    raise ValueError(f"{length} tokens exceed the largest bucket {max(buckets)}")
