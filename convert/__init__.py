@@ -2,7 +2,8 @@
 
 from .hf import (HeadInitialisedWarning, HubError, fetch_from_hub, from_hf, head_of, read_state_dict, to_hf,
                  to_state_dict)
+from .loader import load, resolve_source
 from .table import TABLE, MappingError, rule_for
 
-__all__ = ["from_hf", "to_hf", "read_state_dict", "to_state_dict", "head_of", "rule_for", "TABLE",
-           "MappingError", "HeadInitialisedWarning", "fetch_from_hub", "HubError"]
+__all__ = ["from_hf", "to_hf", "load", "resolve_source", "read_state_dict", "to_state_dict", "head_of", "rule_for",
+           "TABLE", "MappingError", "HeadInitialisedWarning", "fetch_from_hub", "HubError"]

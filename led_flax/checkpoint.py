@@ -14,9 +14,11 @@ so a crash never leaves a half-written checkpoint where a good one was.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
+from typing import Any
 
 import jax
 import numpy as np
@@ -92,14 +94,24 @@ def save(directory: str | os.PathLike, config: LEDConfig, params, *, extra_files
     return directory
 
 
-def load(directory: str | os.PathLike):
-    """Reads our checkpoint: (LEDConfig, params, head)."""
+@dataclasses.dataclass(frozen=True)
+class Checkpoint:
+    """What a led-flax checkpoint directory holds: the config, the parameter tree (host arrays) and
+    the head its parameters belong to ('conditional_generation', ...)."""
+
+    config: LEDConfig
+    params: Any
+    head: str
+
+
+def load(directory: str | os.PathLike) -> Checkpoint:
+    """Reads our checkpoint directory. Raises CheckpointError for a directory that is not one."""
     import orbax.checkpoint as ocp
 
     directory = os.path.abspath(os.fspath(directory))
     if not is_led_flax_checkpoint(directory):
-        hint = ("it is an HF checkpoint: convert it with `led-flax convert SRC DST` or "
-                "convert.from_hf" if is_hf_checkpoint(directory) else
+        hint = (f"it is an HF checkpoint: load it with `convert.load({directory!r})`, or convert it once with "
+                f"`led-flax convert {directory} DST`" if is_hf_checkpoint(directory) else
                 "expected a directory written by `led-flax convert` or by training")
         raise CheckpointError(f"{directory} is not a led-flax checkpoint (no {MARKER}); {hint}")
     with open(os.path.join(directory, MARKER), encoding="utf-8") as f:
@@ -114,4 +126,4 @@ def load(directory: str | os.PathLike):
         params = checkpointer.restore(os.path.join(directory, PARAMS))
     finally:
         checkpointer.close()
-    return config, params, marker["head"]
+    return Checkpoint(config=config, params=params, head=marker["head"])

@@ -7,21 +7,13 @@ import os
 import shutil
 import sys
 
-HUB_HINT = ("download it on a machine with internet (huggingface-cli download ID --local-dir DIR) "
-            "and pass the directory")
-
-
 def _resolve_source(src: str) -> str:
-    """A local directory, or a hub id fetched with huggingface_hub when the machine is online."""
-    if os.path.isdir(src):
-        return src
-    if os.path.exists(src) or src.count("/") != 1:
-        raise SystemExit(f"led-flax: {src} is not a checkpoint directory")
     import convert
+    from led_flax.checkpoint import CheckpointError
     try:
-        return convert.fetch_from_hub(src)
-    except convert.HubError as e:
-        raise SystemExit(f"led-flax: {e}; or {HUB_HINT}") from None
+        return convert.resolve_source(src)
+    except (CheckpointError, convert.HubError) as e:
+        raise SystemExit(f"led-flax: {e}") from None
 
 
 def cmd_convert(args) -> int:
@@ -54,8 +46,8 @@ def cmd_export(args) -> int:
     import convert
     from led_flax import checkpoint
 
-    config, params, _ = checkpoint.load(args.src)
-    convert.to_hf(config, params, args.dst)
+    ckpt = checkpoint.load(args.src)
+    convert.to_hf(ckpt.config, ckpt.params, args.dst)
     for f in checkpoint.TOKENIZER_FILES + (checkpoint.GENERATION_CONFIG,):
         if os.path.isfile(os.path.join(args.src, f)):
             shutil.copy2(os.path.join(args.src, f), os.path.join(args.dst, f))
@@ -141,7 +133,8 @@ def cmd_demo_convert(args) -> int:
     print(f"1. wrote a random LED as an HF checkpoint: {hf_dir}")
     status = cmd_convert(argparse.Namespace(src=hf_dir, dst=ours_dir, head=None, dtype=None, overwrite=True,
                                             quiet=args.quiet))
-    loaded_config, loaded, head = checkpoint.load(ours_dir)
+    ckpt = checkpoint.load(ours_dir)
+    loaded_config, loaded = ckpt.config, ckpt.params
     a, b = flatten(jax.device_get(params)), flatten(loaded)
     exact = sorted(a) == sorted(b) and all(np.array_equal(np.asarray(a[k]), np.asarray(b[k])) for k in a)
     print(f"2. converted back and reloaded: {len(a)} tensors, bit-exact: {exact}")
@@ -216,7 +209,9 @@ def cmd_summarize(args) -> int:
                                          no_repeat_ngram_size=args.no_repeat_ngram_size).items() if v is not None}
     report = SummaryReport()
     progress_file = args.out + ".progress.jsonl" if args.out else None
-    summaries = summarize(texts, args.model, batch_size=args.batch_size, truncate=not args.no_truncate,
+    import convert
+    model = convert.load(_resolve_source(args.model))
+    summaries = summarize(texts, model, batch_size=args.batch_size, truncate=not args.no_truncate,
                           progress=not args.quiet, progress_file=progress_file, names=names, report=report,
                           compilation_cache=None if args.no_cache else args.cache_dir, **generation)
     if args.format == "jsonl":

@@ -20,7 +20,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from . import pretrained
 from .buckets import bucket_for, default_buckets
+from .checkpoint import CheckpointError
 
 log = logging.getLogger("led_flax.summarization")
 
@@ -58,33 +60,6 @@ def enable_compilation_cache(path: str | None = DEFAULT_CACHE) -> None:
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
-def load_model(directory: str, dtype=None):
-    """(module, params, config, generation config, tokenizer) from our checkpoint or an HF directory."""
-    import jax.numpy as jnp
-
-    from . import checkpoint
-    from .generation import GenerationConfig
-    from .modeling import model_for
-    from .tokenizer import LEDTokenizer
-
-    if checkpoint.is_led_flax_checkpoint(directory):
-        config, params, head = checkpoint.load(directory)
-    elif checkpoint.is_hf_checkpoint(directory):
-        import convert
-        config, params = convert.from_hf(directory)
-        head = config.head or "conditional_generation"
-    else:
-        raise checkpoint.CheckpointError(
-            f"{directory} is neither a led-flax checkpoint (led_flax.json) nor an HF LED checkpoint "
-            f"(config.json with model.safetensors or pytorch_model.bin)")
-    if head != "conditional_generation":
-        raise checkpoint.CheckpointError(f"{directory} holds a {head} model; summarization needs "
-                                         f"LEDForConditionalGeneration")
-    tokenizer = LEDTokenizer.from_pretrained(directory, model_max_length=config.max_encoder_position_embeddings)
-    module = model_for(config, head, dtype=dtype or jnp.float32)
-    return module, params, config, GenerationConfig.from_hf(directory, config), tokenizer
-
-
 def _fingerprint(text: str) -> str:
     return hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
@@ -96,9 +71,8 @@ def summarize(texts: Sequence[str], model, *, batch_size: int = 4, buckets: Sequ
               **generation) -> list[str]:
     """Summaries of `texts`, in input order.
 
-    model: a led-flax checkpoint directory or an HF LED directory (converted on the fly), or the
-    (module, params, config, generation config, tokenizer) that `load_model` returns (the train
-    job's evaluation passes its current params this way).
+    model: a led-flax checkpoint directory, or a `LoadedModel` (`convert.load` reads HF directories and
+    hub ids into one; the train job's evaluation builds one around its current params).
     generation: settings over the checkpoint's generation_config (num_beams=4, max_length=256, ...).
     truncate: documents longer than the model's positions are cut with a warning naming them; with
     False they are an error, raised before any work.
@@ -112,9 +86,13 @@ def summarize(texts: Sequence[str], model, *, batch_size: int = 4, buckets: Sequ
 
     enable_compilation_cache(compilation_cache)
     if isinstance(model, (str, os.PathLike)):
-        module, params, config, gen_config, tokenizer = load_model(os.fspath(model), dtype)
-    else:
-        module, params, config, gen_config, tokenizer = model
+        model = pretrained.load(model, dtype)
+    model.require_head("conditional_generation", "summarization")
+    if model.tokenizer is None:
+        raise CheckpointError(f"{model.source} has no tokenizer files (vocab.json and merges.txt, or tokenizer.json); "
+                              f"copy them from the checkpoint it was made from")
+    module, params, config, gen_config, tokenizer = (model.module, model.params, model.config,
+                                                     model.generation_config, model.tokenizer)
     gen_config = gen_config.replace(**generation)
     report = report if report is not None else SummaryReport()
     names = list(names) if names is not None else [f"document {i}" for i in range(len(texts))]

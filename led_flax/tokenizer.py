@@ -70,6 +70,13 @@ class LEDTokenizer:
         self.vocab_size = tok.get_vocab_size(with_added_tokens=True)
 
     # ------------------------------------------------------------------ loading
+    @staticmethod
+    def has_files(directory: str | os.PathLike) -> bool:
+        """Whether `directory` holds tokenizer files (vocab.json and merges.txt, or tokenizer.json)."""
+        d = os.fspath(directory)
+        return (os.path.isfile(os.path.join(d, "vocab.json")) and os.path.isfile(os.path.join(d, "merges.txt"))) \
+            or os.path.isfile(os.path.join(d, "tokenizer.json"))
+
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, model_max_length: int | None = None) -> "LEDTokenizer":
         directory = os.fspath(directory)

@@ -162,7 +162,8 @@ def test_own_checkpoint_round_trip_and_atomic_overwrite(checkpoints, tmp_path, m
     config, params = convert.from_hf(directory)
     out = tmp_path / "ours"
     checkpoint.save(out, config, params)
-    cfg2, params2, head = checkpoint.load(out)
+    ckpt = checkpoint.load(out)
+    cfg2, params2, head = ckpt.config, ckpt.params, ckpt.head
     assert cfg2 == config and head == "conditional_generation"
     for k, v in convert.table.flatten(params).items():
         np.testing.assert_array_equal(convert.table.flatten(params2)[k], v)
@@ -174,7 +175,7 @@ def test_own_checkpoint_round_trip_and_atomic_overwrite(checkpoints, tmp_path, m
     with pytest.raises(OSError, match="disk full"):
         checkpoint.save(out, config, params, overwrite=True)
     assert sorted(os.listdir(out)) == before  # the good checkpoint is untouched
-    assert checkpoint.load(out)[0] == config
+    assert checkpoint.load(out).config == config
     assert [p for p in os.listdir(tmp_path) if p.startswith(".")] == []  # no temporary left behind
 
     with pytest.raises(checkpoint.CheckpointError, match="HF checkpoint"):

@@ -11,6 +11,8 @@ import pytest
 import torch
 import transformers
 
+import convert
+
 from led_flax import summarization as summ
 from led_flax.summarization import InputWarning, summarize
 
@@ -30,7 +32,7 @@ def model_dir(tmp_path_factory):
     torch.manual_seed(0)
     model = randomize(transformers.LEDForConditionalGeneration(config), 0, std=0.2)
     model.save_pretrained(d)
-    return str(d), model, tok
+    return convert.load(d), model, tok
 
 
 def _docs():
@@ -128,7 +130,7 @@ def test_cli_files_stdin_jsonl_and_eight_devices(model_dir, tmp_path):
     bad = tmp_path / "latin1.txt"
     bad.write_bytes("caf\xe9 na\xefve".encode("latin-1"))
     expected = _reference(model, tok, texts)
-    common = ["--model", directory, "--max-length", "10", "--quiet", "--no-cache", "--batch-size", "3"]
+    common = ["--model", directory.source, "--max-length", "10", "--quiet", "--no-cache", "--batch-size", "3"]
 
     out = tmp_path / "out.jsonl"
     r = _cli(["summarize", *map(str, files), str(bad), "--format", "jsonl", "--out", str(out), *common])

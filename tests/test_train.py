@@ -32,7 +32,7 @@ def _losses(path):
 
 
 def _params(path):
-    return jax.tree_util.tree_leaves(checkpoint.load(os.path.join(path, "final"))[1])
+    return jax.tree_util.tree_leaves(checkpoint.load(os.path.join(path, "final")).params)
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +70,8 @@ def test_killed_runs_resume_on_the_same_curve(tmp_path, tokenizer_dir, uninterru
 
 def test_the_export_loads_in_transformers_with_the_same_logits(uninterrupted):
     from led_flax.modeling import model_for
-    config, params, _ = checkpoint.load(os.path.join(uninterrupted, "final"))
+    ckpt = checkpoint.load(os.path.join(uninterrupted, "final"))
+    config, params = ckpt.config, ckpt.params
     hf = transformers.LEDForConditionalGeneration.from_pretrained(os.path.join(uninterrupted, "hf")).eval()
     tok = transformers.LEDTokenizer.from_pretrained(os.path.join(uninterrupted, "hf"))
     ids = np.asarray([tok("A short document about parsing.")["input_ids"]])

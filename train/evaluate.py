@@ -32,10 +32,12 @@ def generate_summaries(module, params, config, tokenizer, texts, *, num_beams: i
                        batch_size: int, buckets=None, no_repeat_ngram_size: int = 3) -> list[str]:
     """Summaries through `led_flax.summarize` with in-memory params (host arrays)."""
     from led_flax.generation import GenerationConfig
+    from led_flax.pretrained import LoadedModel
     from led_flax.summarization import InputWarning, summarize
-    gen = GenerationConfig.from_hf(None, config)
+    model = LoadedModel(module=module, params=params, config=config, generation_config=GenerationConfig.from_hf(None, config),
+                        tokenizer=tokenizer, source="the training run's current params")
     with warnings.catch_warnings():  # long documents are cut to the model's positions, as in training
         warnings.simplefilter("ignore", InputWarning)
-        return summarize(texts, (module, params, config, gen, tokenizer), batch_size=batch_size, buckets=buckets,
+        return summarize(texts, model, batch_size=batch_size, buckets=buckets,
                          progress=False, compilation_cache=None, num_beams=num_beams, max_length=max_length,
                          no_repeat_ngram_size=no_repeat_ngram_size)

@@ -97,7 +97,8 @@ class Job:
         init = cfg.model.init
         self.pretrained = None
         if init != "scratch":
-            self.config, self.pretrained, model_dir = load_pretrained(init)
+            loaded = load_pretrained(init)
+            self.config, self.pretrained, model_dir = loaded.config, loaded.params, loaded.source
         if cfg.tokenizer.path:
             tok_dir = cfg.tokenizer.path
         elif init != "scratch":

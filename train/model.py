@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import os
 
-from led_flax import checkpoint
+from led_flax.checkpoint import CheckpointError
 from led_flax.config import LEDConfig
+from led_flax.pretrained import LoadedModel
 from led_flax.tokenizer import LEDTokenizer
 
 from .config import TrainConfig, TrainConfigError
@@ -48,24 +49,16 @@ def architecture(cfg: TrainConfig) -> LEDConfig:
                            f"(led-flax convert {init} DIR) and point model.init at DIR")
 
 
-def load_pretrained(init: str):
-    """(LEDConfig, host params, local directory) of a led-flax checkpoint or an HF LED directory (or hub id)."""
-    if checkpoint.is_led_flax_checkpoint(init):
-        config, params, head = checkpoint.load(init)
-        if head != "conditional_generation":
-            raise TrainConfigError(f"model.init {init} holds a {head} model; summarization fine-tuning needs "
-                                   f"LEDForConditionalGeneration")
-        return config, params, init
-    if checkpoint.is_hf_checkpoint(init):
-        import convert
-        return (*convert.from_hf(init, "conditional_generation"), init)
-    if not os.path.exists(init) and init.count("/") == 1:  # a hub id: fetched when the machine is online
-        import convert
-        try:
-            return load_pretrained(convert.fetch_from_hub(init))
-        except convert.HubError as e:
-            raise TrainConfigError(f"model.init: {e}; or run `led-flax convert {init} checkpoints/"
-                                   f"{init.split('/')[1]}` where the hub is reachable and set model.init to that "
-                                   f"directory") from None
-    raise TrainConfigError(f"model.init {init} is neither 'scratch', a led-flax checkpoint nor an HF LED "
-                           f"directory (config.json with model.safetensors or pytorch_model.bin)")
+def load_pretrained(init: str) -> LoadedModel:
+    """`model.init`, a led-flax checkpoint, an HF LED directory or a hub id, loaded for summarization
+    fine-tuning."""
+    import convert
+    try:
+        return convert.load(init, head="conditional_generation").require_head("conditional_generation",
+                                                                              "summarization fine-tuning")
+    except convert.HubError as e:
+        raise TrainConfigError(f"model.init: {e}; or run `led-flax convert {init} checkpoints/"
+                               f"{init.split('/')[1]}` where the hub is reachable and set model.init to that "
+                               f"directory") from None
+    except CheckpointError as e:
+        raise TrainConfigError(f"model.init: {e}") from None

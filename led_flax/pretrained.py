@@ -1,0 +1,69 @@
+"""A model ready to generate: module, parameters, config, generation settings and tokenizer, loaded
+from a led-flax checkpoint directory.
+
+The core reads only its own format. An HF directory or a hub id is loaded by `convert.load`, which
+returns the same `LoadedModel`; everything that summarizes or fine-tunes takes that object.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+from . import checkpoint
+from .config import HEAD_TO_ARCHITECTURE, LEDConfig
+from .generation import GenerationConfig
+from .tokenizer import LEDTokenizer
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedModel:
+    """module: the linen module (its compute dtype set); params: the parameter tree; config: its
+    LEDConfig; generation_config: the checkpoint's generation settings (generation_config.json, or the
+    old fields of config.json); tokenizer: None when the directory has no tokenizer files; source: the
+    directory it came from."""
+
+    module: Any
+    params: Any
+    config: LEDConfig
+    generation_config: GenerationConfig
+    tokenizer: LEDTokenizer | None
+    source: str
+
+    @property
+    def head(self) -> str:
+        return self.config.head or "conditional_generation"
+
+    def require_head(self, head: str, purpose: str) -> "LoadedModel":
+        """Returns self, or raises CheckpointError when the model is another head."""
+        if self.head != head:
+            raise checkpoint.CheckpointError(
+                f"{self.source} holds a {HEAD_TO_ARCHITECTURE[self.head]} model; {purpose} needs "
+                f"{HEAD_TO_ARCHITECTURE[head]}")
+        return self
+
+
+def from_parts(config: LEDConfig, params, directory: str, head: str, dtype=None) -> LoadedModel:
+    """A LoadedModel from a config and params read elsewhere; the tokenizer and generation settings
+    come from `directory`."""
+    import jax.numpy as jnp
+
+    from .modeling import model_for
+
+    tokenizer = None
+    if LEDTokenizer.has_files(directory):
+        tokenizer = LEDTokenizer.from_pretrained(directory, model_max_length=config.max_encoder_position_embeddings)
+    return LoadedModel(module=model_for(config, head, dtype=dtype or jnp.float32), params=params, config=config,
+                       generation_config=GenerationConfig.from_hf(directory, config), tokenizer=tokenizer,
+                       source=os.fspath(directory))
+
+
+def load(directory: str | os.PathLike, dtype=None) -> LoadedModel:
+    """A led-flax checkpoint directory -> LoadedModel. dtype: the compute dtype (default float32).
+
+    Raises CheckpointError for anything else; for an HF directory the message shows the line that
+    loads it through `convert`."""
+    directory = os.fspath(directory)
+    ckpt = checkpoint.load(directory)
+    return from_parts(ckpt.config, ckpt.params, directory, ckpt.head, dtype)
