@@ -2,8 +2,9 @@
 
 from .config import ConfigError, LEDConfig
 from .generation import GenerateOutput, GenerationConfig, generate
+from .inputs import shift_tokens_right
 from .modeling import (LEDForConditionalGeneration, LEDForQuestionAnswering, LEDForSequenceClassification,
-                       LEDModel, init_params, model_for, shift_tokens_right)
+                       LEDModel, init_params, model_for)
 from .summarization import summarize
 from .tokenizer import LEDTokenizer
 

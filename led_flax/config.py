@@ -14,8 +14,9 @@ import json
 import os
 from typing import Any, Mapping
 
-ACTIVATIONS = ("gelu", "relu", "silu", "gelu_new")
-HEADS = ("base", "conditional_generation", "sequence_classification", "question_answering")
+from .activations import ACTIVATIONS
+
+# the heads and the transformers classes they stand for: the one list of heads
 ARCHITECTURE_TO_HEAD = {
     "LEDModel": "base",
     "LEDForConditionalGeneration": "conditional_generation",
@@ -143,10 +144,6 @@ class LEDConfig:
                  f"{unknown} is not an LED architecture; expected one of {sorted(ARCHITECTURE_TO_HEAD)}")
 
     # ------------------------------------------------------------------ derived values
-    @property
-    def head_dim(self) -> int:
-        return self.d_model // self.encoder_attention_heads
-
     @property
     def eos_token_ids(self) -> tuple[int, ...]:
         if self.eos_token_id is None:

@@ -82,7 +82,7 @@ def summarize(texts: Sequence[str], model, *, batch_size: int = 4, buckets: Sequ
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
     from tqdm import tqdm
 
-    from .generation import _COMPILED, generate
+    from .generation import _run, generate
 
     enable_compilation_cache(compilation_cache)
     if isinstance(model, (str, os.PathLike)):
@@ -150,7 +150,7 @@ def summarize(texts: Sequence[str], model, *, batch_size: int = 4, buckets: Sequ
         by_bucket.setdefault(size, []).append(i)
     report.documents = len(texts)
     report.buckets = {b: len(v) for b, v in sorted(by_bucket.items())}
-    programs_before = len(_COMPILED)
+    programs_before = _run._cache_size()
     sink = open(progress_file, "a", encoding="utf-8") if progress_file else None
     bar = tqdm(total=len(todo), unit="doc", disable=not progress, desc="summarize")
     start = time.perf_counter()
@@ -162,11 +162,11 @@ def summarize(texts: Sequence[str], model, *, batch_size: int = 4, buckets: Sequ
                 # truncated to the bucket and padded to exactly its length, global attention on <s>
                 enc = tokenizer.pad([encoded[i] for i in fill], max_length=size, pad_to_multiple_of=size)
                 ids, mask, glob = enc["input_ids"], enc["attention_mask"], enc["global_attention_mask"]
-                known = len(_COMPILED)
+                known = _run._cache_size()
                 out = generate(module, params, ids, mask, glob, gen_config, num_global_slots=1, sharding=sharding)
-                if len(_COMPILED) > known:
+                if _run._cache_size() > known:
                     log.info("compiling a program for bucket %d, batch %d (%d so far)", size, batch,
-                             len(_COMPILED) - programs_before)
+                             _run._cache_size() - programs_before)
                 summaries = tokenizer.batch_decode(out.sequences[:len(rows)])
                 report.real_tokens += int(mask[:len(rows)].sum())
                 report.padded_tokens += batch * size
@@ -189,7 +189,7 @@ def summarize(texts: Sequence[str], model, *, batch_size: int = 4, buckets: Sequ
         if sink:
             sink.close()
     report.seconds = time.perf_counter() - start
-    report.programs = len(_COMPILED) - programs_before
+    report.programs = _run._cache_size() - programs_before
     log.info("%d documents in %d buckets %s, %d compiled programs, padding waste %.1f%%", len(todo),
              len(by_bucket), report.buckets, report.programs, 100 * report.padding_waste)
     return [results[i] for i in range(len(texts))]

@@ -90,6 +90,7 @@ def compare_seq2seq(ours, ref, where: str):
 
 
 CASES = ["padded_many_globals", "short_no_global", "one_global", "mostly_global"]
+SEEDS = {"base": 1, "conditional_generation": 2, "question_answering": 3, "sequence_classification": 4}
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -98,7 +99,7 @@ def test_forward_matches_reference(checkpoints, head, case):
     directory, ref_model = checkpoints[head]
     config, params = convert.from_hf(directory)
     model = model_for(config)
-    inputs = batch(case, seed=hash((head, case)) % 1000)
+    inputs = batch(case, seed=SEEDS[head] * 10 + CASES.index(case))  # fixed per (head, case): reproducible
     slots = int((inputs["global_attention_mask"] * inputs["attention_mask"]).sum(1).max())
     kw = dict(output_attentions=True, output_hidden_states=True)
     rng = np.random.default_rng(1)
@@ -322,7 +323,7 @@ def test_cached_decoding_equals_full_decoder_pass(checkpoints):
         out = step(params, dec_ids[:, i:i + 1], cache)
         cache = out.cache
         np.testing.assert_allclose(out.logits[:, 0], full[:, i], rtol=0, atol=2e-5 * np.abs(full).max())
-    assert int(cache["index"]) == dec_ids.shape[1]
+    assert int(cache.index) == dec_ids.shape[1]
 
 
 def test_out_of_vocabulary_ids_are_a_host_error(checkpoints):

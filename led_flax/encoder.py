@@ -1,0 +1,208 @@
+"""LED's encoder: Longformer self-attention (sliding window + global tokens) in each layer.
+
+Parameter names follow the PyTorch modules (`encoder/layers_0/self_attn/longformer_self_attn/query/kernel`
+is `encoder.layers.0.self_attn.longformer_self_attn.query.weight`, transposed). The attention itself is
+the pure functions of `attention.py`; this file holds the projections and the stack.
+
+Shapes: b batch, n length, D d_model, h heads, d head dim, g global slots.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+from flax import struct
+
+from .attention import (FactoredProjection, count_global_slots, gather_rows, global_token_indices,
+                        longformer_self_attention)
+from .config import LEDConfig
+from .layers import (Embed, constrain, dense, dropout, embed_positions, feed_forward, input_embeddings, layer_norm,
+                     layerdrop, maybe_remat)
+from .outputs import LEDEncoderBaseModelOutput
+
+Dtype = Any
+
+
+@struct.dataclass
+class EncoderMasks:
+    """Per-batch masks computed once and shared by every encoder layer."""
+
+    real: Any  # [b, n] bool: not padding
+    is_global: Any  # [b, n] bool
+    global_idx: Any  # [b, g] int32: positions of the global tokens, n in empty slots
+    global_valid: Any  # [b, g] bool
+
+
+class GlobalProjection(nn.Module):
+    """The parameters of one global projection (`query_global`, `key_global`, `value_global`): an
+    nn.Dense's kernel [D, D] and bias [D], same names and init. They are always created, whatever the
+    batch holds, and applied by the caller: projected for every token, or folded into few global
+    queries (`attention.FactoredProjection`)."""
+
+    features: int
+    init_std: float
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self):
+        """Returns kernel [D, D] and bias [D] in the compute dtype."""
+        kernel = self.param("kernel", nn.initializers.normal(self.init_std), (self.features, self.features),
+                            self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
+        return jnp.asarray(kernel, self.dtype), jnp.asarray(bias, self.dtype)
+
+
+class LongformerSelfAttention(nn.Module):
+    config: LEDConfig
+    layer_id: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, hidden, masks: EncoderMasks, *, deterministic: bool, output_attentions: bool):
+        """hidden: [b, n, D] -> out [b, n, D], and with output_attentions HF's `attentions`
+        [b, h, n, g + 2w + 1] and `global_attentions` [b, h, n, g] (else None, None)."""
+        cfg = self.config
+        b, n, D = hidden.shape
+        h, hd = cfg.encoder_attention_heads, D // cfg.encoder_attention_heads
+        proj = partial(dense, cfg, D, self.dtype, self.param_dtype)
+        split = lambda x: x.reshape(x.shape[:-1] + (h, hd))  # [..., D] -> [..., h, d]
+        scale = math.sqrt(hd)
+
+        q = split(proj("query")(hidden) / scale)  # [b, n, h, d]
+        k = split(proj("key")(hidden))
+        v = split(proj("value")(hidden))
+        qg_w, kg_w, vg_w = (GlobalProjection(D, cfg.init_std, self.dtype, self.param_dtype, name=name)()
+                            for name in ("query_global", "key_global", "value_global"))
+        g = masks.global_idx.shape[1]
+        qg = kg = vg = None
+        if g:
+            gathered = gather_rows(hidden, masks.global_idx)  # [b, g, D]
+            qg = split((gathered @ qg_w[0] + qg_w[1]) / scale)  # [b, g, h, d]
+            if g < hd:  # fold the key/value projections into the few global queries
+                kg, vg = (FactoredProjection(hidden, w.reshape(D, h, hd), bias.reshape(h, hd))
+                          for w, bias in (kg_w, vg_w))
+            else:
+                kg, vg = (split(hidden @ w + bias) for w, bias in (kg_w, vg_w))  # [b, n, h, d]
+        rate = cfg.attention_dropout
+        rng = None if deterministic or rate == 0.0 else self.make_rng("dropout")
+        out, probs, global_probs = longformer_self_attention(
+            q, k, v, qg, kg, vg, one_sided=cfg.attention_window[self.layer_id] // 2, real=masks.real,
+            is_global=masks.is_global, global_idx=masks.global_idx, global_valid=masks.global_valid,
+            dropout_rate=rate, dropout_rng=rng, return_probs=output_attentions)
+        return out.reshape(b, n, D), probs, global_probs
+
+
+class LEDEncoderAttention(nn.Module):
+    config: LEDConfig
+    layer_id: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, hidden, masks: EncoderMasks, *, deterministic: bool, output_attentions: bool):
+        out, probs, global_probs = LongformerSelfAttention(
+            self.config, self.layer_id, self.dtype, self.param_dtype, name="longformer_self_attn")(
+            hidden, masks, deterministic=deterministic, output_attentions=output_attentions)
+        out = dense(self.config, self.config.d_model, self.dtype, self.param_dtype, "output")(out)
+        return out, probs, global_probs
+
+
+class LEDEncoderLayer(nn.Module):
+    config: LEDConfig
+    layer_id: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, hidden, masks: EncoderMasks, *, deterministic: bool, output_attentions: bool):
+        """hidden: [b, n, D] -> (hidden [b, n, D], attentions, global attentions)."""
+        cfg = self.config
+        residual = hidden
+        h, probs, global_probs = LEDEncoderAttention(cfg, self.layer_id, self.dtype, self.param_dtype,
+                                                     name="self_attn")(
+            hidden, masks, deterministic=deterministic, output_attentions=output_attentions)
+        h = dropout(self, h, cfg.dropout, deterministic)
+        hidden = layer_norm(self.dtype, self.param_dtype, "self_attn_layer_norm")(residual + h)
+        ffn = partial(dense, cfg, dtype=self.dtype, param_dtype=self.param_dtype)
+        hidden = feed_forward(self, cfg, hidden, ffn(cfg.encoder_ffn_dim, name="fc1"), ffn(cfg.d_model, name="fc2"),
+                              layer_norm(self.dtype, self.param_dtype, "final_layer_norm"), deterministic)
+        return hidden, probs, global_probs
+
+
+class LEDEncoder(nn.Module):
+    config: LEDConfig
+    embed_tokens: Embed
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    gradient_checkpointing: bool = False
+
+    def setup(self):
+        cfg = self.config
+        self.embed_positions = Embed(cfg.max_encoder_position_embeddings, cfg.d_model, cfg.init_std,
+                                     dtype=self.dtype, param_dtype=self.param_dtype)
+        self.layers = [LEDEncoderLayer(cfg, i, self.dtype, self.param_dtype) for i in range(cfg.encoder_layers)]
+        self.layernorm_embedding = layer_norm(self.dtype, self.param_dtype)
+
+    def __call__(self, input_ids=None, *, attention_mask=None, global_attention_mask=None, inputs_embeds=None,
+                 num_global_slots: int | None = None, deterministic: bool = True,
+                 output_attentions: bool = False, output_hidden_states: bool = False) -> LEDEncoderBaseModelOutput:
+        """input_ids or inputs_embeds: [b, n] / [b, n, D]; masks [b, n] (attention_mask 0 for padding,
+        global_attention_mask 1 for global tokens). Returns the last hidden state [b, n, D] and, on
+        request, every layer's hidden states and attention maps. Raises ValueError for inputs longer
+        than the position table or more global tokens than `num_global_slots`."""
+        cfg = self.config
+        inputs_embeds = input_embeddings(self, input_ids, inputs_embeds, ("input_ids", "inputs_embeds"))
+        b, n = inputs_embeds.shape[:2]
+        if n > cfg.max_encoder_position_embeddings:
+            raise ValueError(f"the input has {n} tokens but the encoder has "
+                             f"{cfg.max_encoder_position_embeddings} positions; truncate the input")
+        slots = count_global_slots(global_attention_mask, attention_mask, num_global_slots)
+        if attention_mask is None:
+            attention_mask = jnp.ones((b, n), jnp.int32)
+        if global_attention_mask is None:
+            global_attention_mask = jnp.zeros((b, n), jnp.int32)
+
+        # pad on the right to a multiple of the largest window, as the reference does
+        window = max(cfg.attention_window)
+        pad = -n % window
+        real = attention_mask > 0
+        is_global = (global_attention_mask > 0) & real  # 4.x's -1 padding reads as local
+        if pad:
+            pad_embed = self.embed_tokens(jnp.full((b, pad), cfg.pad_token_id, jnp.int32))
+            inputs_embeds = jnp.concatenate([inputs_embeds, pad_embed], axis=1)
+            real = jnp.pad(real, [(0, 0), (0, pad)])
+            is_global = jnp.pad(is_global, [(0, 0), (0, pad)])
+        m = n + pad
+        # padding positions past the table reuse its last row: they never reach a real token
+        positions = jnp.minimum(jnp.arange(m), cfg.max_encoder_position_embeddings - 1)
+        hidden = embed_positions(self, inputs_embeds, positions, deterministic)
+
+        idx, valid = global_token_indices(is_global, slots)
+        masks = EncoderMasks(real=real, is_global=is_global, global_idx=idx, global_valid=valid)
+        run_layer = maybe_remat(lambda layer, x, mk: layer(x, mk, deterministic=deterministic,
+                                                           output_attentions=output_attentions),
+                                self.gradient_checkpointing)
+        all_hidden, all_attn, all_global = [], [], []
+        for layer in self.layers:
+            if output_hidden_states:
+                all_hidden.append(hidden)
+            new_hidden, probs, global_probs = run_layer(layer, hidden, masks)
+            hidden = constrain(layerdrop(self, cfg.encoder_layerdrop, deterministic, hidden, new_hidden))
+            if output_attentions:
+                all_attn.append(probs[:, :, :n])
+                if slots:
+                    all_global.append(global_probs)  # kept at the padded length, as in HF
+        if output_hidden_states:
+            all_hidden.append(hidden)
+        return LEDEncoderBaseModelOutput(
+            last_hidden_state=hidden[:, :n],
+            hidden_states=tuple(x[:, :n] for x in all_hidden) if output_hidden_states else None,
+            attentions=tuple(all_attn) if output_attentions else None,
+            global_attentions=tuple(all_global) if output_attentions and slots else None,
+        )

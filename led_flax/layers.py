@@ -1,0 +1,116 @@
+"""The building blocks both stacks share: dense and LayerNorm as the reference builds them, dropout and
+LayerDrop, the embedding table (also the tied LM head), the feed-forward block, and the prelude of a
+stack (token embeddings, learned positions, `layernorm_embedding`, dropout).
+
+Shapes: b batch, t length, D d_model, V vocabulary.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from .activations import ACTIVATIONS
+from .config import LEDConfig
+from .inputs import check_token_ids
+
+Dtype = Any
+
+
+def dense(cfg: LEDConfig, features: int, dtype, param_dtype, name: str | None = None, use_bias: bool = True):
+    """An nn.Dense initialised as the reference's Linear: normal(init_std) kernel, zero bias."""
+    return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, name=name,
+                    kernel_init=nn.initializers.normal(cfg.init_std), bias_init=nn.initializers.zeros)
+
+
+def layer_norm(dtype, param_dtype, name: str | None = None):
+    """torch's LayerNorm: eps 1e-5 and the two-pass variance (flax defaults to 1e-6 and E[x²]-E[x]²)."""
+    return nn.LayerNorm(epsilon=1e-5, dtype=dtype, param_dtype=param_dtype, use_fast_variance=False, name=name)
+
+
+def dropout(module: nn.Module, x, rate: float, deterministic: bool):
+    """Inverted dropout with the module's `dropout` rng; the identity when deterministic or rate 0."""
+    if deterministic or rate == 0.0:
+        return x
+    keep = jax.random.bernoulli(module.make_rng("dropout"), 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+
+
+def layerdrop(module: nn.Module, rate: float, deterministic: bool, before, after):
+    """LayerDrop: the layer's output, or (with probability `rate` in training) its input."""
+    if deterministic or rate == 0.0:
+        return after
+    return jnp.where(jax.random.bernoulli(module.make_rng("dropout"), rate), before, after)
+
+
+def constrain(hidden):
+    """Hidden states [b, t, D] between layers: batch split over the data axes, the rest whole (a no-op
+    outside `nn.logical_axis_rules`, see `sharding.RULES`)."""
+    return nn.with_logical_constraint(hidden, ("act_batch", "act_length", "act_embed"))
+
+
+class Embed(nn.Module):
+    """An embedding table [num_embeddings, features]; lookups of `padding_idx` give its row no gradient,
+    as torch's do. `attend` is the tied LM head."""
+
+    num_embeddings: int
+    features: int
+    init_std: float
+    padding_idx: int | None = None
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    def setup(self):
+        def init(key, shape, dtype):
+            table = jax.random.normal(key, shape, dtype) * self.init_std
+            return table if self.padding_idx is None else table.at[self.padding_idx].set(0)
+
+        self.embedding = self.param("embedding", init, (self.num_embeddings, self.features), self.param_dtype)
+
+    def __call__(self, ids):
+        """ids: [...] int -> rows [..., D] in the compute dtype."""
+        rows = jnp.take(jnp.asarray(self.embedding), ids, axis=0)  # [..., D]
+        if self.padding_idx is not None:  # no gradient reaches the table through padding lookups
+            rows = jnp.where((ids == self.padding_idx)[..., None], jax.lax.stop_gradient(rows), rows)
+        return rows.astype(self.dtype)
+
+    def attend(self, x):
+        """x: [b, t, D] -> [b, t, V]: scores against every row."""
+        return jnp.einsum("btd,vd->btv", x, self.embedding.astype(self.dtype))  # [b, t, V]
+
+
+def feed_forward(module: nn.Module, cfg: LEDConfig, hidden, fc1, fc2, final_layer_norm, deterministic: bool):
+    """The post-LN feed-forward block of encoder and decoder layers: LN(x + fc2(act(fc1(x))))."""
+    residual = hidden
+    h = ACTIVATIONS[cfg.activation_function](fc1(hidden))
+    h = dropout(module, h, cfg.activation_dropout, deterministic)
+    h = dropout(module, fc2(h), cfg.dropout, deterministic)
+    return final_layer_norm(residual + h)
+
+
+def input_embeddings(stack: nn.Module, ids, embeds, names: tuple[str, str]):
+    """The token embeddings of a stack (encoder or decoder): looked up from ids (checked on the host)
+    or given, [b, t, D] in the stack's dtype. Raises ValueError unless exactly one is given."""
+    if (ids is None) == (embeds is None):
+        raise ValueError(f"pass exactly one of {names[0]} and {names[1]}")
+    if embeds is None:
+        check_token_ids(ids, stack.config.vocab_size, names[0])
+        embeds = stack.embed_tokens(ids)
+    return embeds.astype(stack.dtype)
+
+
+def embed_positions(stack: nn.Module, embeds, positions, deterministic: bool):
+    """embeds [b, t, D] plus the learned positions [t], then layernorm_embedding and dropout: the start
+    of both stacks."""
+    hidden = stack.layernorm_embedding(embeds + stack.embed_positions(positions)[None])
+    return dropout(stack, hidden, stack.config.dropout, deterministic)
+
+
+def maybe_remat(fn, enabled: bool):
+    """`fn(layer, *arrays)` under `nn.remat` (the layer's activations recomputed in the backward pass)
+    when `enabled`. Python flags reach the layer through `fn`'s closure, so nothing is static by
+    position."""
+    return nn.remat(fn) if enabled else fn
