@@ -102,22 +102,18 @@ def fresh_state(model, tx, seed: int):
 
 
 def state_shardings(state_shapes: dict, tx, mesh) -> dict:
-    """NamedShardings for the train state: params and their optimizer moments by the logical rules,
-    counters and the PRNG key replicated."""
+    """NamedShardings for the train state: params by the logical rules, and every copy of the
+    parameter tree inside the optimizer state (AdamW's mu and nu), as optax's own
+    `tree_map_params` finds them, sharded as the params; counters and the PRNG key replicated."""
     replicated = NamedSharding(mesh, PartitionSpec())
     params = shd.param_shardings(state_shapes["params"], mesh)
-    by_path = {shd.path_of(k): (leaf.shape, sh) for (k, leaf), sh in
-               zip(jax.tree_util.tree_leaves_with_path(state_shapes["params"]), jax.tree_util.tree_leaves(params))}
 
-    def moment(keys, leaf):
-        # an optimizer leaf shaped like a parameter sits under that parameter's path (AdamW's mu, nu)
-        names = "/".join(str(k.key) for k in keys if isinstance(k, jax.tree_util.DictKey))
-        for path, (shape, sh) in by_path.items():
-            if names.endswith(path) and tuple(leaf.shape) == tuple(shape):
-                return sh
-        return replicated
+    def masked(leaf) -> bool:  # a parameter that another transform of `multi_transform` holds
+        return isinstance(leaf, optax.MaskedNode)
 
-    opt = jax.tree_util.tree_map_with_path(moment, state_shapes["opt_state"])
+    opt = optax.tree_utils.tree_map_params(tx, lambda leaf, sharding: leaf if masked(leaf) else sharding,
+                                           state_shapes["opt_state"], params,
+                                           transform_non_params=lambda _: replicated, is_leaf=masked)
     return {"step": replicated, "params": params, "opt_state": opt, "rng": replicated}
 
 
