@@ -110,9 +110,6 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def replace(self, **changes) -> "TrainConfig":
-        return dataclasses.replace(self, **changes)
-
 
 def _check_type(where: str, value, annotation):
     text = str(annotation)  # annotations are strings here ("int | None")
