@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from train_helpers import ROOT
+from conftest import aclsum_texts
+from train_helpers import ROOT, TINY_LED, tiny_config, train_cli, write_config
 
+from led_flax import LEDConfig
 from led_flax.cli import main as cli_main
 from led_flax.sharding import ShardingError, make_mesh
 from train import config as config_lib
@@ -139,6 +143,44 @@ def test_the_loader_is_deterministic_resumable_and_shard_composable():
         for k in batch:
             np.testing.assert_array_equal(batch[k], np.concatenate([x[k], y[k]], axis=1))
     assert not np.array_equal(after[0]["input_ids"], after[6]["input_ids"])  # the next epoch is reshuffled
+
+
+def _mesh(data=1, fsdp=1):
+    return SimpleNamespace(shape={"data": data, "fsdp": fsdp, "tensor": 1})
+
+
+@pytest.mark.parametrize("overrides, mesh, processes, message", [
+    (["data.batch_size=6"], _mesh(2, 2), 1, "a microbatch of 6 examples (data.batch_size / grad_accum_steps) does "
+                                            "not split over the 4 data-parallel devices"),
+    (["data.batch_size=6"], _mesh(), 4, "data.batch_size 6 does not split over 4 processes"),
+    (["data.max_source_length=300"], _mesh(), 1, "data.max_source_length 300 exceeds the model's 256 encoder"),
+    (["data.max_target_length=33"], _mesh(), 1, "data.max_target_length 33 exceeds the model's 32 decoder"),
+    (["data.buckets=[100, 256]"], _mesh(), 1, "data.buckets [100] are not multiples of the attention window 16"),
+    (["data.buckets=[128]"], _mesh(), 1, "the largest bucket 128 is below data.max_source_length 256"),
+    (["data.shards=3"], _mesh(), 2, "data.shards 3 does not split over 2 processes; use a multiple of 2"),
+    (["data.shards=8"], _mesh(), 2, "data.batch_size 4 must split into 8 data shards x 1 microbatches"),
+])
+def test_the_config_check_against_model_mesh_and_processes(overrides, mesh, processes, message):
+    cfg = tiny_config("unused", "unused", overrides)
+    config_lib.check(tiny_config("unused", "unused"), LEDConfig(**TINY_LED), mesh, processes)  # the base passes
+    with pytest.raises(TrainConfigError, match=re.escape(message)):
+        config_lib.check(cfg, LEDConfig(**TINY_LED), mesh, processes)
+
+
+def test_the_dry_run_fails_where_the_run_would(tmp_path):
+    tok = tmp_path / "tok"
+    data_lib.train_tokenizer(aclsum_texts(4), str(tok), vocab_size=300)
+    # a microbatch of 6 examples over 4 data-parallel devices
+    cfg = write_config(tiny_config(tmp_path / "run", tok, data={"batch_size": 6}), tmp_path / "bad.yaml")
+    four = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    runs = [train_cli(["--config", cfg, *extra], env=four) for extra in (["--dry-run"], [])]
+    for out in runs:
+        assert out.returncode == 2, out.stderr[-3000:]
+    dry, real = (out.stderr.strip().splitlines()[-1] for out in runs)
+    assert dry == real == ("led-flax train: error: a microbatch of 6 examples (data.batch_size / grad_accum_steps) "
+                           "does not split over the 4 data-parallel devices (mesh data x fsdp); make it a multiple "
+                           "of 4")
+    assert not os.path.exists(tmp_path / "run" / "processes")  # the run stopped before reading data
 
 
 def test_the_dry_run_prints_the_mesh_shardings_and_bytes(capsys):

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from led_flax.buckets import bucket_for
+from led_flax.buckets import bucket_for, default_buckets
+from led_flax.config import LEDConfig
 from led_flax.files import atomic_directory
 from led_flax.tokenizer import LEDTokenizer
 
@@ -150,16 +151,13 @@ def tokenize(examples, tokenizer: LEDTokenizer, cfg: DataConfig) -> Tokenized:
                      cut(tokenizer.encode_batch([e.summary for e in examples]), cfg.max_target_length))
 
 
-def check_buckets(buckets, max_source_length: int, window: int) -> tuple[int, ...]:
-    buckets = tuple(sorted(buckets))
-    bad = [b for b in buckets if b % window]
-    if bad:
-        raise TrainConfigError(f"data.buckets {list(bad)} are not multiples of the attention window {window}; "
-                               f"round them to multiples of {window}")
-    if buckets[-1] < max_source_length:
-        raise TrainConfigError(f"the largest bucket {buckets[-1]} is below data.max_source_length "
-                               f"{max_source_length}; add a bucket of at least that length")
-    return buckets
+def source_buckets(cfg: DataConfig, led_config: LEDConfig) -> tuple[int, ...]:
+    """The source lengths batches are padded to, ascending: `data.buckets`, or powers of two times the
+    attention window up to `max_source_length` rounded up to a window (`config.check` has vetted them)."""
+    if cfg.buckets:
+        return tuple(sorted(cfg.buckets))
+    window = max(led_config.attention_window)
+    return tuple(default_buckets(led_config, top=-(-cfg.max_source_length // window) * window))
 
 
 def collate(source_rows, label_rows, length: int, target_length: int, pad_id: int, accum: int) -> dict:
