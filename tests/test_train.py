@@ -93,7 +93,7 @@ def test_a_nan_stops_the_job_and_keeps_the_last_good_checkpoint(tmp_path, tokeni
     ckpts = Checkpoints(os.path.join(tmp_path, "checkpoints"), 2, 1)
     assert list(ckpts.manager.all_steps()) == [1]
     job = Job(cfg)
-    state = ckpts.restore(1, job.setup.state, job.iterator)
+    state = ckpts.restore(1, job.setup.state, job.batches.iterator)
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree_util.tree_leaves(state["params"]))
 
 

@@ -49,7 +49,7 @@ def _fault(kind: str, step: int) -> None:
 
 
 def _agree_max(value: int) -> int:
-    """The largest `value` over all processes (every process must call it at the same point)."""
+    """The largest `value` over all processes (data.AgreeMax: every process calls it at the same points)."""
     if jax.process_count() == 1:
         return int(value)
     return int(np.max(multihost_utils.process_allgather(np.asarray(value, np.int64))))
@@ -68,7 +68,7 @@ def _write_json(path: str, data: dict) -> None:
 
 class Job:
     """One training run's pieces, built from a config (see `run`): the tokenizer, the `Setup` (model,
-    mesh, optimizer, sharded state shapes), this process's training data and validation data."""
+    mesh, optimizer, sharded state shapes), this process's training batches and validation data."""
 
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
@@ -127,7 +127,7 @@ class Job:
             {k: data_lib.tokenize(v, self.tokenizer, cfg.data) for k, v in train.items()},
             cfg.data.batch_size // shards, cfg.optimizer.grad_accum_steps, self.buckets, cfg.data.max_target_length,
             self.tokenizer.pad_token_id, cfg.data.seed, cfg.data.sort_window)
-        self.iterator = data_lib.train_iterator(source)
+        self.batches = data_lib.TrainBatches(source, _agree_max)
         self.val_examples = []
         self.val = None
         if cfg.eval.every_steps >= 0:
@@ -135,26 +135,19 @@ class Job:
                 cfg.data, "validation", k, shards, cfg.data.max_eval_examples)]
             if self.val_examples:
                 self.val = data_lib.tokenize(self.val_examples[:cfg.eval.loss_examples], self.tokenizer, cfg.data)
+        mesh = self.setup.mesh
+        self.eval_rows = data_lib.eval_rows(cfg.eval.batch_size, pc, mesh.shape["data"] * mesh.shape["fsdp"])
 
     # ------------------------------------------------------------------ evaluation
     def validation_loss(self, params, eval_step) -> float | None:
         """The mean token loss over this job's validation examples (None: it has none)."""
         if self.val is None:
             return None
-        pc = jax.process_count()
-        mesh = self.setup.mesh
-        # the global batch: eval.batch_size rounded up to split over the processes and the data devices
-        unit = math.lcm(pc, mesh.shape["data"] * mesh.shape["fsdp"])
-        per_process = -(-self.cfg.eval.batch_size // unit) * unit // pc
-        batches = data_lib.eval_batches(self.val, per_process, self.buckets, self.cfg.data.max_target_length,
-                                        self.tokenizer.pad_token_id)
         total = count = 0.0
-        for k in range(_agree_max(len(batches))):
-            b = batches[k] if k < len(batches) else data_lib.filler_batch(
-                per_process, self.cfg.data.max_target_length, self.tokenizer.pad_token_id, self.buckets[0])
-            b = {key: v[0] for key, v in b.items()}  # [1, b, n] -> [b, n]
-            b = data_lib.pad_source(b, _agree_max(b["input_ids"].shape[-1]), self.tokenizer.pad_token_id)
-            s, c = eval_step(params, step_lib.global_batch(b, mesh, accumulate=False))
+        for batch in data_lib.validation_batches(self.val, self.eval_rows, self.buckets,
+                                                 self.cfg.data.max_target_length, self.tokenizer.pad_token_id,
+                                                 _agree_max):
+            s, c = eval_step(params, step_lib.global_batch(batch, self.setup.mesh, accumulate=False))
             total += float(s)
             count += float(c)
         return total / max(count, 1.0)
@@ -224,7 +217,7 @@ def run(cfg: TrainConfig, *, progress: bool = True) -> dict:
         _check_config_unchanged(job.out, cfg, latest is not None)
     setup = job.setup
     if latest is not None:
-        state = ckpts.restore(latest, setup.state, job.iterator)
+        state = ckpts.restore(latest, setup.state, job.batches.iterator)
         metrics_log.truncate(latest)
         log.info("resumed from step %d (%s)", latest, ckpts.directory)
     else:
@@ -249,11 +242,8 @@ def run(cfg: TrainConfig, *, progress: bool = True) -> dict:
     t0 = time.perf_counter()
     try:
         for step in range(start, cfg.steps):
-            local = next(job.iterator)
-            local_length = int(local["input_ids"].shape[-1])
-            length = _agree_max(local_length)  # every process pads to the same bucket
-            local = data_lib.pad_source(local, length, job.tokenizer.pad_token_id)
-            state, m = train_step(state, step_lib.global_batch(local, setup.mesh))
+            batch = next(job.batches)
+            state, m = train_step(state, step_lib.global_batch(batch.arrays, setup.mesh))
             m = jax.device_get(m)
             done = step + 1
             bad = [k for k in ("loss", "grad_norm", "update_norm") if not np.isfinite(m[k])]
@@ -268,8 +258,8 @@ def run(cfg: TrainConfig, *, progress: bool = True) -> dict:
                     "then rerun the same command to resume from it")
             tokens_seen += int(m["tokens"])
             last = {"loss": float(m["loss"]), "tokens": int(m["tokens"]), "grad_norm": float(m["grad_norm"]),
-                    "learning_rate": float(m["learning_rate"]), "bucket": int(length)}
-            data_log.write(json.dumps({"step": done, "bucket": int(length), "local_length": local_length,
+                    "learning_rate": float(m["learning_rate"]), "bucket": batch.bucket}
+            data_log.write(json.dumps({"step": done, "bucket": batch.bucket, "local_length": batch.local_length,
                                        "loss": last["loss"]}) + "\n")
             data_log.flush()
             if done % cfg.log_every == 0 or done == cfg.steps or done == start + 1:
@@ -293,7 +283,7 @@ def run(cfg: TrainConfig, *, progress: bool = True) -> dict:
                             f", {k} {v:.2f}" for k, v in scores.items()))
             every = cfg.checkpoint.every_steps
             if final or (every and done % every == 0):
-                ckpts.save(done, state, job.iterator, metrics)
+                ckpts.save(done, state, job.batches.iterator, metrics)
                 _fault("kill_during_save", done)
         ckpts.wait()
         job.export(state["params"])
