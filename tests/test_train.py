@@ -11,13 +11,12 @@ import numpy as np
 import pytest
 
 from conftest import aclsum_texts, torch, transformers
-from train_helpers import tiny_config, train_cli, write_config
+from train_helpers import read_jsonl, tiny_config, train_cli, write_config
 
 from led_flax import checkpoint
 from train import data as data_lib
 from train.checkpoints import Checkpoints
 from train.loop import FAULT_ENV, Job, TrainingError, run
-from train.metrics import read
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +27,8 @@ def tokenizer_dir(tmp_path_factory):
 
 
 def _losses(path):
-    return {r["step"]: r["loss"] for r in read(os.path.join(path, "metrics.jsonl")) if r["kind"] == "train"}
+    records = read_jsonl(os.path.join(path, "metrics.jsonl"))
+    return {r["step"]: r["loss"] for r in records if r["kind"] == "train"}
 
 
 def _params(path):
@@ -63,7 +63,7 @@ def test_killed_runs_resume_on_the_same_curve(tmp_path, tokenizer_dir, uninterru
     for a, b in zip(_params(uninterrupted), _params(out)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     # the last two and the best by validation loss; no temporary directory left behind
-    steps = Checkpoints(os.path.join(out, "checkpoints"), 2, 1).steps()
+    steps = Checkpoints(os.path.join(out, "checkpoints"), 2, 1).manager.all_steps()
     assert {6, 8} <= set(steps) and len(steps) <= 3
     assert not [d for d in os.listdir(os.path.join(out, "checkpoints")) if "tmp" in d]
 
@@ -91,9 +91,9 @@ def test_a_nan_stops_the_job_and_keeps_the_last_good_checkpoint(tmp_path, tokeni
                                             r"checkpoint is step 1"):
         run(cfg, progress=False)
     ckpts = Checkpoints(os.path.join(tmp_path, "checkpoints"), 2, 1)
-    assert ckpts.steps() == [1]
+    assert list(ckpts.manager.all_steps()) == [1]
     job = Job(cfg)
-    state = ckpts.restore(1, job.abstract_state(), job.iterator)
+    state = ckpts.restore(1, job.setup.state, job.batches.iterator)
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree_util.tree_leaves(state["params"]))
 
 
@@ -118,5 +118,5 @@ def test_a_tiny_model_overfits_a_handful_of_examples(tmp_path, tokenizer_dir):
     assert last["rouge1"] > 90, last  # it learned to write the summaries it saw
     events = os.listdir(tmp_path / "out" / "tensorboard")
     assert events and all(e.startswith("events.out.tfevents") for e in events)
-    evals = [r for r in read(str(tmp_path / "out" / "metrics.jsonl")) if r["kind"] == "eval"]
+    evals = [r for r in read_jsonl(str(tmp_path / "out" / "metrics.jsonl")) if r["kind"] == "eval"]
     assert [r["step"] for r in evals] == [60] and {"val_loss", "rouge1", "rouge2", "rougeL"} <= set(evals[0])

@@ -3,14 +3,21 @@ a deterministic, resumable, shard-composable loader."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import re
+import threading
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from train_helpers import ROOT
+from conftest import aclsum_texts
+from train_helpers import ROOT, TINY_LED, tiny_config, train_cli, write_config
 
+from led_flax import LEDConfig
+from led_flax.buckets import bucket_for
 from led_flax.cli import main as cli_main
 from led_flax.sharding import ShardingError, make_mesh
 from train import config as config_lib
@@ -119,6 +126,31 @@ def test_batches_are_bucketed_padded_and_labelled():
     assert lengths.max() <= b["input_ids"].shape[2] and (b["input_ids"].shape[2] == 16 or lengths.max() > 16)
 
 
+def _as_processes(*jobs):
+    """Runs each job(agree_max) in a thread standing in for a process; `agree_max` is the largest value
+    over all of them, as `train.loop` gets it from jax.distributed. Returns the jobs' results."""
+    barrier, values, results = threading.Barrier(len(jobs)), [0] * len(jobs), [None] * len(jobs)
+
+    def agree_for(i):
+        def agree_max(value):
+            values[i] = value
+            barrier.wait()
+            out = max(values)
+            barrier.wait()  # nobody overwrites values before all have read them
+            return out
+        return agree_max
+
+    def work(i):
+        results[i] = jobs[i](agree_for(i))
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert all(r is not None for r in results)
+    return results
+
+
 def test_the_loader_is_deterministic_resumable_and_shard_composable():
     a, b = _tokenized(12, 0), _tokenized(12, 1)
     it = data_lib.train_iterator(_source({0: a, 1: b}))
@@ -130,15 +162,71 @@ def test_the_loader_is_deterministic_resumable_and_shard_composable():
     for x, y in zip(after, [next(again) for _ in range(8)]):
         for k in x:
             np.testing.assert_array_equal(x[k], y[k])
-    # one process holding shards 0 and 1 reads what two processes, one shard each, read together
-    one, two = _source({0: a}), _source({1: b})
-    for i, batch in enumerate(first):
-        x, y = one[i], two[i]
-        width = batch["input_ids"].shape[-1]
-        x, y = data_lib.pad_source(x, width, 1), data_lib.pad_source(y, width, 1)
+    # one process holding shards 0 and 1 reads what two processes, one shard each, read together, each
+    # padded to the bucket they agree on
+    def three_steps(shards):
+        return lambda agree: list(itertools.islice(data_lib.TrainBatches(_source(shards), agree), 3))
+    two = _as_processes(three_steps({0: a}), three_steps({1: b}))
+    for batch, x, y in zip(first, *two):
+        assert x.bucket == y.bucket == batch["input_ids"].shape[-1] >= max(x.local_length, y.local_length)
         for k in batch:
-            np.testing.assert_array_equal(batch[k], np.concatenate([x[k], y[k]], axis=1))
+            np.testing.assert_array_equal(batch[k], np.concatenate([x.arrays[k], y.arrays[k]], axis=1))
     assert not np.array_equal(after[0]["input_ids"], after[6]["input_ids"])  # the next epoch is reshuffled
+
+
+def test_validation_batches_agree_on_count_and_bucket_across_processes():
+    a = _tokenized(5, 0)
+    b = data_lib.Tokenized(((5,) * 9 + (2,),), ((6, 2),))  # one short document: bucket 16 on its own
+    batches = _as_processes(*[lambda agree, d=d: list(data_lib.validation_batches(d, 2, (16, 32, 64), 12, 1, agree))
+                              for d in (a, b)])
+    assert [len(p) for p in batches] == [3, 3]  # the process with one example adds two empty batches
+    for x, y in zip(*batches):
+        assert x["input_ids"].shape == y["input_ids"].shape and x["labels"].shape == (2, 12)
+    # each process's first batch holds its longest documents: the longest of all sets the bucket
+    assert batches[1][0]["input_ids"].shape[-1] == bucket_for(max(len(r) for r in a.input_ids), (16, 32, 64))
+    assert batches[1][0]["attention_mask"].sum(-1).tolist() == [10, 1]
+    for filler in batches[1][1:]:  # empty rows: nothing to score, attention on <s> alone
+        assert (filler["labels"] == -100).all() and (filler["attention_mask"].sum(-1) == 1).all()
+    tokens = sum(int((batch["labels"] != -100).sum()) for p in batches for batch in p)
+    assert tokens == sum(len(r) for d in (a, b) for r in d.labels)  # every label once
+
+
+def _mesh(data=1, fsdp=1):
+    return SimpleNamespace(shape={"data": data, "fsdp": fsdp, "tensor": 1})
+
+
+@pytest.mark.parametrize("overrides, mesh, processes, message", [
+    (["data.batch_size=6"], _mesh(2, 2), 1, "a microbatch of 6 examples (data.batch_size / grad_accum_steps) does "
+                                            "not split over the 4 data-parallel devices"),
+    (["data.batch_size=6"], _mesh(), 4, "data.batch_size 6 does not split over 4 processes"),
+    (["data.max_source_length=300"], _mesh(), 1, "data.max_source_length 300 exceeds the model's 256 encoder"),
+    (["data.max_target_length=33"], _mesh(), 1, "data.max_target_length 33 exceeds the model's 32 decoder"),
+    (["data.buckets=[100, 256]"], _mesh(), 1, "data.buckets [100] are not multiples of the attention window 16"),
+    (["data.buckets=[128]"], _mesh(), 1, "the largest bucket 128 is below data.max_source_length 256"),
+    (["data.shards=3"], _mesh(), 2, "data.shards 3 does not split over 2 processes; use a multiple of 2"),
+    (["data.shards=8"], _mesh(), 2, "data.batch_size 4 must split into 8 data shards x 1 microbatches"),
+])
+def test_the_config_check_against_model_mesh_and_processes(overrides, mesh, processes, message):
+    cfg = tiny_config("unused", "unused", overrides)
+    config_lib.check(tiny_config("unused", "unused"), LEDConfig(**TINY_LED), mesh, processes)  # the base passes
+    with pytest.raises(TrainConfigError, match=re.escape(message)):
+        config_lib.check(cfg, LEDConfig(**TINY_LED), mesh, processes)
+
+
+def test_the_dry_run_fails_where_the_run_would(tmp_path):
+    tok = tmp_path / "tok"
+    data_lib.train_tokenizer(aclsum_texts(4), str(tok), vocab_size=300)
+    # a microbatch of 6 examples over 4 data-parallel devices
+    cfg = write_config(tiny_config(tmp_path / "run", tok, data={"batch_size": 6}), tmp_path / "bad.yaml")
+    four = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    runs = [train_cli(["--config", cfg, *extra], env=four) for extra in (["--dry-run"], [])]
+    for out in runs:
+        assert out.returncode == 2, out.stderr[-3000:]
+    dry, real = (out.stderr.strip().splitlines()[-1] for out in runs)
+    assert dry == real == ("led-flax train: error: a microbatch of 6 examples (data.batch_size / grad_accum_steps) "
+                           "does not split over the 4 data-parallel devices (mesh data x fsdp); make it a multiple "
+                           "of 4")
+    assert not os.path.exists(tmp_path / "run" / "processes")  # the run stopped before reading data
 
 
 def test_the_dry_run_prints_the_mesh_shardings_and_bytes(capsys):

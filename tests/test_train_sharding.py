@@ -12,11 +12,10 @@ import sys
 import pytest
 
 from conftest import aclsum_texts
-from train_helpers import ROOT, SUBPROCESS_ENV, tiny_config, write_config
+from train_helpers import ROOT, SUBPROCESS_ENV, read_jsonl, tiny_config, write_config
 
 from train import data as data_lib
 from train.loop import run
-from train.metrics import read
 
 
 @pytest.fixture(scope="module")
@@ -103,12 +102,12 @@ def test_two_processes_train_as_one(tmp_path):
     one = json.load(open(single / "processes" / "0.json"))
     assert ids[0] | ids[1] == set(one["train_ids"]["0"]) | set(one["train_ids"]["1"])
     # every step, both processes padded to the same bucket
-    steps = [read(str(multi / "processes" / f"{i}.steps.jsonl")) for i in range(2)]
+    steps = [read_jsonl(str(multi / "processes" / f"{i}.steps.jsonl")) for i in range(2)]
     assert [r["bucket"] for r in steps[0]] == [r["bucket"] for r in steps[1]]
     assert all(r["bucket"] >= r["local_length"] for s in steps for r in s)
     # the same losses as one process holding both shards, to float32 noise
-    multi_losses = [r["loss"] for r in read(str(multi / "metrics.jsonl")) if r["kind"] == "train"]
-    single_losses = [r["loss"] for r in read(str(single / "metrics.jsonl")) if r["kind"] == "train"]
+    multi_losses = [r["loss"] for r in read_jsonl(str(multi / "metrics.jsonl")) if r["kind"] == "train"]
+    single_losses = [r["loss"] for r in read_jsonl(str(single / "metrics.jsonl")) if r["kind"] == "train"]
     assert len(multi_losses) == 3
     for a, b in zip(multi_losses, single_losses):
         assert abs(a - b) <= 2e-6 * abs(b), (multi_losses, single_losses)

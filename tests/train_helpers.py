@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -50,3 +51,9 @@ def train_cli(args, env=None, timeout=300):
     full = {**os.environ, **SUBPROCESS_ENV, **(env or {})}
     return subprocess.run([sys.executable, "-m", "led_flax.cli", "train", "--quiet", *args], cwd=ROOT, env=full,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def read_jsonl(path) -> list[dict]:
+    """The records of a jsonl file (metrics.jsonl, processes/N.steps.jsonl)."""
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]

@@ -73,10 +73,9 @@ here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 for name in ("led-base-16384", "led-large-16384"):
     cfg = config_lib.load(os.path.join(here, "configs", f"{name}.yaml"))
     p = plan(cfg, step=name == "led-base-16384")  # the step's eval_shape once: it traces the whole model
-    q = p["shardings"]["params"]["led"]["encoder"]["layers_0"]["fc1"]["kernel"]
-    out[name] = {"mesh": dict(p["mesh"].shape), "params_bytes": p["params_bytes"], "state_bytes": p["state_bytes"],
-                 "fc1_shard": list(q.shard_shape(tuple(p["shapes"]["params"]["led"]["encoder"]["layers_0"]["fc1"]
-                                                   ["kernel"].shape))),
-                 "batch_shard": list(p["batch_shard"]), "kept_whole": p["kept_whole"],
-                 "loss_shape": list(p["step_output"][1]["loss"].shape) if p["step_output"] else []}
+    fc1 = p.setup.state["params"]["led"]["encoder"]["layers_0"]["fc1"]["kernel"]
+    out[name] = {"mesh": dict(p.setup.mesh.shape), "params_bytes": p.params_bytes, "state_bytes": p.state_bytes,
+                 "fc1_shard": list(fc1.sharding.shard_shape(tuple(fc1.shape))),
+                 "batch_shard": list(p.batch_shard), "kept_whole": p.kept_whole,
+                 "loss_shape": list(p.step_output[1]["loss"].shape) if p.step_output else []}
 print("RESULT " + json.dumps(out))

@@ -30,9 +30,6 @@ class Checkpoints:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def steps(self) -> list[int]:
-        return list(self.manager.all_steps())
-
     def save(self, step: int, state, data_iterator, metrics: dict | None = None) -> None:
         """Starts saving `state` and the loader position as `step` (returns once arrays are copied to
         the host; the files are written in the background)."""

@@ -2,6 +2,8 @@
 
 `load("configs/tiny-aclsum.yaml", ["optimizer.learning_rate=1e-3"])` reads the file, applies the
 `--set` overrides (values parsed as YAML), and rejects unknown keys with the nearest known name.
+`validate` checks a config on its own when it is read; `check` checks it against the model, the mesh
+and the process count, for the run and the dry run alike.
 """
 
 from __future__ import annotations
@@ -10,8 +12,14 @@ import dataclasses
 import difflib
 import os
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import yaml
+
+if TYPE_CHECKING:
+    from jax.sharding import Mesh
+
+    from led_flax.config import LEDConfig
 
 
 class TrainConfigError(ValueError):
@@ -110,9 +118,6 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def replace(self, **changes) -> "TrainConfig":
-        return dataclasses.replace(self, **changes)
-
 
 def _check_type(where: str, value, annotation):
     text = str(annotation)  # annotations are strings here ("int | None")
@@ -210,6 +215,7 @@ def _choice(where: str, value, allowed) -> None:
 
 
 def validate(c: TrainConfig) -> None:
+    """The checks a config passes on its own (run when it is read). Raises TrainConfigError."""
     _choice("model.dtype", c.model.dtype, ("float32", "bfloat16"))
     _choice("data.source", c.data.source, ("aclsum", "jsonl", "datasets"))
     _choice("optimizer.schedule", c.optimizer.schedule, ("linear", "cosine", "constant"))
@@ -240,8 +246,46 @@ def validate(c: TrainConfig) -> None:
             raise TrainConfigError(f"data.buckets must be positive integers, not {c.data.buckets}")
 
 
+def check(c: TrainConfig, led: LEDConfig, mesh: Mesh, process_count: int) -> None:
+    """The checks a config passes against the model it trains (`led`: its LEDConfig), the device mesh
+    and the number of processes. The run and the dry run both call it (through
+    `train.step.build_setup`), before any data is read, so a dry run catches what the run would.
+    Raises TrainConfigError naming the field and the fix."""
+    data, accum = c.data, c.optimizer.grad_accum_steps
+    data_ways = mesh.shape["data"] * mesh.shape["fsdp"]
+    micro = data.batch_size // accum
+    if micro % data_ways:
+        raise TrainConfigError(f"a microbatch of {micro} examples (data.batch_size / grad_accum_steps) does not "
+                               f"split over the {data_ways} data-parallel devices (mesh data x fsdp); make it "
+                               f"a multiple of {data_ways}")
+    if data.batch_size % process_count:
+        raise TrainConfigError(f"data.batch_size {data.batch_size} does not split over {process_count} processes")
+    if data.max_source_length > led.max_encoder_position_embeddings:
+        raise TrainConfigError(f"data.max_source_length {data.max_source_length} exceeds the model's "
+                               f"{led.max_encoder_position_embeddings} encoder positions")
+    if data.max_target_length > led.max_decoder_position_embeddings:
+        raise TrainConfigError(f"data.max_target_length {data.max_target_length} exceeds the model's "
+                               f"{led.max_decoder_position_embeddings} decoder positions")
+    window = max(led.attention_window)
+    if data.buckets:  # the default buckets are multiples of the window up to max_source_length
+        bad = [b for b in sorted(data.buckets) if b % window]
+        if bad:
+            raise TrainConfigError(f"data.buckets {bad} are not multiples of the attention window {window}; "
+                                   f"round them to multiples of {window}")
+        if max(data.buckets) < data.max_source_length:
+            raise TrainConfigError(f"the largest bucket {max(data.buckets)} is below data.max_source_length "
+                                   f"{data.max_source_length}; add a bucket of at least that length")
+    shards = data.shards or process_count
+    if shards % process_count:
+        raise TrainConfigError(f"data.shards {shards} does not split over {process_count} processes; use a "
+                               f"multiple of {process_count}")
+    if data.batch_size % shards or (data.batch_size // shards) % accum:
+        raise TrainConfigError(f"data.batch_size {data.batch_size} must split into {shards} data shards x "
+                               f"{accum} microbatches")
+
+
 def dump(config: TrainConfig) -> str:
     return yaml.safe_dump(config.to_dict(), sort_keys=False)
 
 
-__all__ = ["TrainConfig", "TrainConfigError", "load", "from_dict", "dump", "validate"]
+__all__ = ["TrainConfig", "TrainConfigError", "load", "from_dict", "dump", "validate", "check"]

@@ -9,24 +9,34 @@ The order of a shard is a pure function of (seed, shard, epoch): shuffle, sort w
 length (so a batch holds similar lengths), cut into batches, shuffle the batches. `BatchSource`
 serves batch i of that endless order; grain's `MapDataset` over it gives an iterator whose position
 (`get_state`) is saved in every checkpoint, so a resumed job reads exactly the batches it would have.
+
+Every process feeds its own rows of each global batch, and all of them must pad to the same length:
+`TrainBatches` and `validation_batches` agree on it (and on the number of validation batches) through
+an `AgreeMax` function, the largest of a value over all processes, that the caller passes in.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 from dataclasses import dataclass
+from typing import Callable, Iterator, NamedTuple
 
 import numpy as np
 
-from led_flax.buckets import bucket_for
+from led_flax.buckets import bucket_for, default_buckets
+from led_flax.config import LEDConfig
 from led_flax.files import atomic_directory
 from led_flax.tokenizer import LEDTokenizer
 
 from .config import DataConfig, TrainConfigError
 
 SPLITS = {"train": "train", "validation": "val", "test": "test"}
+
+# the largest of an int over all processes; every process calls it at the same points, in the same order
+AgreeMax = Callable[[int], int]
 
 
 @dataclass(frozen=True)
@@ -150,16 +160,13 @@ def tokenize(examples, tokenizer: LEDTokenizer, cfg: DataConfig) -> Tokenized:
                      cut(tokenizer.encode_batch([e.summary for e in examples]), cfg.max_target_length))
 
 
-def check_buckets(buckets, max_source_length: int, window: int) -> tuple[int, ...]:
-    buckets = tuple(sorted(buckets))
-    bad = [b for b in buckets if b % window]
-    if bad:
-        raise TrainConfigError(f"data.buckets {list(bad)} are not multiples of the attention window {window}; "
-                               f"round them to multiples of {window}")
-    if buckets[-1] < max_source_length:
-        raise TrainConfigError(f"the largest bucket {buckets[-1]} is below data.max_source_length "
-                               f"{max_source_length}; add a bucket of at least that length")
-    return buckets
+def source_buckets(cfg: DataConfig, led_config: LEDConfig) -> tuple[int, ...]:
+    """The source lengths batches are padded to, ascending: `data.buckets`, or powers of two times the
+    attention window up to `max_source_length` rounded up to a window (`config.check` has vetted them)."""
+    if cfg.buckets:
+        return tuple(sorted(cfg.buckets))
+    window = max(led_config.attention_window)
+    return tuple(default_buckets(led_config, top=-(-cfg.max_source_length // window) * window))
 
 
 def collate(source_rows, label_rows, length: int, target_length: int, pad_id: int, accum: int) -> dict:
@@ -253,19 +260,53 @@ def train_iterator(source: BatchSource):
     return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2)))
 
 
-def eval_batches(data: Tokenized, batch: int, buckets, target_length: int, pad_id: int) -> list[dict]:
-    """Fixed validation batches (sorted by length, the last filled with empty rows)."""
+class TrainBatch(NamedTuple):
+    """This process's rows of one step's batch: `arrays` holds input_ids, attention_mask and
+    global_attention_mask [accum, rows, bucket] and labels [accum, rows, max_target_length], int32."""
+    arrays: dict
+    bucket: int  # the source length every process padded to
+    local_length: int  # this process's own bucket, before agreeing
+
+
+class TrainBatches:
+    """This process's rows of each step's global batch, padded to the bucket all processes agreed on.
+
+    `iterator` is the grain iterator underneath: checkpoints save and restore its position.
+    """
+
+    def __init__(self, source: BatchSource, agree_max: AgreeMax):
+        self.source, self.agree_max = source, agree_max
+        self.iterator = train_iterator(source)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> TrainBatch:
+        local = next(self.iterator)
+        local_length = int(local["input_ids"].shape[-1])
+        bucket = self.agree_max(local_length)
+        return TrainBatch(pad_source(local, bucket, self.source.pad_id), bucket, local_length)
+
+
+def eval_rows(batch_size: int, process_count: int, data_ways: int) -> int:
+    """This process's rows of a validation batch: `batch_size` rounded up so that the global batch
+    splits over the processes and over the data-parallel devices (mesh data x fsdp)."""
+    unit = math.lcm(process_count, data_ways)
+    return -(-batch_size // unit) * unit // process_count
+
+
+def validation_batches(data: Tokenized, rows: int, buckets, target_length: int, pad_id: int,
+                       agree_max: AgreeMax) -> Iterator[dict]:
+    """This process's rows of every global validation batch: arrays [rows, bucket] (labels [rows,
+    target_length]), longest documents first, empty rows filling the last batch. Every process yields
+    as many batches as the process with the most, each padded to the bucket they agree on; a process
+    out of examples yields batches of empty rows, which add no tokens to the loss."""
     order = np.argsort([-len(r) for r in data.input_ids], kind="stable")
-    out = []
-    for k in range(0, len(order), batch):
-        rows = list(order[k:k + batch])
-        src = [data.input_ids[r] for r in rows] + [None] * (batch - len(rows))
-        tgt = [data.labels[r] for r in rows] + [None] * (batch - len(rows))
-        length = bucket_for(max(len(s) for s in src if s is not None), buckets)
-        out.append(collate(src, tgt, length, target_length, pad_id, 1))
-    return out
-
-
-def filler_batch(batch: int, target_length: int, pad_id: int, length: int) -> dict:
-    """An evaluation batch with no tokens to score (for a process with fewer batches than another)."""
-    return collate([None] * batch, [None] * batch, length, target_length, pad_id, 1)
+    starts = range(0, len(order), rows)
+    for k in range(agree_max(len(starts))):
+        picked = list(order[starts[k]:starts[k] + rows]) if k < len(starts) else []
+        src = [data.input_ids[r] for r in picked] + [None] * (rows - len(picked))
+        tgt = [data.labels[r] for r in picked] + [None] * (rows - len(picked))
+        length = bucket_for(max((len(s) for s in src if s is not None), default=1), buckets)
+        batch = collate(src, tgt, agree_max(length), target_length, pad_id, 1)
+        yield {key: v[0] for key, v in batch.items()}  # [1, rows, n] -> [rows, n]

@@ -16,14 +16,12 @@ import signal
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
 from led_flax import checkpoint as ckpt_format
 from led_flax import sharding as shd
-from led_flax.modeling import model_for
-from led_flax.buckets import default_buckets
+from led_flax.config import LEDConfig
 from led_flax.files import atomic_directory, write_atomic
 from led_flax.tokenizer import LEDTokenizer
 
@@ -51,7 +49,7 @@ def _fault(kind: str, step: int) -> None:
 
 
 def _agree_max(value: int) -> int:
-    """The largest `value` over all processes (every process must call it at the same point)."""
+    """The largest `value` over all processes (data.AgreeMax: every process calls it at the same points)."""
     if jax.process_count() == 1:
         return int(value)
     return int(np.max(multihost_utils.process_allgather(np.asarray(value, np.int64))))
@@ -69,36 +67,26 @@ def _write_json(path: str, data: dict) -> None:
 
 
 class Job:
-    """One training run's pieces, built from a config (see `run`)."""
+    """One training run's pieces, built from a config (see `run`): the tokenizer, the `Setup` (model,
+    mesh, optimizer, sharded state shapes), this process's training batches and validation data."""
 
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
         self.out = os.path.abspath(cfg.output_dir)
         self.is_main = jax.process_index() == 0
         os.makedirs(self.out, exist_ok=True)
-        self.mesh = shd.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
-        data_ways = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
-        micro = cfg.data.batch_size // cfg.optimizer.grad_accum_steps
-        if micro % data_ways:
-            raise TrainConfigError(f"a microbatch of {micro} examples (data.batch_size / grad_accum_steps) does not "
-                                   f"split over the {data_ways} data-parallel devices (mesh data x fsdp); make it "
-                                   f"a multiple of {data_ways}")
-        pc = jax.process_count()
-        if cfg.data.batch_size % pc:
-            raise TrainConfigError(f"data.batch_size {cfg.data.batch_size} does not split over {pc} processes")
-        self._tokenizer_and_model()
+        self.setup = step_lib.build_setup(cfg, self._tokenizer_and_model())
         self._data()
-        self.tx = step_lib.optimizer(cfg.optimizer, cfg.steps)
-        self.lr = step_lib.schedule(cfg.optimizer, cfg.steps)
 
     # ------------------------------------------------------------------ setup
-    def _tokenizer_and_model(self):
+    def _tokenizer_and_model(self) -> LEDConfig:
+        """Sets the tokenizer (and the pretrained weights); returns the model's LEDConfig."""
         cfg = self.cfg
         init = cfg.model.init
         self.pretrained = None
         if init != "scratch":
             loaded = load_pretrained(init)
-            self.config, self.pretrained, model_dir = loaded.config, loaded.params, loaded.source
+            config, self.pretrained, model_dir = loaded.config, loaded.params, loaded.source
         if cfg.tokenizer.path:
             tok_dir = cfg.tokenizer.path
         elif init != "scratch":
@@ -115,51 +103,31 @@ class Job:
                     multihost_utils.sync_global_devices("led_flax_tokenizer")
         if not os.path.isdir(tok_dir):
             raise TrainConfigError(f"tokenizer directory {tok_dir} does not exist; set tokenizer.path")
-        if init == "scratch":
-            self.tokenizer = LEDTokenizer.from_pretrained(tok_dir)
-            self.config = scratch_config(cfg, self.tokenizer)
-        else:
-            self.tokenizer = LEDTokenizer.from_pretrained(tok_dir)
-            if self.tokenizer.vocab_size > self.config.vocab_size:
-                raise TrainConfigError(f"the tokenizer in {tok_dir} has {self.tokenizer.vocab_size} tokens but the "
-                                       f"model only {self.config.vocab_size}; use the model's own tokenizer")
+        self.tokenizer = LEDTokenizer.from_pretrained(tok_dir)
         self.tokenizer_dir = tok_dir
-        if cfg.data.max_source_length > self.config.max_encoder_position_embeddings:
-            raise TrainConfigError(f"data.max_source_length {cfg.data.max_source_length} exceeds the model's "
-                                   f"{self.config.max_encoder_position_embeddings} encoder positions")
-        if cfg.data.max_target_length > self.config.max_decoder_position_embeddings:
-            raise TrainConfigError(f"data.max_target_length {cfg.data.max_target_length} exceeds the model's "
-                                   f"{self.config.max_decoder_position_embeddings} decoder positions")
-        dtype = jnp.bfloat16 if cfg.model.dtype == "bfloat16" else jnp.float32
-        self.model = model_for(self.config, "conditional_generation", dtype=dtype, param_dtype=jnp.float32,
-                               gradient_checkpointing=cfg.model.gradient_checkpointing)
-        self.eval_model = model_for(self.config, "conditional_generation", dtype=dtype, param_dtype=jnp.float32)
+        if init == "scratch":
+            return scratch_config(cfg, self.tokenizer)
+        if self.tokenizer.vocab_size > config.vocab_size:
+            raise TrainConfigError(f"the tokenizer in {tok_dir} has {self.tokenizer.vocab_size} tokens but the "
+                                   f"model only {config.vocab_size}; use the model's own tokenizer")
+        return config
 
     def _data(self):
         cfg = self.cfg
-        window = max(self.config.attention_window)
-        self.buckets = data_lib.check_buckets(
-            cfg.data.buckets or default_buckets(self.config, top=-(-cfg.data.max_source_length // window) * window),
-            cfg.data.max_source_length, window)
+        self.buckets = data_lib.source_buckets(cfg.data, self.setup.config)
         pi, pc = jax.process_index(), jax.process_count()
-        shards = cfg.data.shards or pc
-        if shards % pc:
-            raise TrainConfigError(f"data.shards {shards} does not split over {pc} processes; use a multiple of {pc}")
-        rows = cfg.data.batch_size // shards
-        if cfg.data.batch_size % shards or rows % cfg.optimizer.grad_accum_steps:
-            raise TrainConfigError(f"data.batch_size {cfg.data.batch_size} must split into {shards} data shards x "
-                                   f"{cfg.optimizer.grad_accum_steps} microbatches")
+        shards = cfg.data.shards or pc  # config.check: a multiple of pc that splits the batch
         self.owned = list(range(pi, shards, pc))  # this process reads these shards only
         train = {k: data_lib.load_examples(cfg.data, "train", k, shards, cfg.data.max_train_examples)
                  for k in self.owned}
         self.train_ids = {k: [e.id for e in v] for k, v in train.items()}
         log.info("process %d reads data shards %s of %d: %d training examples", pi, self.owned, shards,
                  sum(map(len, train.values())))
-        self.source = data_lib.BatchSource(
-            {k: data_lib.tokenize(v, self.tokenizer, cfg.data) for k, v in train.items()}, rows,
-            cfg.optimizer.grad_accum_steps, self.buckets, cfg.data.max_target_length, self.tokenizer.pad_token_id,
-            cfg.data.seed, cfg.data.sort_window)
-        self.iterator = data_lib.train_iterator(self.source)
+        source = data_lib.BatchSource(
+            {k: data_lib.tokenize(v, self.tokenizer, cfg.data) for k, v in train.items()},
+            cfg.data.batch_size // shards, cfg.optimizer.grad_accum_steps, self.buckets, cfg.data.max_target_length,
+            self.tokenizer.pad_token_id, cfg.data.seed, cfg.data.sort_window)
+        self.batches = data_lib.TrainBatches(source, _agree_max)
         self.val_examples = []
         self.val = None
         if cfg.eval.every_steps >= 0:
@@ -167,43 +135,19 @@ class Job:
                 cfg.data, "validation", k, shards, cfg.data.max_eval_examples)]
             if self.val_examples:
                 self.val = data_lib.tokenize(self.val_examples[:cfg.eval.loss_examples], self.tokenizer, cfg.data)
-
-    def abstract_state(self):
-        """ShapeDtypeStructs of the train state, with their shardings."""
-        shapes = jax.eval_shape(step_lib.fresh_state(self.model, self.tx, self.cfg.seed), jax.random.PRNGKey(0))
-        self.shardings = step_lib.state_shardings(shapes, self.tx, self.mesh)
-        return jax.tree_util.tree_map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                                      shapes, self.shardings)
-
-    def initial_state(self):
-        abstract = self.abstract_state()
-        if self.pretrained is None:
-            fresh = step_lib.fresh_state(self.model, self.tx, self.cfg.seed)
-            return jax.jit(fresh, out_shardings=self.shardings)(jax.random.PRNGKey(self.cfg.seed))
-        host = jax.tree_util.tree_map(np.asarray, self.pretrained)
-        params = jax.tree_util.tree_map(
-            lambda a, s: jax.make_array_from_callback(a.shape, s.sharding, lambda idx: a[idx].astype(s.dtype)),
-            host, abstract["params"])
-        return jax.jit(lambda p: step_lib.init_state(p, self.tx, self.cfg.seed),
-                       in_shardings=(self.shardings["params"],), out_shardings=self.shardings)(params)
+        mesh = self.setup.mesh
+        self.eval_rows = data_lib.eval_rows(cfg.eval.batch_size, pc, mesh.shape["data"] * mesh.shape["fsdp"])
 
     # ------------------------------------------------------------------ evaluation
     def validation_loss(self, params, eval_step) -> float | None:
+        """The mean token loss over this job's validation examples (None: it has none)."""
         if self.val is None:
             return None
-        pc = jax.process_count()
-        # the global batch: eval.batch_size rounded up to split over the processes and the data devices
-        unit = math.lcm(pc, self.mesh.shape["data"] * self.mesh.shape["fsdp"])
-        per_process = -(-self.cfg.eval.batch_size // unit) * unit // pc
-        batches = data_lib.eval_batches(self.val, per_process, self.buckets, self.cfg.data.max_target_length,
-                                        self.tokenizer.pad_token_id)
         total = count = 0.0
-        for k in range(_agree_max(len(batches))):
-            b = batches[k] if k < len(batches) else data_lib.filler_batch(
-                per_process, self.cfg.data.max_target_length, self.tokenizer.pad_token_id, self.buckets[0])
-            b = {key: v[0] for key, v in b.items()}  # [1, b, n] -> [b, n]
-            b = data_lib.pad_source(b, _agree_max(b["input_ids"].shape[-1]), self.tokenizer.pad_token_id)
-            s, c = eval_step(params, step_lib.global_batch(b, self.mesh, accumulate=False))
+        for batch in data_lib.validation_batches(self.val, self.eval_rows, self.buckets,
+                                                 self.cfg.data.max_target_length, self.tokenizer.pad_token_id,
+                                                 _agree_max):
+            s, c = eval_step(params, step_lib.global_batch(batch, self.setup.mesh, accumulate=False))
             total += float(s)
             count += float(c)
         return total / max(count, 1.0)
@@ -219,7 +163,7 @@ class Job:
         from .evaluate import generate_summaries, rouge
         examples = self.val_examples[:n]
         texts = [e.document for e in examples]
-        preds = generate_summaries(self.eval_model, host, self.config, self.tokenizer, texts,
+        preds = generate_summaries(self.setup.eval_model, host, self.setup.config, self.tokenizer, texts,
                                    num_beams=self.cfg.eval.num_beams, max_length=self.cfg.eval.max_length,
                                    batch_size=self.cfg.eval.batch_size,
                                    buckets=list(self.buckets))
@@ -231,18 +175,19 @@ class Job:
         if not self.is_main:
             return
         import convert
-        gen = {"decoder_start_token_id": self.config.decoder_start_token_id, "bos_token_id": self.config.bos_token_id,
-               "eos_token_id": self.config.eos_token_id, "pad_token_id": self.config.pad_token_id,
-               "forced_bos_token_id": self.config.bos_token_id, "num_beams": self.cfg.eval.num_beams,
+        config = self.setup.config
+        gen = {"decoder_start_token_id": config.decoder_start_token_id, "bos_token_id": config.bos_token_id,
+               "eos_token_id": config.eos_token_id, "pad_token_id": config.pad_token_id,
+               "forced_bos_token_id": config.bos_token_id, "num_beams": self.cfg.eval.num_beams,
                "max_length": self.cfg.eval.max_length, "no_repeat_ngram_size": 3, "early_stopping": True}
         gen_path = os.path.join(self.out, "generation_config.json")
         _write_json(gen_path, gen)
         tok_files = [os.path.join(self.tokenizer_dir, f) for f in ckpt_format.TOKENIZER_FILES
                      if os.path.isfile(os.path.join(self.tokenizer_dir, f))]
-        ckpt_format.save(os.path.join(self.out, "final"), self.config, host, extra_files=tok_files + [gen_path],
+        ckpt_format.save(os.path.join(self.out, "final"), config, host, extra_files=tok_files + [gen_path],
                          overwrite=True)
         with atomic_directory(os.path.join(self.out, "hf"), overwrite=True) as hf_tmp:
-            convert.to_hf(self.config, host, hf_tmp)
+            convert.to_hf(config, host, hf_tmp)
             for f in tok_files + [gen_path]:
                 shutil.copy2(f, hf_tmp)
 
@@ -270,21 +215,22 @@ def run(cfg: TrainConfig, *, progress: bool = True) -> dict:
     latest = ckpts.latest_step()
     if is_main:
         _check_config_unchanged(job.out, cfg, latest is not None)
+    setup = job.setup
     if latest is not None:
-        state = ckpts.restore(latest, job.abstract_state(), job.iterator)
+        state = ckpts.restore(latest, setup.state, job.batches.iterator)
         metrics_log.truncate(latest)
         log.info("resumed from step %d (%s)", latest, ckpts.directory)
     else:
-        state = job.initial_state()
+        state = step_lib.initial_state(setup, cfg.seed, job.pretrained)
     start = int(jax.device_get(state["step"]))
-    train_step = step_lib.make_train_step(job.model, job.tx, job.lr, job.mesh, job.shardings,
+    train_step = step_lib.make_train_step(setup.model, setup.tx, setup.lr, setup.mesh, setup.shardings,
                                           cfg.optimizer.label_smoothing, cfg.model.dropout)
-    eval_step = step_lib.make_eval_step(job.eval_model, job.mesh, job.shardings["params"])
+    eval_step = step_lib.make_eval_step(setup.eval_model, setup.mesh, setup.shardings["params"])
     if is_main:
         n_params = sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(state["params"]))
-        per_device, total = shd.bytes_per_device(state, job.shardings)
+        per_device, total = shd.bytes_per_device(state, setup.shardings)
         log.info("%s parameters; train state %.1f MiB, %.1f MiB per device; mesh %s; %d processes",
-                 f"{n_params:,}", total / 2**20, per_device / 2**20, dict(job.mesh.shape), jax.process_count())
+                 f"{n_params:,}", total / 2**20, per_device / 2**20, dict(setup.mesh.shape), jax.process_count())
     # each process's own record: the shards it read and the bucket of every step (multi-host debugging)
     os.makedirs(os.path.join(job.out, "processes"), exist_ok=True)
     pi = jax.process_index()
@@ -296,11 +242,8 @@ def run(cfg: TrainConfig, *, progress: bool = True) -> dict:
     t0 = time.perf_counter()
     try:
         for step in range(start, cfg.steps):
-            local = next(job.iterator)
-            local_length = int(local["input_ids"].shape[-1])
-            length = _agree_max(local_length)  # every process pads to the same bucket
-            local = data_lib.pad_source(local, length, job.tokenizer.pad_token_id)
-            state, m = train_step(state, step_lib.global_batch(local, job.mesh))
+            batch = next(job.batches)
+            state, m = train_step(state, step_lib.global_batch(batch.arrays, setup.mesh))
             m = jax.device_get(m)
             done = step + 1
             bad = [k for k in ("loss", "grad_norm", "update_norm") if not np.isfinite(m[k])]
@@ -315,8 +258,8 @@ def run(cfg: TrainConfig, *, progress: bool = True) -> dict:
                     "then rerun the same command to resume from it")
             tokens_seen += int(m["tokens"])
             last = {"loss": float(m["loss"]), "tokens": int(m["tokens"]), "grad_norm": float(m["grad_norm"]),
-                    "learning_rate": float(m["learning_rate"]), "bucket": int(length)}
-            data_log.write(json.dumps({"step": done, "bucket": int(length), "local_length": local_length,
+                    "learning_rate": float(m["learning_rate"]), "bucket": batch.bucket}
+            data_log.write(json.dumps({"step": done, "bucket": batch.bucket, "local_length": batch.local_length,
                                        "loss": last["loss"]}) + "\n")
             data_log.flush()
             if done % cfg.log_every == 0 or done == cfg.steps or done == start + 1:
@@ -340,7 +283,7 @@ def run(cfg: TrainConfig, *, progress: bool = True) -> dict:
                             f", {k} {v:.2f}" for k, v in scores.items()))
             every = cfg.checkpoint.every_steps
             if final or (every and done % every == 0):
-                ckpts.save(done, state, job.iterator, metrics)
+                ckpts.save(done, state, job.batches.iterator, metrics)
                 _fault("kill_during_save", done)
         ckpts.wait()
         job.export(state["params"])

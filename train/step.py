@@ -1,4 +1,7 @@
-"""The optimizer and the jitted, sharded train and eval steps.
+"""The optimizer, the sharded train state and the jitted train and eval steps.
+
+`build_setup(cfg, led_config)` makes what a run and a dry run of one config share: the config check,
+the mesh, the models, the optimizer and the train state's abstract shapes and shardings.
 
 The loss of a step is the token sum over the token count of the whole step: every microbatch of
 every device adds its summed cross entropy and its count, and one division happens at the end (not a
@@ -8,18 +11,21 @@ mean of per-microbatch means). Gradients are accumulated the same way, in float3
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
-from jax.sharding import NamedSharding, PartitionSpec
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from led_flax import sharding as shd
+from led_flax.config import LEDConfig
 from led_flax.losses import token_cross_entropy
-from led_flax.modeling import shift_tokens_right
+from led_flax.modeling import model_for, shift_tokens_right
 
-from .config import OptimizerConfig
+from .config import OptimizerConfig, TrainConfig, check
 
 FROZEN = re.compile(r"final_logits_bias$")  # a buffer in the reference: it never trains
 NO_DECAY = re.compile(r"(bias|scale)$")  # biases and LayerNorms, as transformers' Trainer
@@ -102,23 +108,65 @@ def fresh_state(model, tx, seed: int):
 
 
 def state_shardings(state_shapes: dict, tx, mesh) -> dict:
-    """NamedShardings for the train state: params and their optimizer moments by the logical rules,
-    counters and the PRNG key replicated."""
+    """NamedShardings for the train state: params by the logical rules, and every copy of the
+    parameter tree inside the optimizer state (AdamW's mu and nu), as optax's own
+    `tree_map_params` finds them, sharded as the params; counters and the PRNG key replicated."""
     replicated = NamedSharding(mesh, PartitionSpec())
     params = shd.param_shardings(state_shapes["params"], mesh)
-    by_path = {shd.path_of(k): (leaf.shape, sh) for (k, leaf), sh in
-               zip(jax.tree_util.tree_leaves_with_path(state_shapes["params"]), jax.tree_util.tree_leaves(params))}
 
-    def moment(keys, leaf):
-        # an optimizer leaf shaped like a parameter sits under that parameter's path (AdamW's mu, nu)
-        names = "/".join(str(k.key) for k in keys if isinstance(k, jax.tree_util.DictKey))
-        for path, (shape, sh) in by_path.items():
-            if names.endswith(path) and tuple(leaf.shape) == tuple(shape):
-                return sh
-        return replicated
+    def masked(leaf) -> bool:  # a parameter that another transform of `multi_transform` holds
+        return isinstance(leaf, optax.MaskedNode)
 
-    opt = jax.tree_util.tree_map_with_path(moment, state_shapes["opt_state"])
+    opt = optax.tree_utils.tree_map_params(tx, lambda leaf, sharding: leaf if masked(leaf) else sharding,
+                                           state_shapes["opt_state"], params,
+                                           transform_non_params=lambda _: replicated, is_leaf=masked)
     return {"step": replicated, "params": params, "opt_state": opt, "rng": replicated}
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What a run and a dry run of one config both build (`build_setup`)."""
+    config: LEDConfig
+    model: nn.Module  # trains: the config's dropout, nn.remat per layer with gradient checkpointing
+    eval_model: nn.Module  # the same parameters, no remat: validation loss and generation
+    mesh: Mesh
+    tx: optax.GradientTransformation
+    lr: optax.Schedule  # step -> learning rate
+    state: dict  # the train state as ShapeDtypeStructs that carry their shardings
+    shardings: dict  # the train state's NamedShardings (the same tree)
+
+
+def build_setup(cfg: TrainConfig, led_config: LEDConfig, devices=None) -> Setup:
+    """The mesh over `devices` (default: every process's), `config.check`, the models (compute dtype
+    `model.dtype`, float32 parameters), the optimizer and the abstract sharded train state; no weights.
+    Raises ShardingError (a mesh that does not fit the devices) or TrainConfigError."""
+    mesh = shd.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, devices)
+    check(cfg, led_config, mesh, jax.process_count())
+    dtype = jnp.bfloat16 if cfg.model.dtype == "bfloat16" else jnp.float32
+    model = model_for(led_config, "conditional_generation", dtype=dtype, param_dtype=jnp.float32,
+                      gradient_checkpointing=cfg.model.gradient_checkpointing)
+    eval_model = model_for(led_config, "conditional_generation", dtype=dtype, param_dtype=jnp.float32)
+    tx = optimizer(cfg.optimizer, cfg.steps)
+    shapes = jax.eval_shape(fresh_state(model, tx, cfg.seed), jax.random.PRNGKey(0))
+    shardings = state_shardings(shapes, tx, mesh)
+    state = jax.tree_util.tree_map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                                   shapes, shardings)
+    return Setup(config=led_config, model=model, eval_model=eval_model, mesh=mesh, tx=tx,
+                 lr=schedule(cfg.optimizer, cfg.steps), state=state, shardings=shardings)
+
+
+def initial_state(setup: Setup, seed: int, params=None) -> dict:
+    """A new train state placed as `setup.shardings`: `params` (a host tree, e.g. pretrained weights,
+    cast to the state's dtypes) or, without them, `model.init`'s; zeroed optimizer moments."""
+    if params is None:
+        fresh = fresh_state(setup.model, setup.tx, seed)
+        return jax.jit(fresh, out_shardings=setup.shardings)(jax.random.PRNGKey(seed))
+    host = jax.tree_util.tree_map(np.asarray, params)
+    placed = jax.tree_util.tree_map(
+        lambda a, s: jax.make_array_from_callback(a.shape, s.sharding, lambda idx: a[idx].astype(s.dtype)),
+        host, setup.state["params"])
+    return jax.jit(lambda p: init_state(p, setup.tx, seed), in_shardings=(setup.shardings["params"],),
+                   out_shardings=setup.shardings)(placed)
 
 
 def batch_shardings(mesh, accumulate: bool = True) -> NamedSharding:
