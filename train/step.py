@@ -23,7 +23,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from led_flax import sharding as shd
 from led_flax.config import LEDConfig
 from led_flax.losses import token_cross_entropy
-from led_flax.modeling import model_for, shift_tokens_right
+from led_flax.inputs import shift_tokens_right
+from led_flax.modeling import model_for
 
 from .config import OptimizerConfig, TrainConfig, check
 
