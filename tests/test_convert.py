@@ -184,6 +184,54 @@ def test_own_checkpoint_round_trip_and_atomic_overwrite(checkpoints, tmp_path, m
         checkpoint.load(tmp_path)
 
 
+def test_convert_checkpoint_writes_a_complete_led_flax_directory(checkpoints, tmp_path):
+    directory, ref = checkpoints["conditional_generation"]
+    shutil.copytree(directory, tmp_path / "src")
+    (tmp_path / "src" / "vocab.json").write_text("{}")  # tokenizer and generation files travel along
+    (tmp_path / "src" / "generation_config.json").write_text('{"num_beams": 4}')
+    done = convert.convert_checkpoint(tmp_path / "src", tmp_path / "ours", dtype="bfloat16")
+    assert done == convert.Conversion(path=str(tmp_path / "ours"), head="conditional_generation",
+                                      extra_files=("vocab.json", "generation_config.json"))
+    ckpt = checkpoint.load(done.path)
+    assert ckpt.head == "conditional_generation"
+    _, expected = convert.from_hf(directory)
+    flat, ref_flat = convert.table.flatten(ckpt.params), convert.table.flatten(expected)
+    assert sorted(flat) == sorted(ref_flat)
+    for k, v in ref_flat.items():
+        assert flat[k].dtype.name == "bfloat16" and flat[k].tobytes() == v.astype(flat[k].dtype).tobytes(), k
+    assert (tmp_path / "ours" / "generation_config.json").read_text() == '{"num_beams": 4}'
+
+    with pytest.warns(HeadInitialisedWarning, match="qa_outputs"):
+        qa = convert.convert_checkpoint(tmp_path / "src", tmp_path / "ours", head="question_answering",
+                                        overwrite=True)
+    assert qa.head == "question_answering" and checkpoint.load(qa.path).head == "question_answering"
+
+    with pytest.raises(FileExistsError, match="overwrite"):
+        convert.convert_checkpoint(tmp_path / "nowhere", tmp_path / "ours")  # refused before reading anything
+    with pytest.raises(checkpoint.CheckpointError, match="not an HF LED checkpoint"):
+        convert.convert_checkpoint(tmp_path / "ours", tmp_path / "again")
+    with pytest.raises(checkpoint.CheckpointError, match="not a checkpoint directory"):
+        convert.convert_checkpoint(tmp_path / "nowhere", tmp_path / "again")
+    assert not os.path.exists(tmp_path / "again")
+
+
+def test_export_checkpoint_round_trips_to_transformers(checkpoints, tmp_path):
+    directory, ref = checkpoints["conditional_generation"]
+    shutil.copytree(directory, tmp_path / "src")
+    (tmp_path / "src" / "merges.txt").write_text("#version: 0.2\n")
+    ours = convert.convert_checkpoint(tmp_path / "src", tmp_path / "ours").path
+    out = convert.export_checkpoint(ours, tmp_path / "hf")
+    assert sorted(os.listdir(out)) == ["config.json", "generation_config.json", "merges.txt", "model.safetensors"]
+    loaded = transformers.LEDForConditionalGeneration.from_pretrained(out)
+    for k, v in ref.state_dict().items():
+        assert torch.equal(v, loaded.state_dict()[k]), k
+    with pytest.raises(FileExistsError, match="overwrite"):
+        convert.export_checkpoint(ours, out)
+    convert.export_checkpoint(ours, out, overwrite=True)
+    with pytest.raises(checkpoint.CheckpointError, match="not a led-flax checkpoint"):
+        convert.export_checkpoint(directory, tmp_path / "hf2")
+
+
 def test_cli_convert_and_export(checkpoints, tmp_path, capsys):
     directory, ref = checkpoints["conditional_generation"]
     (tmp_path / "src").mkdir()
