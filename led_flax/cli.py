@@ -196,36 +196,24 @@ def _read_documents(args) -> tuple[list[str], list[str]]:
 
 
 def cmd_summarize(args) -> int:
-    import json
     import logging
 
-    from led_flax.files import write_atomic
-    from led_flax.summarization import SummaryReport, summarize
+    import convert
+    from led_flax.summarization import SummarizeOptions, SummaryReport, format_summaries, summarize
 
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     names, texts = _read_documents(args)
     generation = {k: v for k, v in dict(num_beams=args.num_beams, max_length=args.max_length,
                                          min_length=args.min_length, length_penalty=args.length_penalty,
                                          no_repeat_ngram_size=args.no_repeat_ngram_size).items() if v is not None}
+    options = SummarizeOptions(batch_size=args.batch_size, truncate=not args.no_truncate, generation=generation,
+                               output=args.out, output_format=args.format, progress_bar=not args.quiet,
+                               compilation_cache=None if args.no_cache else args.cache_dir)
     report = SummaryReport()
-    progress_file = args.out + ".progress.jsonl" if args.out else None
-    import convert
-    model = convert.load(_resolve_source(args.model))
-    summaries = summarize(texts, model, batch_size=args.batch_size, truncate=not args.no_truncate,
-                          progress=not args.quiet, progress_file=progress_file, names=names, report=report,
-                          compilation_cache=None if args.no_cache else args.cache_dir, **generation)
-    if args.format == "jsonl":
-        lines = [json.dumps({"source": n, "summary": s}, ensure_ascii=False) for n, s in zip(names, summaries)]
-    else:
-        lines = [" ".join(s.split()) for s in summaries]
-    if args.out:
-        write_atomic(args.out, lines)
-        if progress_file and os.path.exists(progress_file):
-            os.remove(progress_file)
-    else:
-        sys.stdout.write("".join(line + "\n" for line in lines))
-    print(f"{report.documents} documents, buckets {report.buckets}, {report.programs} compiled programs, "
-          f"padding waste {100 * report.padding_waste:.1f}%, {report.seconds:.1f} s", file=sys.stderr)
+    summaries = summarize(texts, convert.load(_resolve_source(args.model)), options, names=names, report=report)
+    if not args.out:
+        sys.stdout.write("".join(line + "\n" for line in format_summaries(summaries, names, args.format)))
+    print(report.describe(), file=sys.stderr)
     return 0
 
 
