@@ -137,8 +137,8 @@ class SummaryReport:
         done = f", {self.resumed} resumed" if self.resumed else ""
         if not self.padded_tokens:
             return f"{self.documents} documents{done}, nothing left to generate"
-        return (f"{self.documents} documents{done}, buckets {self.buckets}, {self.programs_compiled} programs "
-                f"compiled, {self.programs_from_cache} read from the compilation cache, padding waste "
+        return (f"{self.documents} documents{done}, buckets {self.buckets}, programs: {self.programs_compiled} "
+                f"compiled, {self.programs_from_cache} read from the compilation cache; padding waste "
                 f"{100 * self.padding_waste:.1f}%, {self.seconds:.1f} s")
 
 

@@ -213,7 +213,7 @@ def test_cli_files_stdin_jsonl_and_eight_devices(model_dir, tmp_path):
     r = _cli(["summarize", *map(str, files), str(bad), "--format", "jsonl", "--out", str(out), *common])
     assert r.returncode == 0, r.stderr
     assert "latin1.txt is not UTF-8" in r.stderr
-    assert "5 documents, buckets" in r.stderr and "programs compiled, 0 read from the compilation cache" in r.stderr
+    assert "5 documents, buckets" in r.stderr and "compiled, 0 read from the compilation cache" in r.stderr
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert [rec["summary"] for rec in records] == expected + [""]
     assert not os.path.exists(str(out) + ".progress.jsonl")
