@@ -239,6 +239,7 @@ def test_cli_convert_and_export(checkpoints, tmp_path, capsys):
         shutil.copy(os.path.join(directory, f), tmp_path / "src")
     (tmp_path / "src" / "vocab.json").write_text("{}")  # tokenizer files travel along
     assert cli_main(["convert", str(tmp_path / "src"), str(tmp_path / "ours"), "--quiet"]) == 0
+    assert "(conditional_generation, 2 tokenizer/generation files)" in capsys.readouterr().out
     assert os.path.isfile(tmp_path / "ours" / "vocab.json")
     assert checkpoint.is_led_flax_checkpoint(tmp_path / "ours")
     assert cli_main(["convert", str(tmp_path / "src"), str(tmp_path / "ours"), "--quiet"]) == 2
@@ -247,10 +248,21 @@ def test_cli_convert_and_export(checkpoints, tmp_path, capsys):
     loaded = transformers.LEDForConditionalGeneration.from_pretrained(tmp_path / "hf")
     for k, v in ref.state_dict().items():
         assert torch.equal(v, loaded.state_dict()[k]), k
-    with pytest.raises(SystemExit, match="offline|hub"):
-        cli_main(["convert", "allenai/not-here-offline", str(tmp_path / "x")])
-    with pytest.raises(SystemExit, match="not an HF LED checkpoint"):
-        cli_main(["convert", str(tmp_path / "ours"), str(tmp_path / "y")])
+    assert cli_main(["export", str(tmp_path / "ours"), str(tmp_path / "hf")]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert cli_main(["export", str(tmp_path / "ours"), str(tmp_path / "hf"), "--overwrite"]) == 0
+    assert cli_main(["convert", "allenai/not-here-offline", str(tmp_path / "x")]) == 2
+    assert "could not fetch allenai/not-here-offline" in capsys.readouterr().err
+    assert cli_main(["convert", str(tmp_path / "ours"), str(tmp_path / "y"), "--quiet"]) == 2
+    assert "not an HF LED checkpoint" in capsys.readouterr().err
+
+
+def test_cli_head_choices_are_the_configs_heads():
+    from led_flax.cli import build_parser
+    from led_flax.config import HEAD_TO_ARCHITECTURE
+    convert_parser = build_parser()._subparsers._group_actions[0].choices["convert"]
+    head = next(a for a in convert_parser._actions if a.dest == "head")
+    assert list(head.choices) == list(HEAD_TO_ARCHITECTURE)
 
 
 def test_bf16_model_runs_from_converted_params(checkpoints):
