@@ -18,7 +18,7 @@ import numpy as np
 import safetensors.numpy
 
 from led_flax.checkpoint import head_of
-from led_flax.config import ARCHITECTURE_TO_HEAD, HEAD_TO_ARCHITECTURE, LEDConfig
+from led_flax.config import HEAD_TO_ARCHITECTURE, LEDConfig
 from led_flax.files import write_atomic
 from led_flax.modeling import init_params, model_for
 
@@ -253,5 +253,5 @@ def to_hf(config: LEDConfig, params: dict, dst: str | os.PathLike) -> str:
     return dst
 
 
-__all__ = ["from_hf", "to_hf", "fetch_from_hub", "HubError", "read_state_dict", "to_state_dict", "head_of", "HeadInitialisedWarning",
-           "MappingError", "ARCHITECTURE_TO_HEAD"]
+__all__ = ["from_hf", "to_hf", "fetch_from_hub", "HubError", "read_state_dict", "to_state_dict",
+           "HeadInitialisedWarning"]

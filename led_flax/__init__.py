@@ -5,12 +5,12 @@ from .generation import GenerateOutput, GenerationConfig, generate
 from .inputs import shift_tokens_right
 from .modeling import (LEDForConditionalGeneration, LEDForQuestionAnswering, LEDForSequenceClassification,
                        LEDModel, init_params, model_for)
-from .summarization import summarize
+from .summarization import SummarizeOptions, SummaryReport, summarize
 from .tokenizer import LEDTokenizer
 
 __all__ = [
     "ConfigError", "LEDConfig", "LEDModel", "LEDForConditionalGeneration", "LEDForSequenceClassification",
     "LEDForQuestionAnswering", "init_params", "model_for", "shift_tokens_right", "generate", "GenerationConfig",
-    "GenerateOutput", "LEDTokenizer", "summarize",
+    "GenerateOutput", "LEDTokenizer", "summarize", "SummarizeOptions", "SummaryReport",
 ]
 __version__ = "0.1.0"

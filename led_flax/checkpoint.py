@@ -50,6 +50,14 @@ def is_hf_checkpoint(path: str | os.PathLike) -> bool:
         os.path.isfile(os.path.join(path, w)) for w in weights)
 
 
+def companion_files(directory: str | os.PathLike) -> list[str]:
+    """The paths of the tokenizer files and generation_config.json present in `directory`: what
+    travels with the weights when a checkpoint is converted or exported."""
+    directory = os.fspath(directory)
+    return [os.path.join(directory, f) for f in TOKENIZER_FILES + (GENERATION_CONFIG,)
+            if os.path.isfile(os.path.join(directory, f))]
+
+
 def head_of(params) -> str:
     """Which of the four heads a param tree belongs to."""
     if "led" not in params:

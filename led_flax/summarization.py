@@ -1,58 +1,199 @@
-"""Batch summarization of long documents (application layer: it may import `convert`).
+"""Batch summarization of long documents: `summarize(texts, model, SummarizeOptions(...))`.
 
 Documents are sorted into a small fixed set of length buckets, so a whole corpus compiles at most
 one program per bucket; batches are padded to a fixed size and sharded over every local device
 through a `Mesh`; compiled programs persist in JAX's compilation cache, so a second run starts
-fast. Results are appended to a progress file as batches finish, so an interrupted run resumes
-where it stopped, and the final output is written atomically in input order.
+fast. With an output file, results are appended to a progress file as batches finish (an
+interrupted run, started again, resumes where it stopped), the output is written atomically in
+input order at the end, and the progress file is removed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import dataclasses
+import functools
 import hashlib
 import json
 import logging
 import os
 import time
 import warnings
-from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
+import jax
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from tqdm import tqdm
 
-from . import pretrained
+from . import generation, pretrained
 from .buckets import bucket_for, default_buckets
 from .checkpoint import CheckpointError
+from .files import write_atomic
+from .generation import GenerationConfig
 
 log = logging.getLogger("led_flax.summarization")
 
 DEFAULT_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "led-flax", "jax")
+OUTPUT_FORMATS = ("text", "jsonl")
 
 
 class InputWarning(UserWarning):
     """A document that was summarized anyway (truncated) or skipped (empty, unreadable)."""
 
 
-@dataclass
+@dataclasses.dataclass(frozen=True)
+class SummarizeOptions:
+    """How `summarize` runs. Every field has a default; later features add fields here.
+
+    batch_size: documents per batch, rounded up to a whole number per local device.
+    buckets: the padded input lengths in tokens (default `led_flax.buckets.default_buckets`); the
+        encoder's positions are always the last bucket.
+    truncate: documents longer than the encoder's positions are cut to them with an InputWarning
+        naming each; with False they are a ValueError raised before any work.
+    generation: overrides of the checkpoint's GenerationConfig fields, e.g. {"num_beams": 4,
+        "max_length": 256}. An unknown name raises TypeError here, when the options are made.
+    output: a file that receives the summaries, written atomically in input order once all are done.
+    output_format: "text" (one summary a line, whitespace folded) or "jsonl" ({"source": name,
+        "summary": ...} a line).
+    progress_file: finished batches are appended here and read back by a rerun, which skips the
+        documents already done (same index, same text). Default: OUTPUT.progress.jsonl when
+        `output` is set, removed once the output is written; one given without `output` is kept.
+    progress_bar: a tqdm bar on stderr.
+    compilation_cache: the folder of JAX's persistent compilation cache; None leaves JAX's own
+        setting as it is.
+    Raises ValueError for a batch size below 1, a bucket below 1 or an unknown output format.
+    """
+
+    batch_size: int = 4
+    buckets: tuple[int, ...] | None = None
+    truncate: bool = True
+    generation: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    output: str | None = None
+    output_format: str = "text"
+    progress_file: str | None = None
+    progress_bar: bool = True
+    compilation_cache: str | None = DEFAULT_CACHE
+
+    def __post_init__(self):
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.buckets is not None:
+            buckets = tuple(sorted(int(b) for b in self.buckets))
+            if not buckets or buckets[0] < 1:
+                raise ValueError(f"buckets must be token counts of at least 1, got {self.buckets}")
+            object.__setattr__(self, "buckets", buckets)
+        if self.output_format not in OUTPUT_FORMATS:
+            raise ValueError(f"output_format must be one of {OUTPUT_FORMATS}, got {self.output_format!r}")
+        object.__setattr__(self, "generation", dict(self.generation))
+        try:
+            GenerationConfig().replace(**self.generation)  # TypeError naming any unknown setting
+        except ValueError:
+            pass  # values are checked together with the checkpoint's own settings, in `summarize`
+
+    @property
+    def resume_file(self) -> str | None:
+        """Where finished batches are appended: `progress_file`, else OUTPUT.progress.jsonl, else None."""
+        if self.progress_file:
+            return self.progress_file
+        return self.output + ".progress.jsonl" if self.output else None
+
+
+@dataclasses.dataclass
 class SummaryReport:
+    """What one `summarize` call did: pass one in as `report=` and read it when the call returns.
+
+    documents: texts given. skipped: (index, reason) of documents given an empty summary.
+    truncated: indices of documents cut to the encoder's positions. resumed: documents read back
+    from the progress file instead of generated. buckets: bucket length (tokens) -> documents
+    generated in it. real_tokens / padded_tokens: input tokens of the batches run, without / with
+    padding. generated_tokens: decoder tokens generated, padding excluded. programs_compiled: XLA
+    programs compiled during the call (one generation program per bucket and batch shape, and the
+    small helper programs JAX compiles on its first use in a process); programs_from_cache: XLA
+    programs read from the persistent compilation cache instead of compiled. seconds: wall time of
+    the generation loop.
+    """
+
     documents: int = 0
-    skipped: list = field(default_factory=list)  # (index, reason)
-    truncated: list = field(default_factory=list)  # indices
-    programs: int = 0  # distinct compiled programs (bucket, batch shape)
-    buckets: dict = field(default_factory=dict)  # bucket length -> documents
+    skipped: list[tuple[int, str]] = dataclasses.field(default_factory=list)
+    truncated: list[int] = dataclasses.field(default_factory=list)
+    resumed: int = 0
+    buckets: dict[int, int] = dataclasses.field(default_factory=dict)
     real_tokens: int = 0
     padded_tokens: int = 0
     generated_tokens: int = 0
+    programs_compiled: int = 0
+    programs_from_cache: int = 0
     seconds: float = 0.0
 
     @property
     def padding_waste(self) -> float:
-        return 1.0 - self.real_tokens / max(self.padded_tokens, 1)
+        """The fraction of input tokens that were padding (0.0 when no batch ran)."""
+        return 1.0 - self.real_tokens / self.padded_tokens if self.padded_tokens else 0.0
+
+    def describe(self) -> str:
+        """One line for a log or a terminal."""
+        done = f", {self.resumed} resumed" if self.resumed else ""
+        if not self.padded_tokens:
+            return f"{self.documents} documents{done}, nothing left to generate"
+        return (f"{self.documents} documents{done}, buckets {self.buckets}, programs: {self.programs_compiled} "
+                f"compiled, {self.programs_from_cache} read from the compilation cache; padding waste "
+                f"{100 * self.padding_waste:.1f}%, {self.seconds:.1f} s")
+
+
+# ---------------------------------------------------------------------------------------------- compilations
+@dataclasses.dataclass
+class _Compilations:
+    executables: int = 0  # every XLA executable JAX obtained: compiled, or read from the persistent cache
+    cache_hits: int = 0
+
+    @property
+    def compiled(self) -> int:
+        return self.executables - self.cache_hits
+
+
+_COUNTING: contextvars.ContextVar[_Compilations | None] = contextvars.ContextVar("led_flax_compilations",
+                                                                                 default=None)
+# jax 0.10's events: one per executable obtained, and one before it for each persistent-cache read
+_BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
+_CACHE_HIT = "/jax/compilation_cache/cache_hits"
+
+
+def _on_event(event: str, **_) -> None:
+    counter = _COUNTING.get()
+    if counter is not None and event == _CACHE_HIT:
+        counter.cache_hits += 1
+
+
+def _on_duration(event: str, duration: float, **_) -> None:
+    counter = _COUNTING.get()
+    if counter is not None and event == _BACKEND_COMPILE:
+        counter.executables += 1
+
+
+@functools.cache
+def _listen_to_compilations() -> None:
+    """Registers the two jax.monitoring listeners, once per process; they count only inside
+    `_counting_compilations`, in the context (thread) that opened it."""
+    jax.monitoring.register_event_listener(_on_event)
+    jax.monitoring.register_event_duration_secs_listener(_on_duration)
+
+
+@contextlib.contextmanager
+def _counting_compilations() -> Iterator[_Compilations]:
+    _listen_to_compilations()
+    counter = _Compilations()
+    token = _COUNTING.set(counter)
+    try:
+        yield counter
+    finally:
+        _COUNTING.reset(token)
 
 
 def enable_compilation_cache(path: str | None = DEFAULT_CACHE) -> None:
-    """JAX's persistent compilation cache: the second run of the same shapes skips compilation."""
-    import jax
+    """JAX's persistent compilation cache in `path`: the second run of the same shapes skips
+    compilation. None leaves JAX's setting as it is."""
     if path:
         os.makedirs(path, exist_ok=True)
         jax.config.update("jax_compilation_cache_dir", path)
@@ -60,136 +201,173 @@ def enable_compilation_cache(path: str | None = DEFAULT_CACHE) -> None:
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
+# ---------------------------------------------------------------------------------------------- output
+def format_summaries(summaries: Sequence[str], names: Sequence[str], output_format: str) -> list[str]:
+    """The lines of an output file: "text" folds each summary's whitespace onto one line; "jsonl"
+    writes {"source": name, "summary": summary}."""
+    if output_format == "jsonl":
+        return [json.dumps({"source": n, "summary": s}, ensure_ascii=False) for n, s in zip(names, summaries)]
+    return [" ".join(s.split()) for s in summaries]
+
+
 def _fingerprint(text: str) -> str:
     return hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
-def summarize(texts: Sequence[str], model, *, batch_size: int = 4, buckets: Sequence[int] | None = None,
-              truncate: bool = True, progress: bool = True, progress_file: str | None = None,
-              on_result: Callable[[int, str], None] | None = None, compilation_cache: str | None = DEFAULT_CACHE,
-              dtype=None, names: Sequence[str] | None = None, report: SummaryReport | None = None,
-              **generation) -> list[str]:
-    """Summaries of `texts`, in input order.
-
-    model: a led-flax checkpoint directory, or a `LoadedModel` (`convert.load` reads HF directories and
-    hub ids into one; the train job's evaluation builds one around its current params).
-    generation: settings over the checkpoint's generation_config (num_beams=4, max_length=256, ...).
-    truncate: documents longer than the model's positions are cut with a warning naming them; with
-    False they are an error, raised before any work.
-    progress_file: results are appended here as batches finish, and read back on a rerun.
-    """
-    import jax
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec
-    from tqdm import tqdm
-
-    from .generation import _run, generate
-
-    enable_compilation_cache(compilation_cache)
-    if isinstance(model, (str, os.PathLike)):
-        model = pretrained.load(model, dtype)
-    model.require_head("conditional_generation", "summarization")
-    if model.tokenizer is None:
-        raise CheckpointError(f"{model.source} has no tokenizer files (vocab.json and merges.txt, or tokenizer.json); "
-                              f"copy them from the checkpoint it was made from")
-    module, params, config, gen_config, tokenizer = (model.module, model.params, model.config,
-                                                     model.generation_config, model.tokenizer)
-    gen_config = gen_config.replace(**generation)
-    report = report if report is not None else SummaryReport()
-    names = list(names) if names is not None else [f"document {i}" for i in range(len(texts))]
-    limit = config.max_encoder_position_embeddings
-    buckets = sorted(buckets or default_buckets(config))
-    if buckets[-1] < limit:
-        buckets.append(limit)
-
-    # validate every document before any work
-    encoded = tokenizer.encode_batch(texts)  # tokenized once, for the buckets and for the batches
-    lengths = [len(ids) for ids in encoded]
-    todo = []
-    for i, (text, n) in enumerate(zip(texts, lengths)):
-        if not text.strip():
-            warnings.warn(f"{names[i]} is empty: its summary is empty", InputWarning, stacklevel=2)
-            report.skipped.append((i, "empty"))
-        elif n > limit and not truncate:
-            raise ValueError(f"{names[i]} has {n} tokens, more than the model's {limit} positions; drop "
-                             f"--no-truncate (truncate=False) to summarize its first {limit} tokens")
-        else:
-            if n > limit:
-                warnings.warn(f"{names[i]} has {n} tokens; only its first {limit} are summarized", InputWarning,
-                              stacklevel=2)
-                report.truncated.append(i)
-            todo.append(i)
-    results: dict[int, str] = {i: "" for i, _ in report.skipped}
-
-    done = {}
-    if progress_file and os.path.exists(progress_file):
-        with open(progress_file, encoding="utf-8") as f:
+def _read_progress(path: str | None) -> dict[tuple[int, str], str]:
+    """(index, fingerprint) -> summary, from the lines of a progress file that were written whole."""
+    done: dict[tuple[int, str], str] = {}
+    if path and os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
             for line in f:
                 try:
                     rec = json.loads(line)
                 except json.JSONDecodeError:
                     continue  # a line cut short by an interruption
                 done[(rec["index"], rec["fingerprint"])] = rec["summary"]
+    return done
+
+
+def _append_progress(sink, records: Sequence[tuple[int, str, str]]) -> None:
+    """Appends (index, fingerprint, summary) records and forces them to disk: a kill loses at most
+    the batch being generated."""
+    for index, fingerprint, summary in records:
+        sink.write(json.dumps({"index": index, "fingerprint": fingerprint, "summary": summary}) + "\n")
+    sink.flush()
+    os.fsync(sink.fileno())
+
+
+def _check_output(options: SummarizeOptions) -> None:
+    for path in (options.output, options.resume_file):
+        if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+            raise FileNotFoundError(f"the folder of {path} does not exist; create it first")
+
+
+# ---------------------------------------------------------------------------------------------- summarize
+def _documents_to_generate(lengths: Sequence[int], texts: Sequence[str], names: Sequence[str], limit: int,
+                           truncate: bool, report: SummaryReport) -> list[int]:
+    """The indices worth generating; records (and warns about) the empty and the truncated ones."""
+    todo = []
+    for i, (text, n) in enumerate(zip(texts, lengths)):
+        if not text.strip():
+            warnings.warn(f"{names[i]} is empty: its summary is empty", InputWarning, stacklevel=3)
+            report.skipped.append((i, "empty"))
+            continue
+        if n > limit:
+            if not truncate:
+                raise ValueError(f"{names[i]} has {n} tokens, more than the model's {limit} positions; drop "
+                                 f"--no-truncate (truncate=False) to summarize its first {limit} tokens")
+            warnings.warn(f"{names[i]} has {n} tokens; only its first {limit} are summarized", InputWarning,
+                          stacklevel=3)
+            report.truncated.append(i)
+        todo.append(i)
+    return todo
+
+
+def summarize(texts: Sequence[str], model: str | os.PathLike | pretrained.LoadedModel,
+              options: SummarizeOptions | None = None, *, names: Sequence[str] | None = None,
+              report: SummaryReport | None = None,
+              on_result: Callable[[int, str], None] | None = None) -> list[str]:
+    """The summaries of `texts`, in input order ("" for an empty document).
+
+    model: a led-flax checkpoint directory, or a `LoadedModel` (`convert.load` reads an HF directory
+        or a hub id into one; training builds one around its current params).
+    options: batch size, buckets, truncation, generation settings, output file (SummarizeOptions()).
+    names: how warnings, errors and jsonl output name each document (default "document I").
+    report: a SummaryReport filled in by the call. on_result: called with (index, summary) as each
+        document is generated.
+    Raises CheckpointError for a directory that is not a led-flax summarization checkpoint or has no
+    tokenizer, ValueError for a document over the positions with truncate=False or for generation
+    settings that do not fit together, FileNotFoundError when the output's folder is missing; all
+    before any generation.
+    """
+    options = options or SummarizeOptions()
+    report = report if report is not None else SummaryReport()
+    if isinstance(model, (str, os.PathLike)):
+        model = pretrained.load(model)
+    model.require_head("conditional_generation", "summarization")
+    tokenizer, config = model.tokenizer, model.config
+    if tokenizer is None:
+        raise CheckpointError(f"{model.source} has no tokenizer files (vocab.json and merges.txt, or tokenizer.json); "
+                              f"copy them from the checkpoint it was made from")
+    gen_config = model.generation_config.replace(**options.generation)
+    if gen_config.num_return_sequences != 1:
+        raise ValueError(f"summarize gives one summary per document, so num_return_sequences must be 1 (got "
+                         f"{gen_config.num_return_sequences}); call led_flax.generate for several per input")
+    names = list(names) if names is not None else [f"document {i}" for i in range(len(texts))]
+    if len(names) != len(texts):
+        raise ValueError(f"{len(names)} names for {len(texts)} texts; give one name per text")
+    _check_output(options)
+    limit = config.max_encoder_position_embeddings
+    buckets = list(options.buckets or default_buckets(config))
+    if buckets[-1] < limit:
+        buckets.append(limit)
+
+    encoded = tokenizer.encode_batch(texts)  # tokenized once, for the buckets and for the batches
+    lengths = [len(ids) for ids in encoded]
+    todo = _documents_to_generate(lengths, texts, names, limit, options.truncate, report)
+    results: dict[int, str] = {i: "" for i, _ in report.skipped}
     fingerprints = {i: _fingerprint(texts[i]) for i in todo}
-    for i in list(todo):
+    done = _read_progress(options.resume_file)
+    for i in todo:
         if (i, fingerprints[i]) in done:
             results[i] = done[(i, fingerprints[i])]
     todo = [i for i in todo if i not in results]
-    if done:
-        log.info("resuming: %d documents already summarized", len(texts) - len(todo) - len(report.skipped))
+    report.documents = len(texts)
+    report.resumed = len(texts) - len(todo) - len(report.skipped)
+    if report.resumed:
+        log.info("resuming: %d documents already summarized", report.resumed)
 
+    enable_compilation_cache(options.compilation_cache)
     devices = jax.local_devices()
-    batch = -(-batch_size // len(devices)) * len(devices)  # a whole number of rows per device
+    batch = -(-options.batch_size // len(devices)) * len(devices)  # a whole number of rows per device
     mesh = Mesh(np.array(devices), ("data",))
     sharding = NamedSharding(mesh, PartitionSpec("data"))
-    replicated = NamedSharding(mesh, PartitionSpec())
-    params = jax.device_put(params, replicated)
+    params = jax.device_put(model.params, NamedSharding(mesh, PartitionSpec()))
 
     by_bucket: dict[int, list[int]] = {}
     for i in todo:
-        size = bucket_for(min(lengths[i], limit), buckets)
-        by_bucket.setdefault(size, []).append(i)
-    report.documents = len(texts)
+        by_bucket.setdefault(bucket_for(min(lengths[i], limit), buckets), []).append(i)
     report.buckets = {b: len(v) for b, v in sorted(by_bucket.items())}
-    programs_before = _run._cache_size()
-    sink = open(progress_file, "a", encoding="utf-8") if progress_file else None
-    bar = tqdm(total=len(todo), unit="doc", disable=not progress, desc="summarize")
+    batches = [(size, members[k:k + batch]) for size, members in sorted(by_bucket.items())
+               for k in range(0, len(members), batch)]
+    sink = open(options.resume_file, "a", encoding="utf-8") if options.resume_file else contextlib.nullcontext()
+    bar = tqdm(total=len(todo), unit="doc", disable=not options.progress_bar, desc="summarize")
     start = time.perf_counter()
-    try:
-        for size, members in sorted(by_bucket.items()):
-            for k in range(0, len(members), batch):
-                rows = members[k:k + batch]
+    with _counting_compilations() as compilations, sink, bar:
+        try:
+            for size, rows in batches:
                 fill = rows + [rows[0]] * (batch - len(rows))  # a fixed batch shape per bucket
                 # truncated to the bucket and padded to exactly its length, global attention on <s>
                 enc = tokenizer.pad([encoded[i] for i in fill], max_length=size, pad_to_multiple_of=size)
-                ids, mask, glob = enc["input_ids"], enc["attention_mask"], enc["global_attention_mask"]
-                known = _run._cache_size()
-                out = generate(module, params, ids, mask, glob, gen_config, num_global_slots=1, sharding=sharding)
-                if _run._cache_size() > known:
-                    log.info("compiling a program for bucket %d, batch %d (%d so far)", size, batch,
-                             _run._cache_size() - programs_before)
-                summaries = tokenizer.batch_decode(out.sequences[:len(rows)])
+                ids, mask = enc["input_ids"], enc["attention_mask"]
+                compiled = compilations.compiled
+                out = generation.generate(model.module, params, ids, mask, enc["global_attention_mask"], gen_config,
+                                          num_global_slots=1, sharding=sharding)
+                if compilations.compiled > compiled:
+                    log.info("compiled a program for bucket %d, batch %d", size, batch)
+                sequences = out.sequences[:len(rows)]
                 report.real_tokens += int(mask[:len(rows)].sum())
                 report.padded_tokens += batch * size
-                report.generated_tokens += int((out.sequences[:len(rows), 1:] != tokenizer.pad_token_id).sum())
-                for i, summary in zip(rows, summaries):
+                report.generated_tokens += int((sequences[:, 1:] != tokenizer.pad_token_id).sum())
+                for i, summary in zip(rows, tokenizer.batch_decode(sequences)):
                     results[i] = summary.strip()
-                    if sink:
-                        sink.write(json.dumps({"index": i, "fingerprint": fingerprints[i], "summary": results[i]}) + "\n")
                     if on_result:
                         on_result(i, results[i])
-                if sink:
-                    sink.flush()
-                    os.fsync(sink.fileno())
+                if options.resume_file:
+                    _append_progress(sink, [(i, fingerprints[i], results[i]) for i in rows])
                 bar.update(len(rows))
                 elapsed = time.perf_counter() - start
                 bar.set_postfix(in_tok_s=f"{report.real_tokens / elapsed:.0f}",
                                 out_tok_s=f"{report.generated_tokens / elapsed:.1f}")
-    finally:
-        bar.close()
-        if sink:
-            sink.close()
-    report.seconds = time.perf_counter() - start
-    report.programs = _run._cache_size() - programs_before
-    log.info("%d documents in %d buckets %s, %d compiled programs, padding waste %.1f%%", len(todo),
-             len(by_bucket), report.buckets, report.programs, 100 * report.padding_waste)
-    return [results[i] for i in range(len(texts))]
+        finally:
+            report.seconds = time.perf_counter() - start
+            report.programs_compiled, report.programs_from_cache = compilations.compiled, compilations.cache_hits
+    log.info("%s", report.describe())
+
+    summaries = [results[i] for i in range(len(texts))]
+    if options.output:
+        write_atomic(options.output, format_summaries(summaries, names, options.output_format))
+        if os.path.exists(options.resume_file):
+            os.remove(options.resume_file)
+    return summaries

@@ -172,8 +172,3 @@ class LEDTokenizer:
 
     def batch_decode(self, sequences, skip_special_tokens: bool = True) -> list[str]:
         return self._tok.decode_batch([[int(i) for i in s] for s in sequences], skip_special_tokens=skip_special_tokens)
-
-
-def global_attention_from_legacy(mask) -> np.ndarray:
-    """transformers 4.x padded global_attention_mask with -1: read -1 (and 0) as local attention."""
-    return (np.asarray(mask) > 0).astype(np.int32)

@@ -184,6 +184,54 @@ def test_own_checkpoint_round_trip_and_atomic_overwrite(checkpoints, tmp_path, m
         checkpoint.load(tmp_path)
 
 
+def test_convert_checkpoint_writes_a_complete_led_flax_directory(checkpoints, tmp_path):
+    directory, ref = checkpoints["conditional_generation"]
+    shutil.copytree(directory, tmp_path / "src")
+    (tmp_path / "src" / "vocab.json").write_text("{}")  # tokenizer and generation files travel along
+    (tmp_path / "src" / "generation_config.json").write_text('{"num_beams": 4}')
+    done = convert.convert_checkpoint(tmp_path / "src", tmp_path / "ours", dtype="bfloat16")
+    assert done == convert.Conversion(path=str(tmp_path / "ours"), head="conditional_generation",
+                                      extra_files=("vocab.json", "generation_config.json"))
+    ckpt = checkpoint.load(done.path)
+    assert ckpt.head == "conditional_generation"
+    _, expected = convert.from_hf(directory)
+    flat, ref_flat = convert.table.flatten(ckpt.params), convert.table.flatten(expected)
+    assert sorted(flat) == sorted(ref_flat)
+    for k, v in ref_flat.items():
+        assert flat[k].dtype.name == "bfloat16" and flat[k].tobytes() == v.astype(flat[k].dtype).tobytes(), k
+    assert (tmp_path / "ours" / "generation_config.json").read_text() == '{"num_beams": 4}'
+
+    with pytest.warns(HeadInitialisedWarning, match="qa_outputs"):
+        qa = convert.convert_checkpoint(tmp_path / "src", tmp_path / "ours", head="question_answering",
+                                        overwrite=True)
+    assert qa.head == "question_answering" and checkpoint.load(qa.path).head == "question_answering"
+
+    with pytest.raises(FileExistsError, match="overwrite"):
+        convert.convert_checkpoint(tmp_path / "nowhere", tmp_path / "ours")  # refused before reading anything
+    with pytest.raises(checkpoint.CheckpointError, match="not an HF LED checkpoint"):
+        convert.convert_checkpoint(tmp_path / "ours", tmp_path / "again")
+    with pytest.raises(checkpoint.CheckpointError, match="not a checkpoint directory"):
+        convert.convert_checkpoint(tmp_path / "nowhere", tmp_path / "again")
+    assert not os.path.exists(tmp_path / "again")
+
+
+def test_export_checkpoint_round_trips_to_transformers(checkpoints, tmp_path):
+    directory, ref = checkpoints["conditional_generation"]
+    shutil.copytree(directory, tmp_path / "src")
+    (tmp_path / "src" / "merges.txt").write_text("#version: 0.2\n")
+    ours = convert.convert_checkpoint(tmp_path / "src", tmp_path / "ours").path
+    out = convert.export_checkpoint(ours, tmp_path / "hf")
+    assert sorted(os.listdir(out)) == ["config.json", "generation_config.json", "merges.txt", "model.safetensors"]
+    loaded = transformers.LEDForConditionalGeneration.from_pretrained(out)
+    for k, v in ref.state_dict().items():
+        assert torch.equal(v, loaded.state_dict()[k]), k
+    with pytest.raises(FileExistsError, match="overwrite"):
+        convert.export_checkpoint(ours, out)
+    convert.export_checkpoint(ours, out, overwrite=True)
+    with pytest.raises(checkpoint.CheckpointError, match="not a led-flax checkpoint"):
+        convert.export_checkpoint(directory, tmp_path / "hf2")
+
+
 def test_cli_convert_and_export(checkpoints, tmp_path, capsys):
     directory, ref = checkpoints["conditional_generation"]
     (tmp_path / "src").mkdir()
@@ -191,6 +239,7 @@ def test_cli_convert_and_export(checkpoints, tmp_path, capsys):
         shutil.copy(os.path.join(directory, f), tmp_path / "src")
     (tmp_path / "src" / "vocab.json").write_text("{}")  # tokenizer files travel along
     assert cli_main(["convert", str(tmp_path / "src"), str(tmp_path / "ours"), "--quiet"]) == 0
+    assert "(conditional_generation, 2 tokenizer/generation files)" in capsys.readouterr().out
     assert os.path.isfile(tmp_path / "ours" / "vocab.json")
     assert checkpoint.is_led_flax_checkpoint(tmp_path / "ours")
     assert cli_main(["convert", str(tmp_path / "src"), str(tmp_path / "ours"), "--quiet"]) == 2
@@ -199,10 +248,21 @@ def test_cli_convert_and_export(checkpoints, tmp_path, capsys):
     loaded = transformers.LEDForConditionalGeneration.from_pretrained(tmp_path / "hf")
     for k, v in ref.state_dict().items():
         assert torch.equal(v, loaded.state_dict()[k]), k
-    with pytest.raises(SystemExit, match="offline|hub"):
-        cli_main(["convert", "allenai/not-here-offline", str(tmp_path / "x")])
-    with pytest.raises(SystemExit, match="not an HF LED checkpoint"):
-        cli_main(["convert", str(tmp_path / "ours"), str(tmp_path / "y")])
+    assert cli_main(["export", str(tmp_path / "ours"), str(tmp_path / "hf")]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert cli_main(["export", str(tmp_path / "ours"), str(tmp_path / "hf"), "--overwrite"]) == 0
+    assert cli_main(["convert", "allenai/not-here-offline", str(tmp_path / "x")]) == 2
+    assert "could not fetch allenai/not-here-offline" in capsys.readouterr().err
+    assert cli_main(["convert", str(tmp_path / "ours"), str(tmp_path / "y"), "--quiet"]) == 2
+    assert "not an HF LED checkpoint" in capsys.readouterr().err
+
+
+def test_cli_head_choices_are_the_configs_heads():
+    from led_flax.cli import build_parser
+    from led_flax.config import HEAD_TO_ARCHITECTURE
+    convert_parser = build_parser()._subparsers._group_actions[0].choices["convert"]
+    head = next(a for a in convert_parser._actions if a.dest == "head")
+    assert list(head.choices) == list(HEAD_TO_ARCHITECTURE)
 
 
 def test_bf16_model_runs_from_converted_params(checkpoints):

@@ -13,8 +13,8 @@ import transformers
 
 import convert
 
-from led_flax import summarization as summ
-from led_flax.summarization import InputWarning, summarize
+from led_flax.checkpoint import CheckpointError
+from led_flax.summarization import InputWarning, SummarizeOptions, SummaryReport, format_summaries, summarize
 
 from conftest import aclsum_texts, hf_config, make_tokenizer, randomize
 
@@ -52,15 +52,19 @@ def _reference(model, tok, texts, max_positions=512):
     return out
 
 
+def _options(**changes) -> SummarizeOptions:
+    return SummarizeOptions(**{"batch_size": 2, "buckets": (64, 256), "progress_bar": False,
+                               "compilation_cache": None, "generation": GEN, **changes})
+
+
 def test_summaries_match_reference_in_input_order(model_dir, tmp_path):
     directory, model, tok = model_dir
     texts = _docs()
-    report = summ.SummaryReport()
-    ours = summarize(texts, directory, batch_size=2, buckets=[64, 256], progress=False, report=report,
-                     compilation_cache=str(tmp_path / "cache"), **GEN)
+    report = SummaryReport()
+    ours = summarize(texts, directory, _options(compilation_cache=str(tmp_path / "cache")), report=report)
     assert ours == _reference(model, tok, texts)
     assert len(set(ours)) > 1
-    assert set(report.buckets) <= {64, 256, 512} and report.programs <= len(report.buckets)
+    assert set(report.buckets) <= {64, 256, 512} and sum(report.buckets.values()) == len(texts)
     assert 0.0 < report.padding_waste < 1.0
     assert os.listdir(tmp_path / "cache")  # the persistent compilation cache was written
 
@@ -69,19 +73,50 @@ def test_bad_documents_warn_and_never_stop_the_corpus(model_dir, tmp_path):
     directory, model, tok = model_dir
     long = " ".join(aclsum_texts(21)[20].split()[:2000])  # far over 512 tokens
     texts = ["", "   \n ", _docs()[0], long]
+    report = SummaryReport()
     with pytest.warns(InputWarning) as caught:
-        out = summarize(texts, directory, progress=False, compilation_cache=None, **GEN)
+        out = summarize(texts, directory, _options(batch_size=4, buckets=None), report=report)
     messages = " ".join(str(w.message) for w in caught)
     assert "document 0 is empty" in messages and "document 3 has" in messages
     assert out[:2] == ["", ""] and out[2:] == _reference(model, tok, texts[2:])
+    assert report.skipped == [(0, "empty"), (1, "empty")] and report.truncated == [3]
     with pytest.raises(ValueError, match="document 3 has .* tokens, more than the model's 512"):
-        summarize(texts, directory, truncate=False, progress=False, compilation_cache=None, **GEN)
+        summarize(texts, directory, _options(truncate=False))
+
+
+def test_nothing_to_generate_reports_no_padding_waste(model_dir):
+    directory, _, _ = model_dir
+    report = SummaryReport()
+    with pytest.warns(InputWarning, match="empty"):
+        assert summarize(["", " "], directory, _options(), report=report) == ["", ""]
+    assert report.padding_waste == 0.0 and report.buckets == {}
+    assert report.describe() == "2 documents, nothing left to generate"
+
+
+def test_options_are_checked_before_any_work(model_dir, tmp_path):
+    directory, _, _ = model_dir
+    with pytest.raises(TypeError, match=r"unknown generation settings \['num_beam'\]"):
+        SummarizeOptions(generation={"num_beam": 4})
+    with pytest.raises(ValueError, match="output_format must be one of"):
+        SummarizeOptions(output_format="csv")
+    with pytest.raises(ValueError, match="batch_size must be at least 1"):
+        SummarizeOptions(batch_size=0)
+    assert SummarizeOptions(buckets=[256, 64]).buckets == (64, 256)
+    with pytest.raises(ValueError, match="num_return_sequences must be 1"):
+        summarize(["text"], directory, _options(generation={"num_beams": 2, "num_return_sequences": 2}))
+    with pytest.raises(FileNotFoundError, match="does not exist; create it first"):
+        summarize(["text"], directory, _options(output=str(tmp_path / "missing" / "out.txt")))
+
+
+def test_an_hf_directory_is_refused_with_the_line_that_loads_it(model_dir):
+    directory, _, _ = model_dir
+    with pytest.raises(CheckpointError, match=r"convert\.load\("):
+        summarize(["text"], directory.source, _options())
 
 
 def test_an_interrupted_run_resumes_where_it_stopped(model_dir, tmp_path, monkeypatch):
     directory, _, _ = model_dir
     texts = _docs()
-    kw = dict(batch_size=2, buckets=[64, 256], progress=False, compilation_cache=None, **GEN)
     import led_flax.generation as generation
     original = generation.generate
     calls = []
@@ -94,15 +129,19 @@ def test_an_interrupted_run_resumes_where_it_stopped(model_dir, tmp_path, monkey
 
     monkeypatch.setattr(generation, "generate", counting)
     stop_at = None
-    full = summarize(texts, directory, **kw)
+    full = summarize(texts, directory, _options())
     batches = len(calls)
     assert batches >= 3
 
-    progress = tmp_path / "out.progress.jsonl"
+    out = tmp_path / "out.jsonl"
+    options = _options(output=str(out), output_format="jsonl")
+    progress = tmp_path / "out.jsonl.progress.jsonl"
+    assert options.resume_file == str(progress)
     calls.clear()
     stop_at = 2
     with pytest.raises(KeyboardInterrupt):
-        summarize(texts, directory, progress_file=str(progress), **kw)
+        summarize(texts, directory, options)
+    assert not out.exists()
     with open(progress, "a") as f:
         f.write('{"index": 3, "fingerp')  # a line cut short by the kill
     saved = [json.loads(line)["index"] for line in open(progress) if line.endswith("}\n")]
@@ -110,9 +149,47 @@ def test_an_interrupted_run_resumes_where_it_stopped(model_dir, tmp_path, monkey
 
     calls.clear()
     stop_at = None
-    resumed = summarize(texts, directory, progress_file=str(progress), **kw)
+    report = SummaryReport()
+    names = [f"doc{i}" for i in range(len(texts))]
+    resumed = summarize(texts, directory, options, names=names, report=report)
     assert resumed == full
     assert len(calls) == batches - 1  # the finished batch was not redone
+    assert report.resumed == len(saved)
+    assert out.read_text().splitlines() == format_summaries(full, names, "jsonl")
+    assert [json.loads(line)["source"] for line in out.read_text().splitlines()] == names
+    assert not progress.exists()  # the output is complete: the progress file is gone
+
+
+_COUNT = """
+import json, sys
+from led_flax.summarization import SummarizeOptions, SummaryReport, summarize
+model, cache, docs = sys.argv[1:]
+report = SummaryReport()
+options = SummarizeOptions(batch_size=2, buckets=(64, 256), progress_bar=False, compilation_cache=cache,
+                           generation={"max_length": 10, "num_beams": 1})
+summaries = summarize(json.load(open(docs)), model, options, report=report)
+print(json.dumps([report.programs_compiled, report.programs_from_cache, len(report.buckets), summaries]))
+"""
+
+
+def test_report_tells_compiled_programs_from_cache_reads(model_dir, tmp_path):
+    """The first process compiles every program into an empty cache; a second, identical process reads
+    them all back and compiles none (jax.monitoring's compile and cache-hit events)."""
+    directory, _, _ = model_dir
+    done = convert.convert_checkpoint(directory.source, tmp_path / "ours")
+    assert done.head == "conditional_generation" and "tokenizer.json" in done.extra_files
+    docs = tmp_path / "docs.json"
+    docs.write_text(json.dumps(_docs()))
+    runs = []
+    for _ in range(2):
+        r = subprocess.run([sys.executable, "-c", _COUNT, done.path, str(tmp_path / "cache"), str(docs)],
+                           capture_output=True, text=True, cwd=ROOT, timeout=600)
+        assert r.returncode == 0, r.stderr
+        runs.append(json.loads(r.stdout.splitlines()[-1]))
+    (compiled, hits, buckets, first), (compiled_again, hits_again, _, second) = runs
+    assert compiled >= buckets >= 2 and hits == 0  # a program per bucket, and JAX's small helpers
+    assert compiled_again == 0 and hits_again == compiled
+    assert first == second
 
 
 def _cli(args, env=None, stdin=None):
@@ -136,6 +213,7 @@ def test_cli_files_stdin_jsonl_and_eight_devices(model_dir, tmp_path):
     r = _cli(["summarize", *map(str, files), str(bad), "--format", "jsonl", "--out", str(out), *common])
     assert r.returncode == 0, r.stderr
     assert "latin1.txt is not UTF-8" in r.stderr
+    assert "5 documents, buckets" in r.stderr and "compiled, 0 read from the compilation cache" in r.stderr
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert [rec["summary"] for rec in records] == expected + [""]
     assert not os.path.exists(str(out) + ".progress.jsonl")

@@ -6,6 +6,10 @@ from __future__ import annotations
 import re
 import warnings
 
+from led_flax.generation import GenerationConfig
+from led_flax.pretrained import LoadedModel
+from led_flax.summarization import InputWarning, SummarizeOptions, summarize
+
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 
 
@@ -30,14 +34,14 @@ def lead_sentences(text: str, n: int = 3) -> str:
 
 def generate_summaries(module, params, config, tokenizer, texts, *, num_beams: int, max_length: int,
                        batch_size: int, buckets=None, no_repeat_ngram_size: int = 3) -> list[str]:
-    """Summaries through `led_flax.summarize` with in-memory params (host arrays)."""
-    from led_flax.generation import GenerationConfig
-    from led_flax.pretrained import LoadedModel
-    from led_flax.summarization import InputWarning, summarize
-    model = LoadedModel(module=module, params=params, config=config, generation_config=GenerationConfig.from_hf(None, config),
-                        tokenizer=tokenizer, source="the training run's current params")
-    with warnings.catch_warnings():  # long documents are cut to the model's positions, as in training
+    """Summaries of `texts` through `led_flax.summarize` with in-memory params (host arrays); documents
+    longer than the model's positions are cut to them, as in training."""
+    model = LoadedModel(module=module, params=params, config=config,
+                        generation_config=GenerationConfig.from_hf(None, config), tokenizer=tokenizer,
+                        source="the training run's current params")
+    options = SummarizeOptions(batch_size=batch_size, buckets=buckets, progress_bar=False, compilation_cache=None,
+                               generation={"num_beams": num_beams, "max_length": max_length,
+                                           "no_repeat_ngram_size": no_repeat_ngram_size})
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", InputWarning)
-        return summarize(texts, model, batch_size=batch_size, buckets=buckets,
-                         progress=False, compilation_cache=None, num_beams=num_beams, max_length=max_length,
-                         no_repeat_ngram_size=no_repeat_ngram_size)
+        return summarize(texts, model, options)
