@@ -100,8 +100,8 @@ def main():
             rows[impl, n] = json.loads(out.stdout.strip().splitlines()[-1])
             print(f"  {impl:12s} {n:6d} tokens: {rows[impl, n]['seconds']:.2f} s", file=sys.stderr)
 
-    print(f"| tokens | led-flax s | transformers s | led-flax tok/s | transformers tok/s | speed-up | "
-          f"led-flax peak GiB | transformers peak GiB | memory ratio | led-flax compile s |")
+    print("| tokens | led-flax s | transformers s | led-flax tok/s | transformers tok/s | speed-up | "
+          "led-flax peak GiB | transformers peak GiB | memory ratio | led-flax compile s |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for n in args.lengths:
         a, r = rows["led-flax", n], rows["transformers", n]

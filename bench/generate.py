@@ -52,7 +52,6 @@ def _inputs(batch, n):
 def run_ours(directory, cases, cache_dir, repeats):
     t_start = time.perf_counter()
     import jax
-    import jax.numpy as jnp
 
     import convert
     from led_flax import model_for

@@ -50,7 +50,7 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, head: 
         raise CheckpointError(f"{directory} is not an HF LED checkpoint (needs config.json and model.safetensors, "
                               f"a safetensors index, or pytorch_model.bin)")
     config, params = from_hf(directory, head=head, dtype=None if dtype is None else np.dtype(dtype),
-                             progress=progress)
+                             progress=progress, scan_layers=False)  # the per-layer layout, as saved
     extra = checkpoint.companion_files(directory)
     path = checkpoint.save(dst, config, params, extra_files=extra, overwrite=overwrite)
     return Conversion(path=path, head=checkpoint.head_of(params),
@@ -73,6 +73,6 @@ def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, overwri
     """A led-flax checkpoint directory -> an HF directory at `dst`, with the checkpoint's tokenizer and
     generation files. Raises CheckpointError when `src` is not a led-flax checkpoint, FileExistsError
     when `dst` exists without overwrite."""
-    ckpt = checkpoint.load(src)
+    ckpt = checkpoint.load(src, scan_layers=False)
     return to_hf_directory(ckpt.config, ckpt.params, dst, extra_files=checkpoint.companion_files(src),
                            overwrite=overwrite)

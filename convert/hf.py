@@ -21,6 +21,7 @@ from led_flax.checkpoint import head_of
 from led_flax.config import HEAD_TO_ARCHITECTURE, LEDConfig
 from led_flax.files import write_atomic
 from led_flax.modeling import init_params, model_for
+from led_flax.stacking import to_layout, unstack_layers
 
 from .table import MappingError, _transpose, dotted, flatten, rule_for, unflatten
 
@@ -179,9 +180,12 @@ def _check(missing, wrong, unused):
         raise MappingError("the checkpoint does not fit its LED config:\n  " + "\n  ".join(problems))
 
 
-def from_hf(src: str | os.PathLike, head: str | None = None, *, rng=None, dtype=None, progress=None):
+def from_hf(src: str | os.PathLike, head: str | None = None, *, rng=None, dtype=None, progress=None,
+            scan_layers: bool = True):
     """An HF LED directory -> (LEDConfig, params).
 
+    scan_layers: the parameters in the scanned layout (layers stacked per run, `led_flax.stacking`),
+    for a model built with `scan_layers=True` (the default); False gives the per-layer layout.
     head: load into this head ('base', 'conditional_generation', 'sequence_classification',
     'question_answering'); default the checkpoint's own. Loading into another head keeps the shared
     body, initialises the new head's weights from `rng` and warns naming them.
@@ -202,7 +206,7 @@ def from_hf(src: str | os.PathLike, head: str | None = None, *, rng=None, dtype=
     else:
         config = config.replace(architectures=(HEAD_TO_ARCHITECTURE[target],),
                                 num_labels=2 if target == "question_answering" else config.num_labels)
-    module = model_for(config, target)
+    module = model_for(config, target, scan_layers=False)  # the table maps the per-layer layout
     shapes = jax.eval_shape(lambda: init_params(module))
     expected = {p: s.shape for p, s in flatten(shapes).items()}
 
@@ -225,14 +229,14 @@ def from_hf(src: str | os.PathLike, head: str | None = None, *, rng=None, dtype=
     if dtype is not None:
         flat = {p: v.astype(dtype) if np.issubdtype(v.dtype, np.floating) or v.dtype.name == "bfloat16" else v
                 for p, v in flat.items()}
-    return config, unflatten(flat)
+    return config, to_layout(unflatten(flat), config, scan_layers)
 
 
 # ---------------------------------------------------------------------------------------------- writing
 def to_state_dict(config: LEDConfig, params: dict) -> dict[str, np.ndarray]:
     """Our params -> the tensors that transformers' `save_pretrained` would write."""
     state = {}
-    for path, value in flatten(jax.device_get(params)).items():
+    for path, value in flatten(unstack_layers(jax.device_get(params), config)).items():
         key, to_hf, _ = rule_for(path)
         state[key] = to_hf(np.asarray(value))
     return state

@@ -36,17 +36,20 @@ def resolve_source(source: str | os.PathLike) -> str:
         raise HubError(f"{e}; or {HUB_HINT}") from None
 
 
-def load(source: str | os.PathLike, *, dtype=None, head: str | None = None) -> LoadedModel:
+def load(source: str | os.PathLike, *, dtype=None, head: str | None = None, scan_layers: bool = True
+         ) -> LoadedModel:
     """A led-flax checkpoint, an HF LED directory or a hub id -> LoadedModel.
 
     dtype: the compute dtype (default float32). head: for an HF checkpoint, load its body into this
     head (see `from_hf`); a led-flax checkpoint keeps its own (check it with `require_head`).
+    scan_layers: the module's layer layout (`led_flax.stacking`); the params follow it.
     Raises CheckpointError naming the directory when it is neither kind of checkpoint."""
     directory = resolve_source(source)
     if is_led_flax_checkpoint(directory):
-        return pretrained.load(directory, dtype)
+        return pretrained.load(directory, dtype, scan_layers)
     if is_hf_checkpoint(directory):
-        config, params = from_hf(directory, head)
-        return pretrained.from_parts(config, params, directory, config.head or "conditional_generation", dtype)
+        config, params = from_hf(directory, head, scan_layers=scan_layers)
+        return pretrained.from_parts(config, params, directory, config.head or "conditional_generation", dtype,
+                                     scan_layers)
     raise CheckpointError(f"{directory} is neither a led-flax checkpoint (led_flax.json) nor an HF LED checkpoint "
                           f"(config.json with model.safetensors, a safetensors index, or pytorch_model.bin)")

@@ -25,6 +25,7 @@ import numpy as np
 
 from .config import LEDConfig
 from .files import atomic_directory, write_atomic
+from .stacking import to_layout, unstack_layers
 
 FORMAT = "led-flax"
 FORMAT_VERSION = 1
@@ -87,7 +88,7 @@ def save(directory: str | os.PathLike, config: LEDConfig, params, *, extra_files
 
     directory = os.path.abspath(os.fspath(directory))
     with atomic_directory(directory, overwrite=overwrite) as tmp:
-        params = jax.device_get(params)
+        params = unstack_layers(jax.device_get(params), config)  # the per-layer layout on disk
         dtypes = sorted({np.asarray(x).dtype.name for x in jax.tree_util.tree_leaves(params)})
         checkpointer = _local_checkpointer(ocp)
         checkpointer.save(os.path.join(tmp, PARAMS), params)
@@ -112,8 +113,9 @@ class Checkpoint:
     head: str
 
 
-def load(directory: str | os.PathLike) -> Checkpoint:
-    """Reads our checkpoint directory. Raises CheckpointError for a directory that is not one."""
+def load(directory: str | os.PathLike, scan_layers: bool = True) -> Checkpoint:
+    """Reads our checkpoint directory; the params in the scanned layout (`led_flax.stacking`) unless
+    `scan_layers` is False. Raises CheckpointError for a directory that is not one."""
     import orbax.checkpoint as ocp
 
     directory = os.path.abspath(os.fspath(directory))
@@ -134,4 +136,4 @@ def load(directory: str | os.PathLike) -> Checkpoint:
         params = checkpointer.restore(os.path.join(directory, PARAMS))
     finally:
         checkpointer.close()
-    return Checkpoint(config=config, params=params, head=marker["head"])
+    return Checkpoint(config=config, params=to_layout(params, config, scan_layers), head=marker["head"])

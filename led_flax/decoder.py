@@ -7,7 +7,7 @@ Shapes: b batch, t decoder length, s cache positions, n encoder length, D d_mode
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -16,9 +16,10 @@ import jax.numpy as jnp
 from .attention import softmax_dtype
 from .cache import DecoderCache, LayerCache
 from .config import LEDConfig
-from .layers import (Embed, constrain, dense, dropout, embed_positions, feed_forward, input_embeddings, layer_norm,
-                     layerdrop, maybe_remat)
+from .layers import (Embed, check_remat, constrain, dense, dropout, embed_positions, feed_forward, input_embeddings,
+                     layer_norm, layerdrop, scan_layers, split_layers, with_remat)
 from .outputs import LEDDecoderOutput
+from .stacking import decoder_runs, run_name
 
 Dtype = Any
 
@@ -119,19 +120,43 @@ class LEDDecoderLayer(nn.Module):
         return hidden, self_probs, cross_probs, layer_cache
 
 
+class LayerOutputs(NamedTuple):
+    """What one decoder layer hands back besides its output."""
+
+    cache: Any  # the updated LayerCache, or None without a cache
+    hidden_in: Any  # [b, t, D] the layer's input (with output_hidden_states), else None
+    attentions: Any  # [b, h, t, t or s] or None
+    cross_attentions: Any  # [b, h, t, n] or None
+
+
 class LEDDecoder(nn.Module):
+    """The decoder stack. scan_layers: the layers run as one `nn.scan` over stacked parameters (and a
+    stacked cache); else unrolled. remat: what each layer keeps for the backward pass."""
+
     config: LEDConfig
     embed_tokens: Embed
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
-    gradient_checkpointing: bool = False
+    remat: str = "none"
+    scan_layers: bool = True
 
     def setup(self):
         cfg = self.config
+        check_remat(self.remat)
         self.embed_positions = Embed(cfg.max_decoder_position_embeddings, cfg.d_model, cfg.init_std,
                                      dtype=self.dtype, param_dtype=self.param_dtype)
-        self.layers = [LEDDecoderLayer(cfg, self.dtype, self.param_dtype) for _ in range(cfg.decoder_layers)]
+        if self.scan_layers:
+            for start, stop in decoder_runs(cfg):
+                setattr(self, run_name(start, stop), LEDDecoderLayer(cfg, self.dtype, self.param_dtype))
+        else:
+            self.layers = [LEDDecoderLayer(cfg, self.dtype, self.param_dtype) for _ in range(cfg.decoder_layers)]
         self.layernorm_embedding = layer_norm(self.dtype, self.param_dtype)
+
+    def _runs(self):
+        """(module, number of layers) per scanned run, or per layer when unrolled."""
+        if self.scan_layers:
+            return [(getattr(self, run_name(a, b)), b - a) for a, b in decoder_runs(self.config)]
+        return [(layer, 1) for layer in self.layers]
 
     def init_cache(self, encoder_hidden_states, max_length: int, beams: int = 1) -> DecoderCache:
         """A static-shape cache for `max_length` decoder positions; cross-attention keys and values
@@ -144,11 +169,18 @@ class LEDDecoder(nn.Module):
                              f"({cfg.max_decoder_position_embeddings}); lower it")
         b = encoder_hidden_states.shape[0]
         h = cfg.decoder_attention_heads
-        zeros = jnp.zeros((b * beams, h, max_length, cfg.d_model // h), self.dtype)  # [B, h, s, d]
+        states = encoder_hidden_states.astype(self.dtype)
         layers = []
-        for layer in self.layers:
-            k, v = layer.cross_key_value(encoder_hidden_states.astype(self.dtype))
-            layers.append(LayerCache(self_k=zeros, self_v=zeros, cross_k=k, cross_v=v))
+        for module, length in self._runs():
+            if self.scan_layers:  # keys and values [L, b, h, n, d] of every layer of the run
+                cross = scan_layers(lambda layer, c, x: (c, layer.cross_key_value(x)), length,
+                                    in_axes=(nn.broadcast,))(module, None, states)[1]
+                shape = (length, b * beams, h, max_length, cfg.d_model // h)  # [L, B, h, s, d]
+            else:
+                cross = module.cross_key_value(states)
+                shape = (b * beams, h, max_length, cfg.d_model // h)  # [B, h, s, d]
+            zeros = jnp.zeros(shape, self.dtype)
+            layers.append(LayerCache(self_k=zeros, self_v=zeros, cross_k=cross[0], cross_v=cross[1]))
         return DecoderCache(index=jnp.zeros((), jnp.int32), layers=tuple(layers))
 
     def __call__(self, input_ids=None, *, attention_mask=None, encoder_hidden_states=None,
@@ -184,25 +216,30 @@ class LEDDecoder(nn.Module):
             cross_mask = (encoder_attention_mask > 0)[:, None, None, :]  # [b, 1, 1, n]
 
         hidden = embed_positions(self, inputs_embeds, positions, deterministic)
-        run_layer = maybe_remat(
-            lambda layer, x, sm, enc, cm, lc, ci: layer(x, sm, enc, cm, lc, ci, deterministic=deterministic,
-                                                         output_attentions=output_attentions),
-            self.gradient_checkpointing)
-        all_hidden, all_self, all_cross, new_layers = [], [], [], []
-        for i, layer in enumerate(self.layers):
-            if output_hidden_states:
-                all_hidden.append(hidden)
-            new_hidden, self_probs, cross_probs, layer_cache = run_layer(
-                layer, hidden, self_mask, encoder_hidden_states, cross_mask,
-                None if cache is None else cache.layer(i), None if cache is None else cache.index)
-            hidden = constrain(layerdrop(self, cfg.decoder_layerdrop, deterministic, hidden, new_hidden))
-            new_layers.append(layer_cache)
-            all_self.append(self_probs)
-            all_cross.append(cross_probs)
-        if output_hidden_states:
-            all_hidden.append(hidden)
+
+        def one(layer, x, layer_cache, sm, enc, cm, index):
+            new, self_probs, cross_probs, layer_cache = layer(x, sm, enc, cm, layer_cache, index,
+                                                              deterministic=deterministic,
+                                                              output_attentions=output_attentions)
+            new = constrain(layerdrop(layer, cfg.decoder_layerdrop, deterministic, x, new))
+            return new, LayerOutputs(layer_cache, x if output_hidden_states else None, self_probs, cross_probs)
+
+        index = None if cache is None else cache.index
+        broadcast = (self_mask, encoder_hidden_states, cross_mask, index)
+        outputs, new_layers = [], []
+        for k, (module, length) in enumerate(self._runs()):
+            layer_cache = None if cache is None else cache.layer(k)
+            if self.scan_layers:  # the cache is scanned along its layer axis; the masks are shared
+                step = with_remat(lambda layer, x, lc, *rest: one(layer, x, lc, *rest), self.remat, in_scan=True)
+                run = scan_layers(step, length, in_axes=(0,) + (nn.broadcast,) * len(broadcast))
+                hidden, stacked = run(module, hidden, layer_cache, *broadcast)
+                outputs += split_layers(stacked._replace(cache=None), length)
+            else:
+                hidden, stacked = with_remat(one, self.remat)(module, hidden, layer_cache, *broadcast)
+                outputs.append(stacked._replace(cache=None))
+            new_layers.append(stacked.cache)
         return LEDDecoderOutput(
             last_hidden_state=hidden, cache=None if cache is None else cache.advance(tuple(new_layers), t),
-            hidden_states=tuple(all_hidden) if output_hidden_states else None,
-            attentions=tuple(all_self) if output_attentions else None,
-            cross_attentions=tuple(all_cross) if output_attentions else None)
+            hidden_states=tuple(o.hidden_in for o in outputs) + (hidden,) if output_hidden_states else None,
+            attentions=tuple(o.attentions for o in outputs) if output_attentions else None,
+            cross_attentions=tuple(o.cross_attentions for o in outputs) if output_attentions else None)

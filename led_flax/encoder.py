@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -20,9 +20,10 @@ from flax import struct
 from .attention import (FactoredProjection, count_global_slots, gather_rows, global_token_indices,
                         longformer_self_attention)
 from .config import LEDConfig
-from .layers import (Embed, constrain, dense, dropout, embed_positions, feed_forward, input_embeddings, layer_norm,
-                     layerdrop, maybe_remat)
+from .layers import (Embed, check_remat, constrain, dense, dropout, embed_positions, feed_forward, input_embeddings,
+                     layer_norm, layerdrop, scan_layers, split_layers, with_remat)
 from .outputs import LEDEncoderBaseModelOutput
+from .stacking import encoder_runs, run_name
 
 Dtype = Any
 
@@ -135,19 +136,61 @@ class LEDEncoderLayer(nn.Module):
         return hidden, probs, global_probs
 
 
+class LayerOutputs(NamedTuple):
+    """What one encoder layer hands back besides its output."""
+
+    hidden_in: Any  # [b, n, D] the layer's input (with output_hidden_states), else None
+    attentions: Any  # [b, h, n, g + 2w + 1] or None
+    global_attentions: Any  # [b, h, n, g] or None
+
+
 class LEDEncoder(nn.Module):
+    """The encoder stack. scan_layers: layers run as `nn.scan` over stacked parameters, one scan per
+    run of equal windows (`stacking.py`); else unrolled, one module per layer. remat: what each layer
+    keeps for the backward pass (`layers.REMAT_POLICIES`)."""
+
     config: LEDConfig
     embed_tokens: Embed
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
-    gradient_checkpointing: bool = False
+    remat: str = "none"
+    scan_layers: bool = True
 
     def setup(self):
         cfg = self.config
+        check_remat(self.remat)
         self.embed_positions = Embed(cfg.max_encoder_position_embeddings, cfg.d_model, cfg.init_std,
                                      dtype=self.dtype, param_dtype=self.param_dtype)
-        self.layers = [LEDEncoderLayer(cfg, i, self.dtype, self.param_dtype) for i in range(cfg.encoder_layers)]
+        if self.scan_layers:  # one module per run, its parameters stacked along a leading layer axis
+            for start, stop in encoder_runs(cfg):
+                setattr(self, run_name(start, stop), LEDEncoderLayer(cfg, start, self.dtype, self.param_dtype))
+        else:
+            self.layers = [LEDEncoderLayer(cfg, i, self.dtype, self.param_dtype) for i in range(cfg.encoder_layers)]
         self.layernorm_embedding = layer_norm(self.dtype, self.param_dtype)
+
+    def _run_layers(self, hidden, masks: EncoderMasks, *, deterministic: bool, output_attentions: bool,
+                    output_hidden_states: bool):
+        """Every layer in order: the last hidden state and each layer's LayerOutputs."""
+        cfg = self.config
+
+        def one(layer, x, mk):
+            new, probs, global_probs = layer(x, mk, deterministic=deterministic, output_attentions=output_attentions)
+            new = constrain(layerdrop(layer, cfg.encoder_layerdrop, deterministic, x, new))
+            return new, LayerOutputs(x if output_hidden_states else None, probs, global_probs)
+
+        outputs = []
+        if not self.scan_layers:
+            step = with_remat(one, self.remat)
+            for layer in self.layers:
+                hidden, out = step(layer, hidden, masks)
+                outputs.append(out)
+            return hidden, outputs
+        step = with_remat(one, self.remat, in_scan=True)
+        for start, stop in encoder_runs(cfg):
+            run = scan_layers(step, stop - start, in_axes=(nn.broadcast,))
+            hidden, stacked = run(getattr(self, run_name(start, stop)), hidden, masks)
+            outputs += split_layers(stacked, stop - start)
+        return hidden, outputs
 
     def __call__(self, input_ids=None, *, attention_mask=None, global_attention_mask=None, inputs_embeds=None,
                  num_global_slots: int | None = None, deterministic: bool = True,
@@ -185,24 +228,13 @@ class LEDEncoder(nn.Module):
 
         idx, valid = global_token_indices(is_global, slots)
         masks = EncoderMasks(real=real, is_global=is_global, global_idx=idx, global_valid=valid)
-        run_layer = maybe_remat(lambda layer, x, mk: layer(x, mk, deterministic=deterministic,
-                                                           output_attentions=output_attentions),
-                                self.gradient_checkpointing)
-        all_hidden, all_attn, all_global = [], [], []
-        for layer in self.layers:
-            if output_hidden_states:
-                all_hidden.append(hidden)
-            new_hidden, probs, global_probs = run_layer(layer, hidden, masks)
-            hidden = constrain(layerdrop(self, cfg.encoder_layerdrop, deterministic, hidden, new_hidden))
-            if output_attentions:
-                all_attn.append(probs[:, :, :n])
-                if slots:
-                    all_global.append(global_probs)  # kept at the padded length, as in HF
-        if output_hidden_states:
-            all_hidden.append(hidden)
+        hidden, outputs = self._run_layers(hidden, masks, deterministic=deterministic,
+                                           output_attentions=output_attentions, output_hidden_states=output_hidden_states)
         return LEDEncoderBaseModelOutput(
             last_hidden_state=hidden[:, :n],
-            hidden_states=tuple(x[:, :n] for x in all_hidden) if output_hidden_states else None,
-            attentions=tuple(all_attn) if output_attentions else None,
-            global_attentions=tuple(all_global) if output_attentions and slots else None,
+            hidden_states=tuple(o.hidden_in[:, :n] for o in outputs) + (hidden[:, :n],) if output_hidden_states
+            else None,
+            attentions=tuple(o.attentions[:, :, :n] for o in outputs) if output_attentions else None,
+            # global attentions are kept at the padded length, as in HF
+            global_attentions=tuple(o.global_attentions for o in outputs) if output_attentions and slots else None,
         )

@@ -22,6 +22,7 @@ from .attention import count_global_slots
 from .generation_config import GenerationConfig
 from .inputs import check_token_ids
 from .search import beam_search, greedy_or_sample
+from .stacking import unstack_layers
 
 __all__ = ["GenerationConfig", "GenerateOutput", "generate"]
 
@@ -37,6 +38,12 @@ def _run(params, input_ids, attention_mask, global_attention_mask, rng, *, model
          slots: int):
     """Encoder once, cache once, then the decoding loop: one compiled program per (model, settings,
     global slots, input shape), held by jax's own jit cache."""
+    if model.scan_layers:
+        # a decode step reads every weight once: scanning over stacked weights slices (copies) them at
+        # every step, 2-3x slower on a CPU, so the loop runs the unrolled layers over per-layer slices
+        # taken once here (BENCHMARKS.md)
+        params = unstack_layers(params, model.config)
+        model = model.clone(scan_layers=False)
     variables = {"params": params}
     enc = model.apply(variables, input_ids, attention_mask, global_attention_mask, num_global_slots=slots,
                       method="encode").last_hidden_state

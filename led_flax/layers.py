@@ -109,8 +109,39 @@ def embed_positions(stack: nn.Module, embeds, positions, deterministic: bool):
     return dropout(stack, hidden, stack.config.dropout, deterministic)
 
 
-def maybe_remat(fn, enabled: bool):
-    """`fn(layer, *arrays)` under `nn.remat` (the layer's activations recomputed in the backward pass)
-    when `enabled`. Python flags reach the layer through `fn`'s closure, so nothing is static by
-    position."""
-    return nn.remat(fn) if enabled else fn
+# what a layer keeps for the backward pass: "none" keeps every activation; "full" only its input (the
+# layer is recomputed); "save_dots" its input and the outputs of its weight matmuls (the projections and
+# the feed-forward products, not the attention's batched score products)
+REMAT_POLICIES = {
+    "none": None,
+    "full": lambda: None,
+    "save_dots": lambda: jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def check_remat(remat: str) -> str:
+    if remat not in REMAT_POLICIES:
+        raise ValueError(f"remat {remat!r} is not one of {', '.join(REMAT_POLICIES)}")
+    return remat
+
+
+def with_remat(fn, remat: str, in_scan: bool = False):
+    """`fn(layer, *arrays)` under `nn.remat` with the named policy (`REMAT_POLICIES`). Python flags reach
+    the layer through `fn`'s closure, so nothing is static by position. Inside a scan, XLA cannot
+    merge the recomputation away, so common-subexpression prevention is off there (jax's advice)."""
+    policy = REMAT_POLICIES[check_remat(remat)]
+    return fn if policy is None else nn.remat(fn, policy=policy(), prevent_cse=not in_scan)
+
+
+def scan_layers(fn, length: int, in_axes: tuple):
+    """nn.scan of `fn(layer, carry, *args) -> (carry, per-layer outputs)` over `length` layers whose
+    parameters carry a leading layer axis. in_axes: per arg, `nn.broadcast` (the same for every layer)
+    or 0 (sliced along its leading axis). The outputs stack along a new leading axis. Dropout rngs
+    differ per layer."""
+    return nn.scan(fn, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+                   in_axes=in_axes, length=length)
+
+
+def split_layers(stacked, length: int) -> list:
+    """Per-layer outputs of a scan (leading axis `length`) -> a list of `length` trees."""
+    return [jax.tree_util.tree_map(lambda x, i=i: x[i], stacked) for i in range(length)]

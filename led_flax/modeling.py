@@ -40,13 +40,14 @@ class LEDModel(nn.Module):
     config: LEDConfig
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
-    gradient_checkpointing: bool = False
+    remat: str = "none"  # what each layer keeps for the backward pass: none | full | save_dots
+    scan_layers: bool = True  # layers as nn.scan over stacked parameters (stacking.py); False: unrolled
 
     def setup(self):
         cfg = self.config
         self.shared = Embed(cfg.vocab_size, cfg.d_model, cfg.init_std, cfg.pad_token_id, self.dtype,
                             self.param_dtype)
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, gradient_checkpointing=self.gradient_checkpointing)
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, remat=self.remat, scan_layers=self.scan_layers)
         self.encoder = LEDEncoder(cfg, self.shared, **kw)
         self.decoder = LEDDecoder(cfg, self.shared, **kw)
 
@@ -113,10 +114,11 @@ class _LEDHead(nn.Module):
     config: LEDConfig
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
-    gradient_checkpointing: bool = False
+    remat: str = "none"  # what each layer keeps for the backward pass: none | full | save_dots
+    scan_layers: bool = True  # layers as nn.scan over stacked parameters (stacking.py); False: unrolled
 
     def setup(self):
-        self.led = LEDModel(self.config, self.dtype, self.param_dtype, self.gradient_checkpointing)
+        self.led = LEDModel(self.config, self.dtype, self.param_dtype, self.remat, self.scan_layers)
         self.setup_head()
 
     def setup_head(self):

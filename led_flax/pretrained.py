@@ -44,9 +44,10 @@ class LoadedModel:
         return self
 
 
-def from_parts(config: LEDConfig, params, directory: str, head: str, dtype=None) -> LoadedModel:
-    """A LoadedModel from a config and params read elsewhere; the tokenizer and generation settings
-    come from `directory`."""
+def from_parts(config: LEDConfig, params, directory: str, head: str, dtype=None, scan_layers: bool = True
+               ) -> LoadedModel:
+    """A LoadedModel from a config and params (in the layout `scan_layers` names) read elsewhere; the
+    tokenizer and generation settings come from `directory`."""
     import jax.numpy as jnp
 
     from .modeling import model_for
@@ -54,16 +55,18 @@ def from_parts(config: LEDConfig, params, directory: str, head: str, dtype=None)
     tokenizer = None
     if LEDTokenizer.has_files(directory):
         tokenizer = LEDTokenizer.from_pretrained(directory, model_max_length=config.max_encoder_position_embeddings)
-    return LoadedModel(module=model_for(config, head, dtype=dtype or jnp.float32), params=params, config=config,
+    module = model_for(config, head, dtype=dtype or jnp.float32, scan_layers=scan_layers)
+    return LoadedModel(module=module, params=params, config=config,
                        generation_config=GenerationConfig.from_hf(directory, config), tokenizer=tokenizer,
                        source=os.fspath(directory))
 
 
-def load(directory: str | os.PathLike, dtype=None) -> LoadedModel:
-    """A led-flax checkpoint directory -> LoadedModel. dtype: the compute dtype (default float32).
+def load(directory: str | os.PathLike, dtype=None, scan_layers: bool = True) -> LoadedModel:
+    """A led-flax checkpoint directory -> LoadedModel. dtype: the compute dtype (default float32);
+    scan_layers: the module's layer layout (the params follow it).
 
     Raises CheckpointError for anything else; for an HF directory the message shows the line that
     loads it through `convert`."""
     directory = os.fspath(directory)
-    ckpt = checkpoint.load(directory)
-    return from_parts(ckpt.config, ckpt.params, directory, ckpt.head, dtype)
+    ckpt = checkpoint.load(directory, scan_layers)
+    return from_parts(ckpt.config, ckpt.params, directory, ckpt.head, dtype, scan_layers)

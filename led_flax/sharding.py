@@ -28,6 +28,7 @@ RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("vocab", "tensor"),           # embedding rows, LM-head columns
     ("positions", None),
     ("classes", None),
+    ("layers", None),              # the leading layer axis of scanned (stacked) parameters: whole
     ("act_batch", ("data", "fsdp")),  # activations: batch split, model dimension whole
     ("act_length", None),
     ("act_embed", None),
@@ -81,12 +82,18 @@ def path_of(keys) -> str:
     return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in keys)
 
 
+STACKED = re.compile(r"/scan_\d+_\d+/")  # a scanned run's parameters carry a leading layer axis
+
+
 def logical_axes(params):
-    """The tree of logical axis tuples for a parameter tree (arrays or ShapeDtypeStructs)."""
+    """The tree of logical axis tuples for a parameter tree (arrays or ShapeDtypeStructs); a parameter
+    of a scanned run (`stacking.py`) gets `layers` first."""
     def one(keys, leaf):
         path = path_of(keys)
         for pattern, axes in PARAM_AXES:
             if re.search(pattern, path):
+                if STACKED.search(path):
+                    axes = ("layers",) + axes
                 if len(axes) != len(leaf.shape):
                     break
                 return axes

@@ -18,7 +18,7 @@ from convert import HeadInitialisedWarning, MappingError
 from led_flax import checkpoint, model_for
 from led_flax.cli import main as cli_main
 
-from conftest import HEAD_CLASSES, make_reference
+from conftest import make_reference
 
 HF_CLASSES = {
     "base": transformers.LEDModel,

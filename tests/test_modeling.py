@@ -62,16 +62,17 @@ def test_dropout_and_layerdrop_follow_the_rng():
         run(deterministic=False)  # no rng given: an error, not a silent no-op
 
 
-def test_gradient_checkpointing_changes_nothing_but_memory():
+@pytest.mark.parametrize("remat", ["full", "save_dots"])
+def test_remat_changes_nothing_but_memory(remat):
     inputs = _inputs()
     params = init_params(LEDForConditionalGeneration(CFG), jax.random.PRNGKey(0))
 
     def loss_and_grads(remat):
-        model = model_for(CFG, "conditional_generation", gradient_checkpointing=remat)
+        model = model_for(CFG, "conditional_generation", remat=remat)
         fn = lambda p: model.apply({"params": p}, **inputs, num_global_slots=1).loss
         return jax.jit(jax.value_and_grad(fn))(params)
 
-    (l0, g0), (l1, g1) = loss_and_grads(False), loss_and_grads(True)
+    (l0, g0), (l1, g1) = loss_and_grads("none"), loss_and_grads(remat)
     np.testing.assert_allclose(l1, l0, rtol=1e-6)
     for k, v in flatten(g0).items():
         np.testing.assert_allclose(flatten(g1)[k], v, rtol=1e-5, atol=1e-7, err_msg=k)

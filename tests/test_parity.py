@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import convert
-from led_flax import LEDConfig, model_for
+from led_flax import model_for
 from led_flax.attention import count_global_slots
 
 from conftest import VOCAB, rel_err

@@ -93,7 +93,7 @@ def test_a_nan_stops_the_job_and_keeps_the_last_good_checkpoint(tmp_path, tokeni
     ckpts = Checkpoints(os.path.join(tmp_path, "checkpoints"), 2, 1)
     assert list(ckpts.manager.all_steps()) == [1]
     job = Job(cfg)
-    state = ckpts.restore(1, job.setup.state, job.batches.iterator)
+    state = job.restore(ckpts, 1)
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree_util.tree_leaves(state["params"]))
 
 
@@ -120,3 +120,32 @@ def test_a_tiny_model_overfits_a_handful_of_examples(tmp_path, tokenizer_dir):
     assert events and all(e.startswith("events.out.tfevents") for e in events)
     evals = [r for r in read_jsonl(str(tmp_path / "out" / "metrics.jsonl")) if r["kind"] == "eval"]
     assert [r["step"] for r in evals] == [60] and {"val_loss", "rouge1", "rouge2", "rougeL"} <= set(evals[0])
+
+
+def test_a_checkpoint_from_before_scanned_layers_restores_restacked(tmp_path, tokenizer_dir):
+    """A run that saved per-layer parameters and no layout record (what checkpoints were before layers
+    scanned) resumes under scan_layers: params and AdamW moments are restacked, exactly."""
+    old_cfg = tiny_config(tmp_path, tokenizer_dir, steps=2, model={"scan_layers": False, "remat": "none"},
+                          eval={"every_steps": -1})
+    run(old_cfg, progress=False)
+    ckpt_dir = os.path.join(tmp_path, "checkpoints")
+    import shutil
+    shutil.rmtree(os.path.join(ckpt_dir, "2", "layout"))  # the pre-scan format had no layout record
+    ckpts = Checkpoints(ckpt_dir, 2, 1)
+    assert ckpts.saved_layout(2) is False
+    old = jax.device_get(Job(old_cfg).restore(ckpts, 2))
+
+    new_cfg = tiny_config(tmp_path, tokenizer_dir, steps=3, model={"remat": "full"}, eval={"every_steps": -1})
+    job = Job(new_cfg)
+    new = jax.device_get(job.restore(ckpts, 2))
+    from train.checkpoints import relayout
+    expected = relayout(old, job.setup.config, True)
+    assert jax.tree_util.tree_structure(new) == jax.tree_util.tree_structure(expected)
+    assert "scan_0_0" in new["params"]["led"]["encoder"]
+    for a, b in zip(jax.tree_util.tree_leaves(new), jax.tree_util.tree_leaves(expected)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    np.testing.assert_array_equal(new["params"]["led"]["encoder"]["scan_0_0"]["fc1"]["kernel"][0],
+                                  old["params"]["led"]["encoder"]["layers_0"]["fc1"]["kernel"])
+    # and the run continues from it, in the scanned layout, recording it
+    last = run(new_cfg, progress=False)
+    assert np.isfinite(last["loss"]) and ckpts.saved_layout(3) is True

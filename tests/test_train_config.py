@@ -40,9 +40,22 @@ def test_the_shipped_configs_load_and_list_every_field(name):
 
 def test_overrides_parse_as_yaml_and_type_check():
     cfg = config_lib.from_dict({}, ["optimizer.learning_rate=1e-4", "data.buckets=[512, 1024]",
-                                    "model.gradient_checkpointing=true", "steps=7"])
+                                    "model.remat=save_dots", "model.scan_layers=false", "steps=7"])
     assert cfg.optimizer.learning_rate == 1e-4 and cfg.data.buckets == (512, 1024)
-    assert cfg.model.gradient_checkpointing is True and cfg.steps == 7
+    assert cfg.model.remat == "save_dots" and cfg.model.scan_layers is False and cfg.steps == 7
+
+
+@pytest.mark.parametrize("old, remat", [(True, "full"), (False, "none")])
+def test_the_old_gradient_checkpointing_key_reads_as_remat_and_says_so(old, remat, caplog):
+    with caplog.at_level("WARNING", logger="led_flax.train"):
+        cfg = config_lib.from_dict({"model": {"gradient_checkpointing": old}})
+    assert cfg.model.remat == remat
+    assert "model.gradient_checkpointing is now model.remat" in caplog.text
+    assert config_lib.from_dict({}, [f"model.gradient_checkpointing={str(old).lower()}"]).model.remat == remat
+    with pytest.raises(config_lib.TrainConfigError, match="contradicts model.remat"):
+        config_lib.from_dict({"model": {"gradient_checkpointing": True, "remat": "none"}})
+    with pytest.raises(config_lib.TrainConfigError, match="model.remat is 'some'; use one of none, full, save_dots"):
+        config_lib.from_dict({"model": {"remat": "some"}})
 
 
 @pytest.mark.parametrize("data, overrides, message", [
@@ -234,4 +247,9 @@ def test_the_dry_run_prints_the_mesh_shardings_and_bytes(capsys):
     out = capsys.readouterr().out
     assert "mesh: {'data': 1, 'fsdp': 1, 'tensor': 1} over 1 devices" in out
     assert "train state (params + AdamW moments):" in out and "GiB per device" in out
+    # the scanned layout: one stacked run per stack, its leading layer axis kept whole
+    assert "led/encoder/scan_0_1/fc1/kernel" in out and "(2, 128, 512)    P(None, None, None)" in out
+    assert cli_main(["train", "--config", os.path.join(ROOT, "configs", "tiny-aclsum.yaml"), "--dry-run",
+                     "--set", "model.scan_layers=false"]) == 0
+    out = capsys.readouterr().out
     assert "led/encoder/layers_0/fc1/kernel" in out and "led/encoder/layers_1/" not in out

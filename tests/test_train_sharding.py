@@ -38,17 +38,19 @@ def test_the_2x2x2_step_equals_the_one_device_step(eight_devices):
 
 def test_parameters_and_moments_are_split_over_fsdp_and_tensor(eight_devices):
     shards = eight_devices["shards"]
-    # kernels [in, out]: d_model over fsdp (2), heads / feed-forward / vocabulary over tensor (2)
-    assert shards["led/encoder/layers_0/self_attn/longformer_self_attn/query/kernel"] == [[32, 32], [16, 16]]
-    assert shards["led/encoder/layers_0/self_attn/output/kernel"] == [[32, 32], [16, 16]]
-    assert shards["led/encoder/layers_0/fc1/kernel"] == [[32, 64], [16, 32]]
-    assert shards["led/decoder/layers_0/fc2/kernel"] == [[64, 32], [32, 16]]
+    # kernels [layers, in, out] of the scanned runs: the layer axis whole, d_model over fsdp (2), heads /
+    # feed-forward / vocabulary over tensor (2)
+    run = "led/encoder/scan_0_1"
+    assert shards[f"{run}/self_attn/longformer_self_attn/query/kernel"] == [[2, 32, 32], [2, 16, 16]]
+    assert shards[f"{run}/self_attn/output/kernel"] == [[2, 32, 32], [2, 16, 16]]
+    assert shards[f"{run}/fc1/kernel"] == [[2, 32, 64], [2, 16, 32]]
+    assert shards["led/decoder/scan_0_1/fc2/kernel"] == [[2, 64, 32], [2, 32, 16]]
     assert shards["led/shared/embedding"] == [[96, 32], [48, 16]]
     assert shards["led/encoder/embed_positions/embedding"] == [[64, 32], [64, 16]]
-    assert shards["led/encoder/layers_0/final_layer_norm/scale"] == [[32], [16]]
-    assert shards["led/encoder/layers_0/fc1/bias"] == [[64], [32]]
+    assert shards[f"{run}/final_layer_norm/scale"] == [[2, 32], [2, 16]]
+    assert shards[f"{run}/fc1/bias"] == [[2, 64], [2, 32]]
     # AdamW's moments are sharded as their parameters
-    assert list(eight_devices["moment_shards"].values()) == [[16, 32], [16, 32]]
+    assert list(eight_devices["moment_shards"].values()) == [[2, 16, 32], [2, 16, 32]]
     # the batch [accum, 8 examples, tokens]: examples over data x fsdp = 4 devices
     assert eight_devices["batch_shard"] == [2, 2, 24]
 
@@ -63,7 +65,7 @@ def test_led_base_and_large_dry_runs_fit_their_meshes(eight_devices):
     assert 1.71 * gib < large["params_bytes"][1] < 1.72 * gib
     assert base["state_bytes"][0] < base["state_bytes"][1] / 7.9  # everything split 8 ways
     assert large["state_bytes"][0] < large["state_bytes"][1] / 6.5  # the vocabulary (50265) stays whole on tensor
-    assert base["fc1_shard"] == [96, 3072] and large["fc1_shard"] == [256, 2048]
+    assert base["fc1_shard"] == [6, 96, 3072] and large["fc1_shard"] == [12, 256, 2048]  # [layers, in, out]
     assert large["kept_whole"] == ["final_logits_bias vocab=50265", "led/shared/embedding vocab=50265"]
     assert base["batch_shard"] == [2, 1, 16384] and large["batch_shard"] == [4, 2, 16384]
     assert base["loss_shape"] == [] == large["loss_shape"]

@@ -128,9 +128,9 @@ def test_label_smoothing_changes_the_loss_and_zero_is_plain_cross_entropy(refere
     assert float(smooth) != pytest.approx(float(plain), rel=1e-3)
 
 
-def test_bfloat16_compute_with_gradient_checkpointing_tracks_the_reference(reference_step):
+def test_bfloat16_compute_with_remat_tracks_the_reference(reference_step):
     config, params, batch, _, (loss, grads, *_) = reference_step
-    model = model_for(config, "conditional_generation", dtype=jax.numpy.bfloat16, gradient_checkpointing=True)
+    model = model_for(config, "conditional_generation", dtype=jax.numpy.bfloat16, remat="full")
     ours_loss, _, ours_grads = jax.jit(lambda p, b: step_lib.loss_and_grads(model, p, b, jax.random.PRNGKey(0)))(
         params, {k: v[None] for k, v in batch.items()})
     flat = convert.to_state_dict(config, jax.device_get(ours_grads))

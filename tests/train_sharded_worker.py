@@ -15,7 +15,7 @@ from train import config as config_lib, step as step_lib  # noqa: E402
 from train.dry_run import plan  # noqa: E402
 
 out = {"devices": len(jax.devices())}
-config = LEDConfig(vocab_size=96, d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=4,
+config = LEDConfig(vocab_size=96, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
                    decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, attention_window=8,
                    max_encoder_position_embeddings=64, max_decoder_position_embeddings=32, dropout=0.0)
 model = model_for(config, "conditional_generation")
@@ -63,7 +63,7 @@ out["shards"] = {k: [list(v.shape), list(v.addressable_shards[0].data.shape)] fo
 mu = {}
 for k, v in jax.tree_util.tree_leaves_with_path(state["opt_state"]):
     names = "/".join(str(x.key) for x in k if isinstance(x, jax.tree_util.DictKey))
-    if names.endswith("encoder/layers_0/fc1/kernel"):
+    if names.endswith("encoder/scan_0_1/fc1/kernel"):
         mu[jax.tree_util.keystr(k)] = list(v.addressable_shards[0].data.shape)
 out["moment_shards"] = mu
 b = step_lib.global_batch(batches[0], mesh)
@@ -73,7 +73,8 @@ here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 for name in ("led-base-16384", "led-large-16384"):
     cfg = config_lib.load(os.path.join(here, "configs", f"{name}.yaml"))
     p = plan(cfg, step=name == "led-base-16384")  # the step's eval_shape once: it traces the whole model
-    fc1 = p.setup.state["params"]["led"]["encoder"]["layers_0"]["fc1"]["kernel"]
+    encoder = p.setup.state["params"]["led"]["encoder"]
+    fc1 = encoder[next(k for k in encoder if k.startswith("scan_"))]["fc1"]["kernel"]  # the one scanned run
     out[name] = {"mesh": dict(p.setup.mesh.shape), "params_bytes": p.params_bytes, "state_bytes": p.state_bytes,
                  "fc1_shard": list(fc1.sharding.shard_shape(tuple(fc1.shape))),
                  "batch_shard": list(p.batch_shard), "kept_whole": p.kept_whole,

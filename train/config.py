@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -31,7 +32,11 @@ class ModelConfig:
     init: str = "scratch"  # "scratch", or a led-flax checkpoint / HF LED directory to fine-tune
     led: dict = field(default_factory=dict)  # LEDConfig fields for a model made from scratch
     dtype: str = "float32"  # compute dtype: float32 or bfloat16 (master weights stay float32)
-    gradient_checkpointing: bool = False  # nn.remat each encoder and decoder layer
+    # what each layer keeps for the backward pass: none (everything), full (its input only: the layer
+    # is recomputed), save_dots (its input and its weight matmuls' outputs). `gradient_checkpointing:
+    # true/false`, the old key, still reads as full/none.
+    remat: str = "none"
+    scan_layers: bool = True  # layers as nn.scan over stacked parameters; false: unrolled (for comparison)
     dropout: bool = True  # apply the config's dropout and layerdrop while training
 
 
@@ -189,9 +194,30 @@ def from_dict(data: dict, overrides=()) -> TrainConfig:
             raise TrainConfigError(f"--set {item!r}: write key=value, for example optimizer.learning_rate=1e-4")
         key, raw = item.split("=", 1)
         _set(data, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+    _read_aliases(data)
     config = _build(TrainConfig, data, "")
     validate(config)
     return config
+
+
+def _read_aliases(data: dict) -> None:
+    """Old keys that still read, with a message naming the new one: model.gradient_checkpointing (bool)
+    is model.remat full/none."""
+    model = data.get("model")
+    if not isinstance(model, dict) or "gradient_checkpointing" not in model:
+        return
+    model = data["model"] = dict(model)
+    old = model.pop("gradient_checkpointing")
+    if not isinstance(old, bool):
+        raise TrainConfigError(f"model.gradient_checkpointing must be true or false, not {old!r}; it is now "
+                               f"model.remat (none, full or save_dots)")
+    new = "full" if old else "none"
+    if "remat" in model and model["remat"] != new:
+        raise TrainConfigError(f"model.gradient_checkpointing {str(old).lower()} (the old key) contradicts "
+                               f"model.remat {model['remat']}; keep model.remat only")
+    model["remat"] = new
+    logging.getLogger("led_flax.train").warning(
+        "model.gradient_checkpointing is now model.remat: read as model.remat: %s", new)
 
 
 def load(path: str | os.PathLike, overrides=()) -> TrainConfig:
@@ -217,6 +243,7 @@ def _choice(where: str, value, allowed) -> None:
 def validate(c: TrainConfig) -> None:
     """The checks a config passes on its own (run when it is read). Raises TrainConfigError."""
     _choice("model.dtype", c.model.dtype, ("float32", "bfloat16"))
+    _choice("model.remat", c.model.remat, ("none", "full", "save_dots"))
     _choice("data.source", c.data.source, ("aclsum", "jsonl", "datasets"))
     _choice("optimizer.schedule", c.optimizer.schedule, ("linear", "cosine", "constant"))
     if c.data.source in ("jsonl", "datasets") and not c.data.train_file:

@@ -6,6 +6,8 @@ and fails where the run would."""
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass
 
 import flax.linen as nn
@@ -58,7 +60,7 @@ def dry_run(cfg: TrainConfig) -> str:
     gib = 2 ** 30
     n_params = sum(x.size for x in jax.tree_util.tree_leaves(s.state["params"]))
     lines = [f"model: {cfg.model.init} ({n_params:,} parameters), compute {cfg.model.dtype}, "
-             f"gradient checkpointing {cfg.model.gradient_checkpointing}",
+             f"remat {cfg.model.remat}, scan_layers {cfg.model.scan_layers}",
              f"mesh: {dict(s.mesh.shape)} over {s.mesh.devices.size} devices",
              f"params: {p.params_bytes[1] / gib:.3f} GiB, {p.params_bytes[0] / gib:.3f} GiB per device",
              f"train state (params + AdamW moments): {p.state_bytes[1] / gib:.3f} GiB, "
@@ -66,10 +68,11 @@ def dry_run(cfg: TrainConfig) -> str:
              f"batch [accum, examples, tokens] per device: {p.batch_shard}"]
     flat = jax.tree_util.tree_leaves_with_path(s.state["params"])
     specs = jax.tree_util.tree_leaves(s.shardings["params"])
-    lines.append("parameter shardings (first encoder and decoder layer; the others repeat them):")
+    lines.append("parameter shardings (the first encoder and decoder layer or scanned run; the others repeat "
+                 "them):")
     for (keys, leaf), sh in zip(flat, specs):
         path = shd.path_of(keys)
-        if "layers_" in path and not ("layers_0/" in path):
+        if re.search(r"/(layers_[1-9]\d*|scan_[1-9]\d*_\d+)/", path):
             continue
         lines.append(f"  {path:<72} {str(tuple(leaf.shape)):<16} {str(sh.spec):<28} shard "
                      f"{sh.shard_shape(tuple(leaf.shape))}")

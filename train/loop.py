@@ -7,11 +7,11 @@ that `led-flax summarize` reads) and `output_dir/hf` (an HF directory that trans
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
 import os
-import shutil
 import signal
 import time
 
@@ -22,7 +22,7 @@ from jax.experimental import multihost_utils
 from led_flax import checkpoint as ckpt_format
 from led_flax import sharding as shd
 from led_flax.config import LEDConfig
-from led_flax.files import atomic_directory, write_atomic
+from led_flax.files import write_atomic
 from led_flax.tokenizer import LEDTokenizer
 
 from . import data as data_lib
@@ -78,6 +78,15 @@ class Job:
         self.setup = step_lib.build_setup(cfg, self._tokenizer_and_model())
         self._data()
 
+    def restore(self, ckpts: Checkpoints, step: int) -> dict:
+        """The train state of checkpoint `step`, in this run's parameter layout and shardings, with the
+        data iterator moved to its saved position."""
+        def abstract_for(scan_layers: bool) -> dict:  # the state as a checkpoint of either layout holds it
+            model = dataclasses.replace(self.cfg.model, scan_layers=scan_layers)
+            return step_lib.build_setup(dataclasses.replace(self.cfg, model=model), self.setup.config).state
+        return ckpts.restore(step, self.setup.state, self.batches.iterator, config=self.setup.config,
+                             scan_layers=self.cfg.model.scan_layers, abstract_for=abstract_for)
+
     # ------------------------------------------------------------------ setup
     def _tokenizer_and_model(self) -> LEDConfig:
         """Sets the tokenizer (and the pretrained weights); returns the model's LEDConfig."""
@@ -85,7 +94,7 @@ class Job:
         init = cfg.model.init
         self.pretrained = None
         if init != "scratch":
-            loaded = load_pretrained(init)
+            loaded = load_pretrained(init, self.cfg.model.scan_layers)
             config, self.pretrained, model_dir = loaded.config, loaded.params, loaded.source
         if cfg.tokenizer.path:
             tok_dir = cfg.tokenizer.path
@@ -186,10 +195,8 @@ class Job:
                      if os.path.isfile(os.path.join(self.tokenizer_dir, f))]
         ckpt_format.save(os.path.join(self.out, "final"), config, host, extra_files=tok_files + [gen_path],
                          overwrite=True)
-        with atomic_directory(os.path.join(self.out, "hf"), overwrite=True) as hf_tmp:
-            convert.to_hf(config, host, hf_tmp)
-            for f in tok_files + [gen_path]:
-                shutil.copy2(f, hf_tmp)
+        convert.to_hf_directory(config, host, os.path.join(self.out, "hf"), extra_files=tok_files + [gen_path],
+                                overwrite=True)
 
 
 def _check_config_unchanged(out: str, cfg: TrainConfig, resuming: bool) -> None:
@@ -217,7 +224,7 @@ def run(cfg: TrainConfig, *, progress: bool = True) -> dict:
         _check_config_unchanged(job.out, cfg, latest is not None)
     setup = job.setup
     if latest is not None:
-        state = ckpts.restore(latest, setup.state, job.batches.iterator)
+        state = job.restore(ckpts, latest)
         metrics_log.truncate(latest)
         log.info("resumed from step %d (%s)", latest, ckpts.directory)
     else:
@@ -283,7 +290,7 @@ def run(cfg: TrainConfig, *, progress: bool = True) -> dict:
                             f", {k} {v:.2f}" for k, v in scores.items()))
             every = cfg.checkpoint.every_steps
             if final or (every and done % every == 0):
-                ckpts.save(done, state, job.batches.iterator, metrics)
+                ckpts.save(done, state, job.batches.iterator, cfg.model.scan_layers, metrics)
                 _fault("kill_during_save", done)
         ckpts.wait()
         job.export(state["params"])

@@ -49,12 +49,12 @@ def architecture(cfg: TrainConfig) -> LEDConfig:
                            f"(led-flax convert {init} DIR) and point model.init at DIR")
 
 
-def load_pretrained(init: str) -> LoadedModel:
+def load_pretrained(init: str, scan_layers: bool = True) -> LoadedModel:
     """`model.init`, a led-flax checkpoint, an HF LED directory or a hub id, loaded for summarization
-    fine-tuning."""
+    fine-tuning, its params in the layout `scan_layers` names."""
     import convert
     try:
-        return convert.load(init, head="conditional_generation").require_head("conditional_generation",
+        return convert.load(init, head="conditional_generation", scan_layers=scan_layers).require_head("conditional_generation",
                                                                               "summarization fine-tuning")
     except convert.HubError as e:
         raise TrainConfigError(f"model.init: {e}; or run `led-flax convert {init} checkpoints/"

@@ -145,8 +145,9 @@ def build_setup(cfg: TrainConfig, led_config: LEDConfig, devices=None) -> Setup:
     check(cfg, led_config, mesh, jax.process_count())
     dtype = jnp.bfloat16 if cfg.model.dtype == "bfloat16" else jnp.float32
     model = model_for(led_config, "conditional_generation", dtype=dtype, param_dtype=jnp.float32,
-                      gradient_checkpointing=cfg.model.gradient_checkpointing)
-    eval_model = model_for(led_config, "conditional_generation", dtype=dtype, param_dtype=jnp.float32)
+                      remat=cfg.model.remat, scan_layers=cfg.model.scan_layers)
+    eval_model = model_for(led_config, "conditional_generation", dtype=dtype, param_dtype=jnp.float32,
+                           scan_layers=cfg.model.scan_layers)
     tx = optimizer(cfg.optimizer, cfg.steps)
     shapes = jax.eval_shape(fresh_state(model, tx, cfg.seed), jax.random.PRNGKey(0))
     shardings = state_shardings(shapes, tx, mesh)
