@@ -126,11 +126,14 @@ def _body_prefix(head: str) -> str:
 
 
 def _resolve_tied(state: dict, prefix: str, config: LEDConfig) -> tuple[dict, list[str]]:
-    """Fold the tied copies (4.x's embed_tokens and lm_head) into `shared`, checking they are equal."""
+    """Fold the tied copies (4.x's embed_tokens and lm_head) into `shared`, checking they are equal. An
+    untied checkpoint (tie_word_embeddings false) keeps its four matrices, each mapped on its own."""
     state = dict(state)
+    if not config.tie_word_embeddings:
+        return state, []
     shared = prefix + "shared.weight"
     copies = [prefix + "encoder.embed_tokens.weight", prefix + "decoder.embed_tokens.weight"]
-    if config.tie_word_embeddings and prefix:
+    if prefix:
         copies.append("lm_head.weight")
     present = [k for k in copies if k in state]
     if shared not in state and present:

@@ -16,7 +16,7 @@ import numpy as np
 _LINEAR = ("query|key|value|query_global|key_global|value_global|output|q_proj|k_proj|v_proj|out_proj"
            "|fc1|fc2|dense|qa_outputs|lm_head")
 _NORM = "layernorm_embedding|self_attn_layer_norm|encoder_attn_layer_norm|final_layer_norm"
-_EMBED = "shared|embed_positions"
+_EMBED = "shared|embed_positions|embed_tokens"
 
 
 def _transpose(x):

@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .inputs import merged_encoder_mask, token_roles
+
 
 def _neg(dtype) -> float:
     return float(jnp.finfo(dtype).min)
@@ -37,20 +39,26 @@ def softmax_dtype(dtype):
 def count_global_slots(global_attention_mask, attention_mask=None, num_slots: int | None = None) -> int:
     """Host-side: the static number of global slots for a batch.
 
-    By default the batch's largest global count rounded up to a power of two (0 when no token is
-    global), so nearby counts share one compiled program. Raises if the batch has more global tokens
-    than `num_slots`: they would otherwise be silently dropped.
+    The global tokens are those the reference reads as global from both masks (`inputs.merged_encoder_mask`:
+    a 2 in attention_mask counts too). By default the batch's largest global count rounded up to a power
+    of two (0 when no token is global), so nearby counts share one compiled program. Raises if the
+    batch has more global tokens than `num_slots`: they would otherwise be dropped. Traced masks cannot
+    be counted: pass `num_slots`; a traced example with more global tokens than slots comes out of the
+    encoder as NaN (see `global_overflow`).
     """
-    if global_attention_mask is None:
-        return num_slots or 0
     if isinstance(global_attention_mask, jax.core.Tracer):
         if num_slots is None:
             raise ValueError("global_attention_mask is traced (inside jax.jit): pass num_global_slots= "
                              "as a static int so the number of global slots is known at trace time")
         return num_slots
-    g = np.asarray(global_attention_mask) > 0
-    if attention_mask is not None and not isinstance(attention_mask, jax.core.Tracer):
-        g &= np.asarray(attention_mask) > 0
+    if isinstance(attention_mask, jax.core.Tracer):
+        if num_slots is not None:
+            return num_slots
+        attention_mask = None  # count the host-side global mask's tokens (a traced 2 cannot be seen)
+    merged = merged_encoder_mask(attention_mask, global_attention_mask)
+    if merged is None:
+        return num_slots or 0
+    g = token_roles(np.asarray(merged))[1]
     count = int(g.sum(axis=-1).max()) if g.size else 0
     if num_slots is None:
         return 0 if count == 0 else 1 << (count - 1).bit_length()
@@ -58,6 +66,12 @@ def count_global_slots(global_attention_mask, attention_mask=None, num_slots: in
         raise ValueError(f"a sequence of the batch has {count} global tokens but num_global_slots is "
                          f"{num_slots}; raise num_global_slots to at least {count}")
     return num_slots
+
+
+def global_overflow(is_global, num_slots: int):
+    """[b] bool: the examples with more global tokens than `num_slots` (their extra tokens would be
+    dropped; the encoder turns these examples' outputs into NaN instead)."""
+    return is_global.sum(axis=-1) > num_slots
 
 
 def global_token_indices(is_global, num_slots: int):

@@ -114,6 +114,8 @@ class LEDConfig:
             v = getattr(self, f)
             need(isinstance(v, int) and not isinstance(v, bool) and v > 0, f,
                  f"must be a positive integer, got {v!r}")
+            # token ids, positions and shapes are int32 in the compiled programs
+            need(v < 2**31, f, f"{v} does not fit the int32 ids and shapes of the model; it must be below 2**31")
         for heads in ("encoder_attention_heads", "decoder_attention_heads"):
             need(self.d_model % getattr(self, heads) == 0, heads,
                  f"d_model ({self.d_model}) must be divisible by {heads} ({getattr(self, heads)}); "

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from .attention import softmax_dtype
 from .cache import DecoderCache, LayerCache
 from .config import LEDConfig
+from .inputs import check_binary_mask, check_decoder_length
 from .layers import (Embed, check_remat, constrain, dense, dropout, embed_positions, feed_forward, input_embeddings,
                      layer_norm, layerdrop, scan_layers, split_layers, with_remat)
 from .outputs import LEDDecoderOutput
@@ -134,7 +135,7 @@ class LEDDecoder(nn.Module):
     stacked cache); else unrolled. remat: what each layer keeps for the backward pass."""
 
     config: LEDConfig
-    embed_tokens: Embed
+    shared: Embed | None  # the tied token embeddings; None: the stack's own `embed_tokens` (untied)
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     remat: str = "none"
@@ -143,6 +144,8 @@ class LEDDecoder(nn.Module):
     def setup(self):
         cfg = self.config
         check_remat(self.remat)
+        self.embed_tokens = self.shared if self.shared is not None else Embed(
+            cfg.vocab_size, cfg.d_model, cfg.init_std, cfg.pad_token_id, self.dtype, self.param_dtype)
         self.embed_positions = Embed(cfg.max_decoder_position_embeddings, cfg.d_model, cfg.init_std,
                                      dtype=self.dtype, param_dtype=self.param_dtype)
         if self.scan_layers:
@@ -194,11 +197,10 @@ class LEDDecoder(nn.Module):
         inputs_embeds = input_embeddings(self, input_ids, inputs_embeds,
                                          ("decoder_input_ids", "decoder_inputs_embeds"))
         b, t = inputs_embeds.shape[:2]
+        check_binary_mask(attention_mask, "decoder_attention_mask")
 
         if cache is None:
-            if t > cfg.max_decoder_position_embeddings:
-                raise ValueError(f"the decoder input has {t} tokens but the decoder has "
-                                 f"{cfg.max_decoder_position_embeddings} positions; truncate the labels")
+            check_decoder_length(t, cfg, "decoder_input_ids (or decoder_inputs_embeds)")
             positions = jnp.arange(t)
             self_mask = None
             if t > 1:  # the reference builds no mask at all for a single uncached token
@@ -213,7 +215,7 @@ class LEDDecoder(nn.Module):
                 self_mask = self_mask & (attention_mask > 0)[:, None, None, :]
         cross_mask = None
         if encoder_attention_mask is not None:
-            cross_mask = (encoder_attention_mask > 0)[:, None, None, :]  # [b, 1, 1, n]
+            cross_mask = (encoder_attention_mask != 0)[:, None, None, :]  # [b, 1, 1, n]: any non-zero attends, as there
 
         hidden = embed_positions(self, inputs_embeds, positions, deterministic)
 

@@ -17,9 +17,10 @@ import flax.linen as nn
 import jax.numpy as jnp
 from flax import struct
 
-from .attention import (FactoredProjection, count_global_slots, gather_rows, global_token_indices,
+from .attention import (FactoredProjection, count_global_slots, gather_rows, global_overflow, global_token_indices,
                         longformer_self_attention)
 from .config import LEDConfig
+from .inputs import merged_encoder_mask, token_roles
 from .layers import (Embed, check_remat, constrain, dense, dropout, embed_positions, feed_forward, input_embeddings,
                      layer_norm, layerdrop, scan_layers, split_layers, with_remat)
 from .outputs import LEDEncoderBaseModelOutput
@@ -150,7 +151,7 @@ class LEDEncoder(nn.Module):
     keeps for the backward pass (`layers.REMAT_POLICIES`)."""
 
     config: LEDConfig
-    embed_tokens: Embed
+    shared: Embed | None  # the tied token embeddings; None: the stack's own `embed_tokens` (untied)
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     remat: str = "none"
@@ -159,6 +160,8 @@ class LEDEncoder(nn.Module):
     def setup(self):
         cfg = self.config
         check_remat(self.remat)
+        self.embed_tokens = self.shared if self.shared is not None else Embed(
+            cfg.vocab_size, cfg.d_model, cfg.init_std, cfg.pad_token_id, self.dtype, self.param_dtype)
         self.embed_positions = Embed(cfg.max_encoder_position_embeddings, cfg.d_model, cfg.init_std,
                                      dtype=self.dtype, param_dtype=self.param_dtype)
         if self.scan_layers:  # one module per run, its parameters stacked along a leading layer axis
@@ -195,10 +198,14 @@ class LEDEncoder(nn.Module):
     def __call__(self, input_ids=None, *, attention_mask=None, global_attention_mask=None, inputs_embeds=None,
                  num_global_slots: int | None = None, deterministic: bool = True,
                  output_attentions: bool = False, output_hidden_states: bool = False) -> LEDEncoderBaseModelOutput:
-        """input_ids or inputs_embeds: [b, n] / [b, n, D]; masks [b, n] (attention_mask 0 for padding,
-        global_attention_mask 1 for global tokens). Returns the last hidden state [b, n, D] and, on
-        request, every layer's hidden states and attention maps. Raises ValueError for inputs longer
-        than the position table or more global tokens than `num_global_slots`."""
+        """input_ids or inputs_embeds: [b, n] / [b, n, D]; masks [b, n] ints, read as the reference reads
+        them (`inputs.merged_encoder_mask`): attention_mask 0 for padding, 1 to attend, 2 for a global
+        token (Longformer's own convention); global_attention_mask 1 for global tokens. Returns the last
+        hidden state [b, n, D] and, on request, every layer's hidden states and attention maps.
+
+        Raises ValueError for inputs longer than the position table or, for masks on the host, more
+        global tokens than `num_global_slots`. Traced masks (inside jax.jit) cannot be counted: an example
+        with more global tokens than `num_global_slots` comes out as NaN."""
         cfg = self.config
         inputs_embeds = input_embeddings(self, input_ids, inputs_embeds, ("input_ids", "inputs_embeds"))
         b, n = inputs_embeds.shape[:2]
@@ -206,16 +213,15 @@ class LEDEncoder(nn.Module):
             raise ValueError(f"the input has {n} tokens but the encoder has "
                              f"{cfg.max_encoder_position_embeddings} positions; truncate the input")
         slots = count_global_slots(global_attention_mask, attention_mask, num_global_slots)
-        if attention_mask is None:
-            attention_mask = jnp.ones((b, n), jnp.int32)
-        if global_attention_mask is None:
-            global_attention_mask = jnp.zeros((b, n), jnp.int32)
+        merged = merged_encoder_mask(attention_mask, global_attention_mask)
+        real, is_global = token_roles(jnp.ones((b, n), jnp.int32) if merged is None else jnp.asarray(merged))
+        # an example with more global tokens than slots (possible only with traced masks: eager calls
+        # raise above) comes out as NaN rather than with a global token silently dropped
+        overflow = global_overflow(is_global, slots)[:, None, None]  # [b, 1, 1]
 
         # pad on the right to a multiple of the largest window, as the reference does
         window = max(cfg.attention_window)
         pad = -n % window
-        real = attention_mask > 0
-        is_global = (global_attention_mask > 0) & real  # 4.x's -1 padding reads as local
         if pad:
             pad_embed = self.embed_tokens(jnp.full((b, pad), cfg.pad_token_id, jnp.int32))
             inputs_embeds = jnp.concatenate([inputs_embeds, pad_embed], axis=1)
@@ -230,9 +236,10 @@ class LEDEncoder(nn.Module):
         masks = EncoderMasks(real=real, is_global=is_global, global_idx=idx, global_valid=valid)
         hidden, outputs = self._run_layers(hidden, masks, deterministic=deterministic,
                                            output_attentions=output_attentions, output_hidden_states=output_hidden_states)
+        flag = lambda x: jnp.where(overflow, jnp.nan, x[:, :n])
         return LEDEncoderBaseModelOutput(
-            last_hidden_state=hidden[:, :n],
-            hidden_states=tuple(o.hidden_in[:, :n] for o in outputs) + (hidden[:, :n],) if output_hidden_states
+            last_hidden_state=flag(hidden),
+            hidden_states=tuple(flag(o.hidden_in) for o in outputs) + (flag(hidden),) if output_hidden_states
             else None,
             attentions=tuple(o.attentions[:, :, :n] for o in outputs) if output_attentions else None,
             # global attentions are kept at the padded length, as in HF

@@ -42,15 +42,20 @@ def span_loss(start_logits, end_logits, start_positions, end_positions):
     return (one(start_logits, start_positions) + one(end_logits, end_positions)) / 2
 
 
+def problem_type_of(problem_type: str | None, num_labels: int, labels_dtype) -> str:
+    """`problem_type`, or (None) the one transformers infers from the number of labels and their dtype."""
+    if problem_type is not None:
+        return problem_type
+    if num_labels == 1:
+        return "regression"
+    if jnp.issubdtype(labels_dtype, jnp.integer):
+        return "single_label_classification"
+    return "multi_label_classification"
+
+
 def classification_loss(logits, labels, problem_type: str | None, num_labels: int):
     """The reference sequence-classification loss; `problem_type` None is inferred as in transformers."""
-    if problem_type is None:
-        if num_labels == 1:
-            problem_type = "regression"
-        elif jnp.issubdtype(labels.dtype, jnp.integer):
-            problem_type = "single_label_classification"
-        else:
-            problem_type = "multi_label_classification"
+    problem_type = problem_type_of(problem_type, num_labels, labels.dtype)
     logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
     if problem_type == "regression":
         if num_labels == 1:

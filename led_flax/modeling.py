@@ -22,7 +22,7 @@ from .attention import softmax_dtype
 from .config import LEDConfig
 from .decoder import LEDDecoder
 from .encoder import LEDEncoder
-from .inputs import is_traced, shift_tokens_right
+from .inputs import check_decoder_length, check_labels, is_traced, shift_tokens_right
 from .layers import Embed, dense, dropout
 from .outputs import (LEDEncoderBaseModelOutput, LEDSeq2SeqLMOutput, LEDSeq2SeqModelOutput,
                       LEDSeq2SeqQuestionAnsweringModelOutput, LEDSeq2SeqSequenceClassifierOutput)
@@ -48,8 +48,11 @@ class LEDModel(nn.Module):
         self.shared = Embed(cfg.vocab_size, cfg.d_model, cfg.init_std, cfg.pad_token_id, self.dtype,
                             self.param_dtype)
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, remat=self.remat, scan_layers=self.scan_layers)
-        self.encoder = LEDEncoder(cfg, self.shared, **kw)
-        self.decoder = LEDDecoder(cfg, self.shared, **kw)
+        # tied (the default): both stacks look tokens up in `shared`; untied (tie_word_embeddings false, as
+        # transformers 5 saves it): each stack has its own `embed_tokens`, and `shared` is kept unused
+        tied = self.shared if cfg.tie_word_embeddings else None
+        self.encoder = LEDEncoder(cfg, tied, **kw)
+        self.decoder = LEDDecoder(cfg, tied, **kw)
 
     def encode(self, input_ids=None, attention_mask=None, global_attention_mask=None, inputs_embeds=None, *,
                num_global_slots=None, deterministic=True, output_attentions=False, output_hidden_states=False):
@@ -80,9 +83,13 @@ class LEDModel(nn.Module):
                  decoder_inputs_embeds=None, *, num_global_slots=None, deterministic=True,
                  output_attentions=False, output_hidden_states=False):
         cfg = self.config
+        if not cfg.tie_word_embeddings and self.is_initializing():
+            self.shared.embedding  # creates the untied checkpoint's unused `shared` table, which nothing calls
         if decoder_input_ids is None and decoder_inputs_embeds is None:
             if input_ids is None:
                 raise ValueError("without input_ids, pass decoder_input_ids or decoder_inputs_embeds")
+            check_decoder_length(input_ids.shape[1], cfg, "input_ids, which the decoder input is shifted from when "
+                                 "decoder_input_ids are not given (or pass decoder_input_ids)")
             decoder_input_ids = shift_tokens_right(input_ids, cfg.pad_token_id, cfg.decoder_start_token_id)
         flags = dict(deterministic=deterministic, output_attentions=output_attentions,
                      output_hidden_states=output_hidden_states)
@@ -170,7 +177,9 @@ class LEDForConditionalGeneration(_LEDHead):
                  labels=None, *, num_global_slots=None, deterministic=True, output_attentions=False,
                  output_hidden_states=False):
         cfg = self.config
+        check_labels(labels, cfg.vocab_size)
         if labels is not None and decoder_input_ids is None and decoder_inputs_embeds is None:
+            check_decoder_length(labels.shape[1], cfg, "labels, which the decoder input is shifted from")
             decoder_input_ids = shift_tokens_right(labels, cfg.pad_token_id, cfg.decoder_start_token_id)
         out = self.body(input_ids, attention_mask, decoder_input_ids, decoder_attention_mask, encoder_outputs,
                         global_attention_mask, inputs_embeds, decoder_inputs_embeds,
@@ -215,6 +224,9 @@ class LEDForSequenceClassification(_LEDHead):
             if len(set(counts.tolist())) > 1 or counts.min() == 0:
                 raise ValueError(f"every example needs the same, non-zero number of eos tokens "
                                  f"(id {cfg.eos_token_ids[0]}); found {counts.tolist()}")
+        if labels is not None and losses.problem_type_of(cfg.problem_type, cfg.num_labels, jnp.asarray(labels).dtype) \
+                == "single_label_classification":
+            check_labels(labels, cfg.num_labels)  # the reference raises "Target ... out of bounds"
         if decoder_input_ids is not None and decoder_input_ids.shape != input_ids.shape:
             raise ValueError(f"the head pools the decoder state at the input's last eos, so decoder_input_ids "
                              f"must have the input's shape {input_ids.shape}, not {decoder_input_ids.shape}; "

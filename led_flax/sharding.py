@@ -38,7 +38,7 @@ RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
 # parameter path (regex on the '/'-joined path) -> logical axes, first match wins
 PARAM_AXES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
     (r"final_logits_bias$", (None, "vocab")),
-    (r"shared/embedding$", ("vocab", "embed")),
+    (r"(shared|embed_tokens)/embedding$", ("vocab", "embed")),
     (r"embed_positions/embedding$", ("positions", "embed")),
     (r"lm_head/kernel$", ("embed", "vocab")),
     (r"(query|key|value|query_global|key_global|value_global|q_proj|k_proj|v_proj)/kernel$", ("embed", "heads")),
