@@ -6,15 +6,19 @@ files and generation_config.json travel with the weights both ways.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
+import tempfile
 
 import ml_dtypes  # noqa: F401 - registers numpy's "bfloat16" dtype name
 import numpy as np
 
 from led_flax import checkpoint
 from led_flax.checkpoint import CheckpointError
+from led_flax.config import LEDConfig
 from led_flax.files import atomic_directory
+from led_flax.positions import check_extension, extend_encoder_positions
 
 from .hf import from_hf, to_hf
 from .loader import resolve_source
@@ -31,18 +35,24 @@ class Conversion:
 
 
 def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, head: str | None = None,
-                       dtype=None, overwrite: bool = False, progress=None) -> Conversion:
+                       dtype=None, overwrite: bool = False, progress=None,
+                       max_encoder_positions: int | None = None) -> Conversion:
     """An HF LED checkpoint directory or hub id -> a led-flax checkpoint directory at `dst`.
 
     head: load the weights into this head (see `from_hf`; default the checkpoint's own). dtype: cast
     floating params ("float32", "bfloat16" or a numpy dtype; default keep). overwrite: replace an
     existing `dst`, only once the new checkpoint is complete. progress: an object with `update(n)`
-    (a tqdm bar), advanced once per tensor.
-    Raises FileExistsError (before any work) when `dst` exists without overwrite, CheckpointError
+    (a tqdm bar), advanced once per tensor. max_encoder_positions: extend the encoder's position table
+    to this many rows by tiling it (`led_flax.positions`); config.json and the tokenizer's
+    model_max_length say the new length, so transformers reads the result too.
+    Raises ConfigError for an extension that cannot work (not longer, not a multiple of the window),
+    FileExistsError (before any work) when `dst` exists without overwrite, CheckpointError
     when `src` is not an HF LED checkpoint, HubError when a hub id cannot be fetched, and
     MappingError when the weights do not fit their config.
     """
     dst = os.path.abspath(os.fspath(dst))
+    if max_encoder_positions is not None:  # refused before any work
+        check_extension(LEDConfig.from_hf(resolve_source(src)), max_encoder_positions)
     if os.path.exists(dst) and not overwrite:
         raise FileExistsError(f"{dst} already exists; pass overwrite=True (--overwrite) to replace it")
     directory = resolve_source(src)
@@ -52,9 +62,26 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, head: 
     config, params = from_hf(directory, head=head, dtype=None if dtype is None else np.dtype(dtype),
                              progress=progress, scan_layers=False)  # the per-layer layout, as saved
     extra = checkpoint.companion_files(directory)
-    path = checkpoint.save(dst, config, params, extra_files=extra, overwrite=overwrite)
+    with tempfile.TemporaryDirectory() as scratch:
+        if max_encoder_positions is not None:
+            config, params = extend_encoder_positions(config, params, max_encoder_positions)
+            extra = [_with_max_length(f, max_encoder_positions, scratch) for f in extra]
+        path = checkpoint.save(dst, config, params, extra_files=extra, overwrite=overwrite)
     return Conversion(path=path, head=checkpoint.head_of(params),
                       extra_files=tuple(os.path.basename(f) for f in extra))
+
+
+def _with_max_length(path: str, n: int, scratch: str) -> str:
+    """tokenizer_config.json with model_max_length n (a copy in `scratch`); other files as they are."""
+    if os.path.basename(path) != "tokenizer_config.json":
+        return path
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    data["model_max_length"] = n
+    out = os.path.join(scratch, "tokenizer_config.json")
+    with open(out, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2)
+    return out
 
 
 def to_hf_directory(config, params, dst: str | os.PathLike, *, extra_files=(), overwrite: bool = False) -> str:

@@ -32,7 +32,8 @@ DEMO_GENERATION = {"num_beams": 4, "no_repeat_ngram_size": 3, "length_penalty": 
 def cmd_convert(args) -> int:
     with tqdm(desc="convert tensors", unit="tensor", disable=args.quiet) as bar:
         done = convert.convert_checkpoint(args.src, args.dst, head=args.head, dtype=args.dtype,
-                                          overwrite=args.overwrite, progress=bar)
+                                          overwrite=args.overwrite, progress=bar,
+                                          max_encoder_positions=args.max_encoder_positions)
     print(f"wrote {done.path} ({done.head}, {len(done.extra_files)} tokenizer/generation files)")
     return 0
 
@@ -205,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dst", help="the led-flax checkpoint directory to write")
     p.add_argument("--head", choices=list(HEAD_TO_ARCHITECTURE), help="load into this head (default: the checkpoint's)")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], help="cast the params (default: keep)")
+    p.add_argument("--max-encoder-positions", type=int, metavar="N",
+                   help="extend the encoder's position table to N rows by tiling it, for inputs longer than the "
+                        "checkpoint's (N: larger than the table, a multiple of the largest attention window)")
     p.add_argument("--overwrite", action="store_true", help="replace DST once the new checkpoint is complete")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_convert)

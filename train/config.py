@@ -37,6 +37,9 @@ class ModelConfig:
     # true/false`, the old key, still reads as full/none.
     remat: str = "none"
     scan_layers: bool = True  # layers as nn.scan over stacked parameters; false: unrolled (for comparison)
+    # extend the encoder's position table of model.init to this many rows by tiling it (longer inputs
+    # than the checkpoint's, e.g. 32768; a multiple of the largest window); null: keep the table
+    max_encoder_positions: int | None = None
     dropout: bool = True  # apply the config's dropout and layerdrop while training
 
 

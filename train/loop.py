@@ -94,7 +94,7 @@ class Job:
         init = cfg.model.init
         self.pretrained = None
         if init != "scratch":
-            loaded = load_pretrained(init, self.cfg.model.scan_layers)
+            loaded = load_pretrained(cfg)
             config, self.pretrained, model_dir = loaded.config, loaded.params, loaded.source
         if cfg.tokenizer.path:
             tok_dir = cfg.tokenizer.path
