@@ -12,6 +12,13 @@ masked):
   `key_global`/`value_global` of every token, and overwrite the local result.
 Rows of padding come out as zeros.
 
+Sequence parallelism: with `sequence_axis` (the name of a mesh axis over which the caller runs these
+functions under `jax.shard_map`), each device holds a contiguous slice of n tokens, whole blocks of
+them. The same functions then fetch one block of keys and values from each neighbouring device
+(`lax.ppermute`), gather the few global tokens' keys and values from whichever device holds them, find
+global-token positions with a scan across devices, and compute the global rows' softmax over all
+tokens from per-device partial maxima, sums and weighted values. n is then the local length.
+
 Shapes: b batch, n length, h heads, d head dim, c blocks, q/k a query/key inside a block (w / 3w),
 g global slots (K).
 """
@@ -68,23 +75,47 @@ def count_global_slots(global_attention_mask, attention_mask=None, num_slots: in
     return num_slots
 
 
-def global_overflow(is_global, num_slots: int):
+def shard_start(n_local: int, sequence_axis: str | None):
+    """The position of this device's first token (0 without sequence sharding)."""
+    if sequence_axis is None:
+        return 0
+    return jax.lax.axis_index(sequence_axis) * n_local
+
+
+def global_count(is_global, sequence_axis: str | None = None):
+    """[b] int: the global tokens of each example (summed over the sequence shards)."""
+    count = is_global.sum(axis=-1)
+    return count if sequence_axis is None else jax.lax.psum(count, sequence_axis)
+
+
+def global_overflow(is_global, num_slots: int, sequence_axis: str | None = None):
     """[b] bool: the examples with more global tokens than `num_slots` (their extra tokens would be
     dropped; the encoder turns these examples' outputs into NaN instead)."""
-    return is_global.sum(axis=-1) > num_slots
+    return global_count(is_global, sequence_axis) > num_slots
 
 
-def global_token_indices(is_global, num_slots: int):
+def global_token_indices(is_global, num_slots: int, sequence_axis: str | None = None):
     """Positions of the global tokens of each row, in order, in `num_slots` static slots.
 
-    is_global: [b, n] bool. Returns idx [b, g] int32 (n in empty slots) and valid [b, g] bool.
+    is_global: [b, n] bool (this device's tokens when sharded). Returns idx [b, g] int32, the tokens'
+    positions in the whole sequence (the whole length in empty slots), and valid [b, g] bool, the same
+    on every device. Sharded, a token's slot is its rank on its device plus the global tokens of the
+    devices before it (an exclusive scan of the per-device counts).
     """
     b, n = is_global.shape
-    rank = jnp.cumsum(is_global, axis=1) - 1  # [b, n]: slot of each global token
+    rank = jnp.cumsum(is_global, axis=1) - 1  # [b, n]: slot of each global token on this device
+    start, total = 0, n
+    if sequence_axis is not None:
+        counts = jax.lax.all_gather(is_global.sum(axis=1), sequence_axis)  # [devices, b]
+        me = jax.lax.axis_index(sequence_axis)
+        rank = rank + jnp.where(jnp.arange(counts.shape[0])[:, None] < me, counts, 0).sum(0)[:, None]
+        start, total = shard_start(n, sequence_axis), n * counts.shape[0]
     slot = jnp.where(is_global, rank, num_slots)  # non-global tokens go to a dropped slot
-    idx = jnp.full((b, num_slots), n, jnp.int32)
-    idx = idx.at[jnp.arange(b)[:, None], slot].set(jnp.arange(n, dtype=jnp.int32)[None, :], mode="drop")
-    return idx, idx < n
+    idx = jnp.full((b, num_slots), total, jnp.int32)
+    idx = idx.at[jnp.arange(b)[:, None], slot].set(start + jnp.arange(n, dtype=jnp.int32)[None, :], mode="drop")
+    if sequence_axis is not None:  # each slot is filled on the one device holding its token
+        idx = jax.lax.pmin(idx, sequence_axis)
+    return idx, idx < total
 
 
 def _band_masks(w: int):
@@ -139,9 +170,22 @@ def _blocks_attention(qb, ks, vs, kms, qmask, global_k, global_v, global_mask, b
     return out * scale[..., None].astype(out.dtype), exps, scale
 
 
+def _halos(x, c: int, sequence_axis: str | None):
+    """x: [b, h, c, ...] blocks -> the block before the first and the block after the last: this
+    device's neighbours' edge blocks when sharded (`ppermute`), zeros at the ends of the sequence."""
+    if sequence_axis is None:
+        zero = jnp.zeros_like(x[:, :, :1])
+        return zero, zero
+    size = jax.lax.axis_size(sequence_axis)
+    prev = jax.lax.ppermute(x[:, :, c - 1:c], sequence_axis, [(i, i + 1) for i in range(size - 1)])
+    nxt = jax.lax.ppermute(x[:, :, :1], sequence_axis, [(i + 1, i) for i in range(size - 1)])
+    return prev, nxt
+
+
 def sliding_window_attention(q, k, v, *, one_sided: int, key_mask, query_mask,
                              global_k=None, global_v=None, global_mask=None,
-                             dropout_rate: float = 0.0, dropout_rng=None, return_probs: bool = False):
+                             dropout_rate: float = 0.0, dropout_rng=None, return_probs: bool = False,
+                             sequence_axis: str | None = None):
     """Banded attention of every row, plus the global keys, in one softmax.
 
     q, k, v: [b, n, h, d] (q already scaled); one_sided: w, half the window.
@@ -154,10 +198,16 @@ def sliding_window_attention(q, k, v, *, one_sided: int, key_mask, query_mask,
     Each block of w queries scores its own block and its two neighbours as three [w, w] products
     (no n×n array, and no 3w-wide copy of the scores); the softmax normalisation is applied to the
     [w, d] output rather than to the [w, 3w] probabilities.
+
+    sequence_axis: sharded over this mesh axis (see the module docstring); n must then be a whole
+    number of blocks.
     """
     b, n, h, d = q.shape
     w = one_sided
     c = -(-n // w)  # blocks
+    if sequence_axis is not None and n % w:
+        raise ValueError(f"a sequence shard of {n} tokens is not a whole number of {w}-token attention blocks; "
+                         f"pad the input to a multiple of the devices times the attention blocks")
     if global_k is not None and global_k.shape[1] == 0:
         global_k = global_v = global_mask = None
     per_block = b * h * w * 3 * w * jnp.dtype(softmax_dtype(q.dtype)).itemsize
@@ -173,8 +223,9 @@ def sliding_window_attention(q, k, v, *, one_sided: int, key_mask, query_mask,
     def blocks(x):  # [b, m, h, d] -> [b, h, c, w, d]
         return x.transpose(0, 2, 1, 3).reshape(b, h, c_pad, w, d)
 
-    def neighbours(x):  # [b, h, c, ...] -> previous, own and next block of each block (zeros past the ends)
-        xp = jnp.pad(x, [(0, 0), (0, 0), (1, 1)] + [(0, 0)] * (x.ndim - 3))
+    def neighbours(x):  # [b, h, c_pad, ...] -> previous, own and next block of each block
+        prev, nxt = _halos(x, c, sequence_axis)  # zeros past the ends of the sequence
+        xp = jnp.concatenate([prev, x[:, :, :c], nxt, x[:, :, c:], jnp.zeros_like(prev)], axis=2)  # [b, h, c_pad + 2, ...]
         return tuple(xp[:, :, i:i + c_pad] for i in range(3))
 
     qb = blocks(q)  # [b, h, c, q, d]
@@ -232,13 +283,24 @@ class FactoredProjection(NamedTuple):
     bias: Any
 
 
-def global_rows_attention(qg, kg, vg, *, key_mask, slot_mask, dropout_rate: float = 0.0, dropout_rng=None):
+def sharded_softmax(scores, sequence_axis: str):
+    """The softmax over a last axis split across devices, left unnormalised: exp(scores - max) with the
+    max over every device's scores, and the denominator summed over them. scores: [..., n_local]
+    float32 -> (exps [..., n_local], denominator [...]). Out = psum(exps @ v) / denominator."""
+    top = jax.lax.pmax(jax.lax.stop_gradient(scores.max(-1, keepdims=True)), sequence_axis)  # [..., 1]
+    exps = jnp.exp(scores - top)
+    return exps, jax.lax.psum(exps.sum(-1), sequence_axis)
+
+
+def global_rows_attention(qg, kg, vg, *, key_mask, slot_mask, dropout_rate: float = 0.0, dropout_rng=None,
+                          sequence_axis: str | None = None):
     """Full attention of the global tokens' rows over every token.
 
     qg: [b, g, h, d] `query_global` of the global tokens (scaled); kg, vg: [b, n, h, d] `key_global`
     and `value_global` of every token, or each a FactoredProjection; key_mask: [b, n] False for
-    padding; slot_mask: [b, g]. Returns out [b, g, h, d] and probs [b, h, g, n]. Empty slots attend
-    uniformly, as in HF.
+    padding; slot_mask: [b, g]. Returns out [b, g, h, d] and probs [b, h, g, n] (None when sharded).
+    Empty slots attend uniformly, as in HF. Sharded over `sequence_axis`, kg, vg and key_mask are this
+    device's tokens and the softmax is combined across devices (`sharded_softmax`).
     """
     sdt = softmax_dtype(qg.dtype)
     if isinstance(kg, FactoredProjection):
@@ -248,7 +310,10 @@ def global_rows_attention(qg, kg, vg, *, key_mask, slot_mask, dropout_rate: floa
         scores = jnp.einsum("bghd,bnhd->bhgn", qg, kg)  # [b, h, g, n]
     allowed = slot_mask[:, None, :, None] & key_mask[:, None, None, :]
     scores = jnp.where(allowed, scores.astype(sdt), _neg(sdt))
-    probs = jax.nn.softmax(scores, axis=-1)
+    if sequence_axis is None:
+        probs = jax.nn.softmax(scores, axis=-1)
+    else:
+        probs, denom = sharded_softmax(scores, sequence_axis)  # unnormalised: divided after the sum
     probs_d = _dropout(probs, dropout_rate, dropout_rng).astype(qg.dtype)
     if isinstance(vg, FactoredProjection):
         mixed = jnp.einsum("bhgn,bnD->bhgD", probs_d, vg.hidden)  # [b, h, g, D]
@@ -256,18 +321,28 @@ def global_rows_attention(qg, kg, vg, *, key_mask, slot_mask, dropout_rate: floa
         out = out + jnp.einsum("bhg,hd->bghd", probs_d.sum(-1), vg.bias)  # the bias, weighted by sum(p)
     else:
         out = jnp.einsum("bhgn,bnhd->bghd", probs_d, vg)  # [b, g, h, d]
-    return out, probs
+    if sequence_axis is None:
+        return out, probs
+    out = jax.lax.psum(out, sequence_axis) / denom.transpose(0, 2, 1)[..., None].astype(out.dtype)  # [b, g, h, d]
+    return out, None
 
 
-def gather_rows(x, idx):
-    """x: [b, n, ...], idx: [b, g] (n marks an empty slot) -> [b, g, ...], empty slots read row n-1."""
-    safe = jnp.minimum(idx, x.shape[1] - 1).reshape(idx.shape + (1,) * (x.ndim - 2))
-    return jnp.take_along_axis(x, safe, axis=1)
+def gather_rows(x, idx, sequence_axis: str | None = None):
+    """x: [b, n, ...], idx: [b, g] positions (the length marks an empty slot) -> [b, g, ...]. Empty slots
+    read row n-1 unsharded, zeros sharded; sharded, each row comes from the device that holds it."""
+    n = x.shape[1]
+    expand = lambda a: a.reshape(idx.shape + (1,) * (x.ndim - 2))
+    if sequence_axis is None:
+        return jnp.take_along_axis(x, expand(jnp.minimum(idx, n - 1)), axis=1)
+    local = idx - shard_start(n, sequence_axis)
+    owned = (local >= 0) & (local < n)
+    rows = jnp.take_along_axis(x, expand(jnp.clip(local, 0, n - 1)), axis=1)
+    return jax.lax.psum(jnp.where(expand(owned), rows, 0).astype(x.dtype), sequence_axis)
 
 
 def longformer_self_attention(q, k, v, q_global, k_global, v_global, *, one_sided: int, real, is_global,
                               global_idx, global_valid, dropout_rate: float = 0.0, dropout_rng=None,
-                              return_probs: bool = False):
+                              return_probs: bool = False, sequence_axis: str | None = None):
     """The whole encoder self-attention of one layer, from projected inputs.
 
     q, k, v: [b, n, h, d] (q scaled); q_global: [b, g, h, d] `query_global` of the global tokens
@@ -276,22 +351,30 @@ def longformer_self_attention(q, k, v, q_global, k_global, v_global, *, one_side
     global_idx, global_valid: [b, g] from `global_token_indices`.
     Returns out [b, n, h, d] and, with return_probs, HF's `attentions` [b, h, n, g + 2w + 1] and
     `global_attentions` [b, h, n, g] (None without global slots).
+    sequence_axis: sharded over this mesh axis (n is this device's tokens); return_probs is then refused.
     """
     b, n = q.shape[:2]
     g = global_idx.shape[1]
+    if sequence_axis is not None and return_probs:
+        raise ValueError("output_attentions is not available with the sequence sharded over devices: the "
+                         "attention maps would be gathered onto one device; run unsharded to inspect them")
     local_rng = global_rng = None
     if dropout_rng is not None:
+        if sequence_axis is not None:  # each device drops its own tokens' terms
+            dropout_rng = jax.random.fold_in(dropout_rng, jax.lax.axis_index(sequence_axis))
         local_rng, global_rng = jax.random.split(dropout_rng)
+    gather = lambda x: gather_rows(x, global_idx, sequence_axis) if g else None
     out, band_probs, gcol_probs = sliding_window_attention(
         q, k, v, one_sided=one_sided, key_mask=real & ~is_global, query_mask=real,
-        global_k=gather_rows(k, global_idx) if g else None, global_v=gather_rows(v, global_idx) if g else None,
-        global_mask=global_valid, dropout_rate=dropout_rate, dropout_rng=local_rng, return_probs=return_probs)
+        global_k=gather(k), global_v=gather(v), global_mask=global_valid, dropout_rate=dropout_rate,
+        dropout_rng=local_rng, return_probs=return_probs, sequence_axis=sequence_axis)
     global_probs = None
     if g:
         gout, global_probs = global_rows_attention(q_global, k_global, v_global, key_mask=real,
                                                    slot_mask=global_valid, dropout_rate=dropout_rate,
-                                                   dropout_rng=global_rng)
-        rows = jnp.where(global_valid, global_idx, n)  # empty slots are dropped
+                                                   dropout_rng=global_rng, sequence_axis=sequence_axis)
+        local = global_idx - shard_start(n, sequence_axis)
+        rows = jnp.where(global_valid & (local >= 0) & (local < n), local, n)  # empty and others' slots dropped
         out = out.at[jnp.arange(b)[:, None], rows].set(gout.astype(out.dtype), mode="drop")
     if not return_probs:
         return out, None, None

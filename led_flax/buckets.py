@@ -9,11 +9,13 @@ from __future__ import annotations
 from typing import Sequence
 
 
-def default_buckets(config, smallest: int = 512, top: int | None = None) -> list[int]:
-    """Powers of two times the largest window, from `smallest` up, ending at `top` (default: the
-    encoder's positions). config: an LEDConfig. Returns ascending token counts."""
-    window = max(config.attention_window)
+def default_buckets(config, smallest: int = 512, top: int | None = None, unit: int | None = None) -> list[int]:
+    """Powers of two times `unit` (default the largest window; with the sequence split over devices,
+    `sequence.length_unit`), from `smallest` up, ending at `top` (default: the encoder's positions,
+    rounded up to the unit). config: an LEDConfig. Returns ascending token counts."""
+    window = unit or max(config.attention_window)
     top = config.max_encoder_position_embeddings if top is None else top
+    top = -(-top // window) * window
     size = max(window, -(-smallest // window) * window)
     out = []
     while size < top:

@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from .attention import softmax_dtype
+from .attention import sharded_softmax, softmax_dtype
 from .cache import DecoderCache, LayerCache
 from .config import LEDConfig
 from .inputs import check_binary_mask, check_decoder_length
@@ -29,6 +29,9 @@ class LEDDecoderAttention(nn.Module):
     config: LEDConfig
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    # cross-attention over an encoder output sharded along this mesh axis (inside `jax.shard_map`): the
+    # softmax over the encoder positions is combined across devices (`attention.sharded_softmax`)
+    sequence_axis: str | None = None
 
     def setup(self):
         cfg = self.config
@@ -66,9 +69,16 @@ class LEDDecoderAttention(nn.Module):
             elif g > 1:
                 mask = jnp.tile(mask, (1, 1, g, 1))
             scores = jnp.where(mask, scores, float(jnp.finfo(sdt).min))
-        probs = jax.nn.softmax(scores, axis=-1)
-        dropped = dropout(self, probs, cfg.attention_dropout, deterministic)
+        if self.sequence_axis is None:
+            probs = jax.nn.softmax(scores, axis=-1)
+        else:  # the keys are this device's encoder positions: normalise after summing over devices
+            if output_attentions:
+                raise ValueError("output_attentions is not available with the sequence sharded over devices")
+            probs, denom = sharded_softmax(scores, self.sequence_axis)
+        dropped = dropout(self, probs, cfg.attention_dropout, deterministic, self.sequence_axis)
         out = jnp.einsum("bhqs,bhsd->bhqd", dropped.astype(self.dtype), v)  # [kb, h, g*t, d]
+        if self.sequence_axis is not None:
+            out = jax.lax.psum(out, self.sequence_axis) / denom[..., None].astype(out.dtype)
         out = out.reshape(kb, h, g, t, hd).transpose(0, 2, 3, 1, 4).reshape(b, t, D)  # [b, t, D]
         probs = probs.reshape(kb, h, g, t, -1).transpose(0, 2, 1, 3, 4).reshape(b, h, t, -1)  # [b, h, t, s]
         return self.out_proj(out), (probs if output_attentions else None)
@@ -78,12 +88,13 @@ class LEDDecoderLayer(nn.Module):
     config: LEDConfig
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    sequence_axis: str | None = None  # the encoder output's sequence sharding (cross-attention only)
 
     def setup(self):
         args = (self.config, self.dtype, self.param_dtype)
         self.self_attn = LEDDecoderAttention(*args)
         self.self_attn_layer_norm = layer_norm(self.dtype, self.param_dtype)
-        self.encoder_attn = LEDDecoderAttention(*args)
+        self.encoder_attn = LEDDecoderAttention(*args, sequence_axis=self.sequence_axis)
         self.encoder_attn_layer_norm = layer_norm(self.dtype, self.param_dtype)
         ffn = partial(dense, self.config, dtype=self.dtype, param_dtype=self.param_dtype)
         self.fc1 = ffn(self.config.decoder_ffn_dim)
@@ -140,6 +151,9 @@ class LEDDecoder(nn.Module):
     param_dtype: Dtype = jnp.float32
     remat: str = "none"
     scan_layers: bool = True
+    # the encoder output is sharded over this mesh axis (inside `jax.shard_map`): the decoder runs whole
+    # on every device, its cross-attention combined across devices
+    sequence_axis: str | None = None
 
     def setup(self):
         cfg = self.config
@@ -148,11 +162,12 @@ class LEDDecoder(nn.Module):
             cfg.vocab_size, cfg.d_model, cfg.init_std, cfg.pad_token_id, self.dtype, self.param_dtype)
         self.embed_positions = Embed(cfg.max_decoder_position_embeddings, cfg.d_model, cfg.init_std,
                                      dtype=self.dtype, param_dtype=self.param_dtype)
+        layer = partial(LEDDecoderLayer, cfg, self.dtype, self.param_dtype, self.sequence_axis)
         if self.scan_layers:
             for start, stop in decoder_runs(cfg):
-                setattr(self, run_name(start, stop), LEDDecoderLayer(cfg, self.dtype, self.param_dtype))
+                setattr(self, run_name(start, stop), layer())
         else:
-            self.layers = [LEDDecoderLayer(cfg, self.dtype, self.param_dtype) for _ in range(cfg.decoder_layers)]
+            self.layers = [layer() for _ in range(cfg.decoder_layers)]
         self.layernorm_embedding = layer_norm(self.dtype, self.param_dtype)
 
     def _runs(self):

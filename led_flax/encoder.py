@@ -14,11 +14,12 @@ from functools import partial
 from typing import Any, NamedTuple
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 from flax import struct
 
 from .attention import (FactoredProjection, count_global_slots, gather_rows, global_overflow, global_token_indices,
-                        longformer_self_attention)
+                        longformer_self_attention, shard_start)
 from .config import LEDConfig
 from .inputs import merged_encoder_mask, token_roles
 from .layers import (Embed, check_remat, constrain, dense, dropout, embed_positions, feed_forward, input_embeddings,
@@ -37,6 +38,8 @@ class EncoderMasks:
     is_global: Any  # [b, n] bool
     global_idx: Any  # [b, g] int32: positions of the global tokens, n in empty slots
     global_valid: Any  # [b, g] bool
+    # the mesh axis the sequence is sharded over (the arrays above hold this device's tokens), or None
+    sequence_axis: str | None = struct.field(pytree_node=False, default=None)
 
 
 class GlobalProjection(nn.Module):
@@ -84,7 +87,7 @@ class LongformerSelfAttention(nn.Module):
         g = masks.global_idx.shape[1]
         qg = kg = vg = None
         if g:
-            gathered = gather_rows(hidden, masks.global_idx)  # [b, g, D]
+            gathered = gather_rows(hidden, masks.global_idx, masks.sequence_axis)  # [b, g, D]
             qg = split((gathered @ qg_w[0] + qg_w[1]) / scale)  # [b, g, h, d]
             if g < hd:  # fold the key/value projections into the few global queries
                 kg, vg = (FactoredProjection(hidden, w.reshape(D, h, hd), bias.reshape(h, hd))
@@ -96,7 +99,7 @@ class LongformerSelfAttention(nn.Module):
         out, probs, global_probs = longformer_self_attention(
             q, k, v, qg, kg, vg, one_sided=cfg.attention_window[self.layer_id] // 2, real=masks.real,
             is_global=masks.is_global, global_idx=masks.global_idx, global_valid=masks.global_valid,
-            dropout_rate=rate, dropout_rng=rng, return_probs=output_attentions)
+            dropout_rate=rate, dropout_rng=rng, return_probs=output_attentions, sequence_axis=masks.sequence_axis)
         return out.reshape(b, n, D), probs, global_probs
 
 
@@ -129,11 +132,12 @@ class LEDEncoderLayer(nn.Module):
         h, probs, global_probs = LEDEncoderAttention(cfg, self.layer_id, self.dtype, self.param_dtype,
                                                      name="self_attn")(
             hidden, masks, deterministic=deterministic, output_attentions=output_attentions)
-        h = dropout(self, h, cfg.dropout, deterministic)
+        h = dropout(self, h, cfg.dropout, deterministic, masks.sequence_axis)
         hidden = layer_norm(self.dtype, self.param_dtype, "self_attn_layer_norm")(residual + h)
         ffn = partial(dense, cfg, dtype=self.dtype, param_dtype=self.param_dtype)
         hidden = feed_forward(self, cfg, hidden, ffn(cfg.encoder_ffn_dim, name="fc1"), ffn(cfg.d_model, name="fc2"),
-                              layer_norm(self.dtype, self.param_dtype, "final_layer_norm"), deterministic)
+                              layer_norm(self.dtype, self.param_dtype, "final_layer_norm"), deterministic,
+                              masks.sequence_axis)
         return hidden, probs, global_probs
 
 
@@ -156,6 +160,9 @@ class LEDEncoder(nn.Module):
     param_dtype: Dtype = jnp.float32
     remat: str = "none"
     scan_layers: bool = True
+    # the mesh axis the sequence is sharded over: the module then runs inside `jax.shard_map` on one
+    # device's contiguous slice of the tokens (see `led_flax.sequence`); None: the whole sequence
+    sequence_axis: str | None = None
 
     def setup(self):
         cfg = self.config
@@ -175,10 +182,11 @@ class LEDEncoder(nn.Module):
                     output_hidden_states: bool):
         """Every layer in order: the last hidden state and each layer's LayerOutputs."""
         cfg = self.config
+        sharded = self.sequence_axis is not None
 
         def one(layer, x, mk):
             new, probs, global_probs = layer(x, mk, deterministic=deterministic, output_attentions=output_attentions)
-            new = constrain(layerdrop(layer, cfg.encoder_layerdrop, deterministic, x, new))
+            new = constrain(layerdrop(layer, cfg.encoder_layerdrop, deterministic, x, new), not sharded)
             return new, LayerOutputs(x if output_hidden_states else None, probs, global_probs)
 
         outputs = []
@@ -205,23 +213,34 @@ class LEDEncoder(nn.Module):
 
         Raises ValueError for inputs longer than the position table or, for masks on the host, more
         global tokens than `num_global_slots`. Traced masks (inside jax.jit) cannot be counted: an example
-        with more global tokens than `num_global_slots` comes out as NaN."""
+        with more global tokens than `num_global_slots` comes out as NaN.
+
+        With `sequence_axis`, n is this device's slice of the sequence (inside `jax.shard_map`): the whole
+        length must already be a multiple of the devices times every layer's attention block and of
+        the largest window (`led_flax.sequence.length_unit`)."""
         cfg = self.config
+        axis = self.sequence_axis
         inputs_embeds = input_embeddings(self, input_ids, inputs_embeds, ("input_ids", "inputs_embeds"))
         b, n = inputs_embeds.shape[:2]
-        if n > cfg.max_encoder_position_embeddings:
-            raise ValueError(f"the input has {n} tokens but the encoder has "
-                             f"{cfg.max_encoder_position_embeddings} positions; truncate the input")
+        total = n if axis is None else n * jax.lax.axis_size(axis)
+        if total > cfg.max_encoder_position_embeddings:
+            raise ValueError(f"the input has {total} tokens but the encoder has "
+                             f"{cfg.max_encoder_position_embeddings} positions; truncate the input, or extend "
+                             f"the position table (led-flax convert --max-encoder-positions)")
         slots = count_global_slots(global_attention_mask, attention_mask, num_global_slots)
         merged = merged_encoder_mask(attention_mask, global_attention_mask)
         real, is_global = token_roles(jnp.ones((b, n), jnp.int32) if merged is None else jnp.asarray(merged))
         # an example with more global tokens than slots (possible only with traced masks: eager calls
         # raise above) comes out as NaN rather than with a global token silently dropped
-        overflow = global_overflow(is_global, slots)[:, None, None]  # [b, 1, 1]
+        overflow = global_overflow(is_global, slots, axis)[:, None, None]  # [b, 1, 1]
 
         # pad on the right to a multiple of the largest window, as the reference does
         window = max(cfg.attention_window)
-        pad = -n % window
+        pad = -total % window
+        if axis is not None and (pad or n % math.lcm(*(w // 2 for w in cfg.attention_window))):
+            raise ValueError(f"{total} tokens split over the sequence devices into shards of {n} are not a multiple of "
+                             f"the largest window {window} and of every layer's attention block per shard; pad the "
+                             f"input to a multiple of led_flax.sequence.length_unit(config, devices)")
         if pad:
             pad_embed = self.embed_tokens(jnp.full((b, pad), cfg.pad_token_id, jnp.int32))
             inputs_embeds = jnp.concatenate([inputs_embeds, pad_embed], axis=1)
@@ -229,11 +248,11 @@ class LEDEncoder(nn.Module):
             is_global = jnp.pad(is_global, [(0, 0), (0, pad)])
         m = n + pad
         # padding positions past the table reuse its last row: they never reach a real token
-        positions = jnp.minimum(jnp.arange(m), cfg.max_encoder_position_embeddings - 1)
-        hidden = embed_positions(self, inputs_embeds, positions, deterministic)
+        positions = jnp.minimum(shard_start(m, axis) + jnp.arange(m), cfg.max_encoder_position_embeddings - 1)
+        hidden = embed_positions(self, inputs_embeds, positions, deterministic, axis)
 
-        idx, valid = global_token_indices(is_global, slots)
-        masks = EncoderMasks(real=real, is_global=is_global, global_idx=idx, global_valid=valid)
+        idx, valid = global_token_indices(is_global, slots, axis)
+        masks = EncoderMasks(real=real, is_global=is_global, global_idx=idx, global_valid=valid, sequence_axis=axis)
         hidden, outputs = self._run_layers(hidden, masks, deterministic=deterministic,
                                            output_attentions=output_attentions, output_hidden_states=output_hidden_states)
         flag = lambda x: jnp.where(overflow, jnp.nan, x[:, :n])

@@ -18,6 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from jax.sharding import PartitionSpec as P
+
+from . import sequence
 from .attention import count_global_slots
 from .generation_config import GenerationConfig
 from .inputs import check_token_ids
@@ -33,11 +36,24 @@ class GenerateOutput:
     scores: Any  # [b * num_return_sequences]: beam search's length-penalised score, else the summed log-prob
 
 
-@partial(jax.jit, static_argnames=("model", "cfg", "slots"))
+@partial(jax.jit, static_argnames=("model", "cfg", "slots", "mesh"))
 def _run(params, input_ids, attention_mask, global_attention_mask, rng, *, model, cfg: GenerationConfig,
-         slots: int):
+         slots: int, mesh):
     """Encoder once, cache once, then the decoding loop: one compiled program per (model, settings,
-    global slots, input shape), held by jax's own jit cache."""
+    global slots, input shape, mesh), held by jax's own jit cache. With a mesh whose sequence axis has
+    several devices, the whole program runs under `jax.shard_map`, each device on its slice of the
+    input (`led_flax.sequence`); the loop runs the same on every device."""
+    search = partial(_search, model=sequence.sharded_model(model, mesh), cfg=cfg, slots=slots)
+    if sequence.devices_of(mesh) == 1:
+        return search(params, input_ids, attention_mask, global_attention_mask, rng)
+    tokens = sequence.TOKENS
+    return jax.shard_map(search, mesh=mesh, in_specs=(P(), tokens, tokens, tokens, P()), out_specs=P(),
+                         axis_names={sequence.SEQUENCE_AXIS})(params, input_ids, attention_mask,
+                                                               global_attention_mask, rng)
+
+
+def _search(params, input_ids, attention_mask, global_attention_mask, rng, *, model, cfg: GenerationConfig,
+            slots: int):
     if model.scan_layers:
         # a decode step reads every weight once: scanning over stacked weights slices (copies) them at
         # every step, 2-3x slower on a CPU, so the loop runs the unrolled layers over per-layer slices
@@ -61,14 +77,17 @@ def _run(params, input_ids, attention_mask, global_attention_mask, rng, *, model
 
 def generate(model, params, input_ids, attention_mask=None, global_attention_mask=None,
              generation_config: GenerationConfig | None = None, prng_key=None, num_global_slots=None,
-             sharding=None, **overrides) -> GenerateOutput:
+             sharding=None, mesh=None, **overrides) -> GenerateOutput:
     """Generates summaries (or any decoder output) for a batch, in one compiled program per
     (batch shape, settings).
 
     input_ids: [b, n]; attention_mask: [b, n] (default all ones); global_attention_mask: [b, n]
-    (default: the first token, as LED's summarization checkpoints expect). sharding: where to put
-    the batch (a NamedSharding over the batch axis spreads it over devices). Returns the sequences
-    (decoder start token first, padded with pad_token_id, trimmed to the longest) and their scores.
+    (default: the first token, as LED's summarization checkpoints expect; transformers puts none).
+    sharding: where to put the batch (a NamedSharding over the batch axis spreads it over devices).
+    mesh: a mesh with a `sequence` axis of several devices splits each document over them
+    (`led_flax.sequence`; n must be a multiple of `sequence.length_unit`); the batch goes over the
+    other axes as `sharding` says. Returns the sequences (decoder start token first, padded with
+    pad_token_id, trimmed to the longest) and their scores.
     """
     config = model.config
     cfg = (generation_config or GenerationConfig()).replace(**overrides).resolved(config)
@@ -88,9 +107,11 @@ def generate(model, params, input_ids, attention_mask=None, global_attention_mas
     if cfg.num_beams == 1 and cfg.num_return_sequences > 1:
         raise ValueError("num_return_sequences > 1 needs num_beams > 1 (sampling several per input: repeat "
                          "the inputs)")
+    if sequence.devices_of(mesh) > 1:
+        sequence.check_length(config, input_ids.shape[1], sequence.devices_of(mesh))
     arrays = [jnp.asarray(x, jnp.int32) for x in (input_ids, attention_mask, global_attention_mask)]
     if sharding is not None:
         arrays = [jax.device_put(x, sharding) for x in arrays]
-    result = _run(params, *arrays, rng, model=model, cfg=cfg, slots=slots)
+    result = _run(params, *arrays, rng, model=model, cfg=cfg, slots=slots, mesh=mesh)
     length = int(result.length)
     return GenerateOutput(sequences=np.asarray(result.sequences)[:, :length], scores=np.asarray(result.scores))

@@ -31,11 +31,15 @@ def layer_norm(dtype, param_dtype, name: str | None = None):
     return nn.LayerNorm(epsilon=1e-5, dtype=dtype, param_dtype=param_dtype, use_fast_variance=False, name=name)
 
 
-def dropout(module: nn.Module, x, rate: float, deterministic: bool):
-    """Inverted dropout with the module's `dropout` rng; the identity when deterministic or rate 0."""
+def dropout(module: nn.Module, x, rate: float, deterministic: bool, sequence_axis: str | None = None):
+    """Inverted dropout with the module's `dropout` rng; the identity when deterministic or rate 0.
+    With `sequence_axis` (x holds this device's slice of a sharded sequence) each device draws its own."""
     if deterministic or rate == 0.0:
         return x
-    keep = jax.random.bernoulli(module.make_rng("dropout"), 1.0 - rate, x.shape)
+    key = module.make_rng("dropout")
+    if sequence_axis is not None:
+        key = jax.random.fold_in(key, jax.lax.axis_index(sequence_axis))
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
     return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
 
 
@@ -46,10 +50,13 @@ def layerdrop(module: nn.Module, rate: float, deterministic: bool, before, after
     return jnp.where(jax.random.bernoulli(module.make_rng("dropout"), rate), before, after)
 
 
-def constrain(hidden):
-    """Hidden states [b, t, D] between layers: batch split over the data axes, the rest whole (a no-op
-    outside `nn.logical_axis_rules`, see `sharding.RULES`)."""
-    return nn.with_logical_constraint(hidden, ("act_batch", "act_length", "act_embed"))
+def constrain(hidden, tokens_over_sequence: bool = False):
+    """Hidden states [b, t, D] between layers: batch split over the data axes, the model dimension whole
+    (a no-op outside `nn.logical_axis_rules`, see `sharding.RULES`). With `tokens_over_sequence` (the
+    encoder outside a sequence-sharded region) the length goes over the sequence axis; the decoder's
+    tokens, and an encoder already running on one device's slice, stay whole."""
+    return nn.with_logical_constraint(hidden, ("act_batch", "act_length" if tokens_over_sequence else None,
+                                               "act_embed"))
 
 
 class Embed(nn.Module):
@@ -82,12 +89,13 @@ class Embed(nn.Module):
         return jnp.einsum("btd,vd->btv", x, self.embedding.astype(self.dtype))  # [b, t, V]
 
 
-def feed_forward(module: nn.Module, cfg: LEDConfig, hidden, fc1, fc2, final_layer_norm, deterministic: bool):
+def feed_forward(module: nn.Module, cfg: LEDConfig, hidden, fc1, fc2, final_layer_norm, deterministic: bool,
+                 sequence_axis: str | None = None):
     """The post-LN feed-forward block of encoder and decoder layers: LN(x + fc2(act(fc1(x))))."""
     residual = hidden
     h = ACTIVATIONS[cfg.activation_function](fc1(hidden))
-    h = dropout(module, h, cfg.activation_dropout, deterministic)
-    h = dropout(module, fc2(h), cfg.dropout, deterministic)
+    h = dropout(module, h, cfg.activation_dropout, deterministic, sequence_axis)
+    h = dropout(module, fc2(h), cfg.dropout, deterministic, sequence_axis)
     return final_layer_norm(residual + h)
 
 
@@ -102,11 +110,11 @@ def input_embeddings(stack: nn.Module, ids, embeds, names: tuple[str, str]):
     return embeds.astype(stack.dtype)
 
 
-def embed_positions(stack: nn.Module, embeds, positions, deterministic: bool):
+def embed_positions(stack: nn.Module, embeds, positions, deterministic: bool, sequence_axis: str | None = None):
     """embeds [b, t, D] plus the learned positions [t], then layernorm_embedding and dropout: the start
     of both stacks."""
     hidden = stack.layernorm_embedding(embeds + stack.embed_positions(positions)[None])
-    return dropout(stack, hidden, stack.config.dropout, deterministic)
+    return dropout(stack, hidden, stack.config.dropout, deterministic, sequence_axis)
 
 
 # what a layer keeps for the backward pass: "none" keeps every activation; "full" only its input (the

@@ -42,12 +42,16 @@ class LEDModel(nn.Module):
     param_dtype: Dtype = jnp.float32
     remat: str = "none"  # what each layer keeps for the backward pass: none | full | save_dots
     scan_layers: bool = True  # layers as nn.scan over stacked parameters (stacking.py); False: unrolled
+    # the encoder's sequence is sharded over this mesh axis: the module runs inside `jax.shard_map`, each
+    # device on its slice of the tokens (`led_flax.sequence` wraps the calls); None: unsharded
+    sequence_axis: str | None = None
 
     def setup(self):
         cfg = self.config
         self.shared = Embed(cfg.vocab_size, cfg.d_model, cfg.init_std, cfg.pad_token_id, self.dtype,
                             self.param_dtype)
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, remat=self.remat, scan_layers=self.scan_layers)
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, remat=self.remat, scan_layers=self.scan_layers,
+                  sequence_axis=self.sequence_axis)
         # tied (the default): both stacks look tokens up in `shared`; untied (tie_word_embeddings false, as
         # transformers 5 saves it): each stack has its own `embed_tokens`, and `shared` is kept unused
         tied = self.shared if cfg.tie_word_embeddings else None
@@ -88,6 +92,9 @@ class LEDModel(nn.Module):
         if decoder_input_ids is None and decoder_inputs_embeds is None:
             if input_ids is None:
                 raise ValueError("without input_ids, pass decoder_input_ids or decoder_inputs_embeds")
+            if self.sequence_axis is not None:
+                raise ValueError("with the sequence sharded over devices each holds a slice of input_ids, which "
+                                 "cannot be shifted into the decoder input: pass decoder_input_ids (or labels)")
             check_decoder_length(input_ids.shape[1], cfg, "input_ids, which the decoder input is shifted from when "
                                  "decoder_input_ids are not given (or pass decoder_input_ids)")
             decoder_input_ids = shift_tokens_right(input_ids, cfg.pad_token_id, cfg.decoder_start_token_id)
@@ -123,9 +130,12 @@ class _LEDHead(nn.Module):
     param_dtype: Dtype = jnp.float32
     remat: str = "none"  # what each layer keeps for the backward pass: none | full | save_dots
     scan_layers: bool = True  # layers as nn.scan over stacked parameters (stacking.py); False: unrolled
+    # the encoder's sequence is sharded over this mesh axis: the module runs inside `jax.shard_map`, each
+    # device on its slice of the tokens (`led_flax.sequence` wraps the calls); None: unsharded
+    sequence_axis: str | None = None
 
     def setup(self):
-        self.led = LEDModel(self.config, self.dtype, self.param_dtype, self.remat, self.scan_layers)
+        self.led = LEDModel(self.config, self.dtype, self.param_dtype, self.remat, self.scan_layers, self.sequence_axis)
         self.setup_head()
 
     def setup_head(self):
@@ -215,6 +225,9 @@ class LEDForSequenceClassification(_LEDHead):
                  labels=None, *, num_global_slots=None, deterministic=True, output_attentions=False,
                  output_hidden_states=False):
         cfg = self.config
+        if self.sequence_axis is not None:
+            raise ValueError("LEDForSequenceClassification pools at the input's last eos token, which one device of "
+                             "a sharded sequence cannot find; run it unsharded")
         if input_ids is None:
             raise ValueError("LEDForSequenceClassification pools at the input's last eos token, so it needs "
                              "input_ids (inputs_embeds alone cannot say where eos is), as in transformers")

@@ -1,8 +1,8 @@
 """Logical axis names for LED's parameters and activations, and the one table that maps them to mesh axes.
 
-The mesh has three axes: `data` (batch only), `fsdp` (batch, and every parameter's model dimension, so
-each device keeps 1/fsdp of the weights and optimizer state) and `tensor` (heads, feed-forward and
-vocabulary columns, Megatron style). A parameter gets its logical names from its path (`PARAM_AXES`);
+The mesh has four axes: `data` (batch only), `fsdp` (batch, and every parameter's model dimension, so
+each device keeps 1/fsdp of the weights and optimizer state), `sequence` (one document's tokens, see
+`led_flax/sequence.py`) and `tensor` (heads, feed-forward and vocabulary columns, Megatron style). A parameter gets its logical names from its path (`PARAM_AXES`);
 `RULES` maps logical names to mesh axes; nothing else in the library names a mesh axis. A dimension
 that a mesh axis does not divide stays whole on that axis (and `dry_run` reports it), so any LED
 shape runs on any mesh.
@@ -16,7 +16,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-MESH_AXES = ("data", "fsdp", "tensor")
+MESH_AXES = ("data", "fsdp", "sequence", "tensor")
 
 # logical axis -> mesh axes (None: replicated). The one table; flax's `nn.logical_axis_rules` takes it
 # as it is, for the activation constraints.
@@ -30,7 +30,7 @@ RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("classes", None),
     ("layers", None),              # the leading layer axis of scanned (stacked) parameters: whole
     ("act_batch", ("data", "fsdp")),  # activations: batch split, model dimension whole
-    ("act_length", None),
+    ("act_length", "sequence"),   # one document's tokens over the sequence axis (led_flax/sequence.py)
     ("act_embed", None),
     ("act_vocab", "tensor"),
 )
@@ -57,24 +57,41 @@ class ShardingError(ValueError):
     """A mesh that does not fit the devices, or a parameter without logical names."""
 
 
-def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None) -> Mesh:
-    """A (data, fsdp, tensor) mesh over all devices (all processes'); -1 on one axis fills it."""
+def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None, *, sequence: int = 1) -> Mesh:
+    """A (data, fsdp, sequence, tensor) mesh over all devices (all processes'); -1 on one axis fills it.
+    Devices are laid out so that each process's devices form a contiguous block, and a sequence group's
+    devices are neighbours. Raises ShardingError when the sizes do not fit the devices."""
     devices = list(jax.devices() if devices is None else devices)
-    sizes = [data, fsdp, tensor]
+    sizes = [data, fsdp, sequence, tensor]
     if sizes.count(-1) > 1:
         raise ShardingError(f"mesh sizes {dict(zip(MESH_AXES, sizes))}: at most one axis may be -1")
     known = math.prod(s for s in sizes if s != -1)
     if -1 in sizes:
         if len(devices) % known:
-            raise ShardingError(f"{len(devices)} devices do not divide into fsdp x tensor = {known}; "
+            raise ShardingError(f"{len(devices)} devices do not divide into the fixed axes' {known}; "
                                 f"set mesh sizes whose product divides the device count")
         sizes[sizes.index(-1)] = len(devices) // known
     if math.prod(sizes) != len(devices):
         raise ShardingError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices but there are "
-                            f"{len(devices)}; make data x fsdp x tensor equal the device count (or set data: -1)")
+                            f"{len(devices)}; make data x fsdp x sequence x tensor equal the device count (or set "
+                            f"data: -1)")
     # devices in process order, so that each process's devices form a contiguous block of the batch axis
     order = sorted(devices, key=lambda d: (d.process_index, d.id))
     return Mesh(np.array(order).reshape(sizes), MESH_AXES)
+
+
+def data_group(mesh: Mesh) -> tuple[int, int]:
+    """(this process's group, the number of groups): processes whose devices hold the same batch rows
+    (the same data x fsdp coordinates) form one group and must read the same examples, each giving
+    its devices their slice of the tokens. Without a sequence axis across processes, each process is
+    its own group, numbered by process index."""
+    batch_axes = [MESH_AXES.index(a) for a in ("data", "fsdp")]
+    rows_of = {}
+    for coords in np.ndindex(mesh.devices.shape):
+        device = mesh.devices[coords]
+        rows_of.setdefault(device.process_index, set()).add(tuple(coords[a] for a in batch_axes))
+    groups = sorted({tuple(sorted(v)) for v in rows_of.values()})
+    return groups.index(tuple(sorted(rows_of[jax.process_index()]))), len(groups)
 
 
 def path_of(keys) -> str:
@@ -138,10 +155,13 @@ def param_shardings(params, mesh: Mesh):
                                   is_leaf=lambda x: isinstance(x, tuple))
 
 
-def batch_spec(ndim: int, batch_axis: int = 0) -> PartitionSpec:
-    """Batch arrays: the example axis over data and fsdp, the rest whole."""
+def batch_spec(ndim: int, batch_axis: int = 0, tokens: bool = False) -> PartitionSpec:
+    """Batch arrays: the example axis over data and fsdp; with `tokens` (encoder inputs, the last axis
+    their tokens) the tokens over the sequence axis; the rest whole."""
     spec = [None] * ndim
     spec[batch_axis] = _mesh_axes("batch")
+    if tokens:
+        spec[-1] = _mesh_axes("act_length")
     return PartitionSpec(*spec)
 
 

@@ -87,7 +87,9 @@ def test_the_cli_reports_a_bad_config_in_one_line(tmp_path, capsys):
 def test_a_mesh_that_does_not_fit_the_devices_is_explained():
     with pytest.raises(ShardingError, match="needs 4 devices but there are 1"):
         make_mesh(2, 2, 1)
-    assert dict(make_mesh(-1, 1, 1).shape) == {"data": 1, "fsdp": 1, "tensor": 1}
+    with pytest.raises(ShardingError, match="needs 2 devices but there are 1"):
+        make_mesh(1, 1, 1, sequence=2)
+    assert dict(make_mesh(-1, 1, 1).shape) == {"data": 1, "fsdp": 1, "sequence": 1, "tensor": 1}
 
 
 def test_aclsum_uses_the_package_split_and_never_shows_the_abstract():
@@ -245,11 +247,14 @@ def test_the_dry_run_fails_where_the_run_would(tmp_path):
 def test_the_dry_run_prints_the_mesh_shardings_and_bytes(capsys):
     assert cli_main(["train", "--config", os.path.join(ROOT, "configs", "tiny-aclsum.yaml"), "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "mesh: {'data': 1, 'fsdp': 1, 'tensor': 1} over 1 devices" in out
+    assert "mesh: {'data': 1, 'fsdp': 1, 'sequence': 1, 'tensor': 1} over 1 devices" in out
     assert "train state (params + AdamW moments):" in out and "GiB per device" in out
     # the scanned layout: one stacked run per stack, its leading layer axis kept whole
     assert "led/encoder/scan_0_1/fc1/kernel" in out and "(2, 128, 512)    P(None, None, None)" in out
     assert cli_main(["train", "--config", os.path.join(ROOT, "configs", "tiny-aclsum.yaml"), "--dry-run",
-                     "--set", "model.scan_layers=false"]) == 0
+                     "--set", "model.scan_layers=false", "--compile"]) == 0
     out = capsys.readouterr().out
     assert "led/encoder/layers_0/fc1/kernel" in out and "led/encoder/layers_1/" not in out
+    # --compile: XLA's own figures for the compiled step, labelled as this backend's
+    assert "compiled step, XLA's memory analysis per device on this backend (cpu" in out
+    assert re.search(r"temporaries 0\.\d{3} GiB", out)

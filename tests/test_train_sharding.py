@@ -57,8 +57,8 @@ def test_parameters_and_moments_are_split_over_fsdp_and_tensor(eight_devices):
 
 def test_led_base_and_large_dry_runs_fit_their_meshes(eight_devices):
     base, large = eight_devices["led-base-16384"], eight_devices["led-large-16384"]
-    assert base["mesh"] == {"data": 1, "fsdp": 8, "tensor": 1}
-    assert large["mesh"] == {"data": 1, "fsdp": 4, "tensor": 2}
+    assert base["mesh"] == {"data": 1, "fsdp": 8, "sequence": 1, "tensor": 1}
+    assert large["mesh"] == {"data": 1, "fsdp": 4, "sequence": 1, "tensor": 2}
     gib = 2 ** 30
     # 162M and 460M float32 parameters; params + two AdamW moments per device
     assert 0.60 * gib < base["params_bytes"][1] < 0.61 * gib

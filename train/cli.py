@@ -30,6 +30,9 @@ def add_arguments(p) -> None:
     p.add_argument("--dry-run", action="store_true",
                    help="build the mesh and the sharded train state abstractly (eval_shape): shapes, "
                         "shardings and bytes per device, no data, no weights")
+    p.add_argument("--compile", action="store_true",
+                   help="with --dry-run: also compile the train step for this backend and print XLA's memory "
+                        "analysis per device (minutes for a large model; no data, no weights)")
     p.add_argument("--coordinator", help="multi-process: the coordinator's host:port (jax.distributed)")
     p.add_argument("--num-processes", type=int, help="multi-process: the number of processes")
     p.add_argument("--process-id", type=int, help="multi-process: this process's index")
@@ -59,12 +62,14 @@ def main(args) -> int:
     logger.setLevel(logging.INFO)
     logger.propagate = False
     cfg = config_lib.load(args.config, args.overrides)
+    if args.compile and not args.dry_run:
+        raise config_lib.TrainConfigError("--compile goes with --dry-run: it compiles the step to report its memory")
     if args.dry_run:
         from led_flax.sharding import ShardingError
 
         from .dry_run import dry_run
         try:
-            print(dry_run(cfg))
+            print(dry_run(cfg, compile=args.compile))
         except ShardingError as e:
             raise ShardingError(f"{e}. To plan for more devices than this machine has, fake them: "
                                 f"XLA_FLAGS=--xla_force_host_platform_device_count=N led-flax train ... --dry-run") \

@@ -89,6 +89,7 @@ class MeshConfig:
     data: int = -1  # -1: all devices not used by the other axes
     fsdp: int = 1
     tensor: int = 1
+    sequence: int = 1  # one document's tokens split over this many devices (led_flax/sequence.py)
 
 
 @dataclass(frozen=True)
@@ -278,7 +279,8 @@ def validate(c: TrainConfig) -> None:
 
 def check(c: TrainConfig, led: LEDConfig, mesh: Mesh, process_count: int) -> None:
     """The checks a config passes against the model it trains (`led`: its LEDConfig), the device mesh
-    and the number of processes. The run and the dry run both call it (through
+    and the number of processes reading distinct data (`sharding.data_group`: the processes, unless a
+    sequence group spans several). The run and the dry run both call it (through
     `train.step.build_setup`), before any data is read, so a dry run catches what the run would.
     Raises TrainConfigError naming the field and the fix."""
     data, accum = c.data, c.optimizer.grad_accum_steps
@@ -296,12 +298,15 @@ def check(c: TrainConfig, led: LEDConfig, mesh: Mesh, process_count: int) -> Non
     if data.max_target_length > led.max_decoder_position_embeddings:
         raise TrainConfigError(f"data.max_target_length {data.max_target_length} exceeds the model's "
                                f"{led.max_decoder_position_embeddings} decoder positions")
-    window = max(led.attention_window)
-    if data.buckets:  # the default buckets are multiples of the window up to max_source_length
-        bad = [b for b in sorted(data.buckets) if b % window]
+    from led_flax.sequence import length_unit
+    unit = length_unit(led, mesh.shape.get("sequence", 1))
+    if data.buckets:  # the default buckets are multiples of the unit up to max_source_length
+        bad = [b for b in sorted(data.buckets) if b % unit]
         if bad:
-            raise TrainConfigError(f"data.buckets {bad} are not multiples of the attention window {window}; "
-                                   f"round them to multiples of {window}")
+            what = (f"the attention window {unit}" if unit == max(led.attention_window) else
+                    f"{unit} (the {mesh.shape['sequence']} sequence devices times the attention blocks)")
+            raise TrainConfigError(f"data.buckets {bad} are not multiples of {what}; round them to multiples of "
+                                   f"{unit}")
         if max(data.buckets) < data.max_source_length:
             raise TrainConfigError(f"the largest bucket {max(data.buckets)} is below data.max_source_length "
                                    f"{data.max_source_length}; add a bucket of at least that length")

@@ -160,13 +160,14 @@ def tokenize(examples, tokenizer: LEDTokenizer, cfg: DataConfig) -> Tokenized:
                      cut(tokenizer.encode_batch([e.summary for e in examples]), cfg.max_target_length))
 
 
-def source_buckets(cfg: DataConfig, led_config: LEDConfig) -> tuple[int, ...]:
-    """The source lengths batches are padded to, ascending: `data.buckets`, or powers of two times the
-    attention window up to `max_source_length` rounded up to a window (`config.check` has vetted them)."""
+def source_buckets(cfg: DataConfig, led_config: LEDConfig, unit: int | None = None) -> tuple[int, ...]:
+    """The source lengths batches are padded to, ascending: `data.buckets`, or powers of two times
+    `unit` (default the largest attention window; with the sequence split over devices,
+    `led_flax.sequence.length_unit`) up to `max_source_length` rounded up to a unit (`config.check` has
+    vetted them)."""
     if cfg.buckets:
         return tuple(sorted(cfg.buckets))
-    window = max(led_config.attention_window)
-    return tuple(default_buckets(led_config, top=-(-cfg.max_source_length // window) * window))
+    return tuple(default_buckets(led_config, top=cfg.max_source_length, unit=unit))
 
 
 def collate(source_rows, label_rows, length: int, target_length: int, pad_id: int, accum: int) -> dict:

@@ -30,11 +30,14 @@ class Plan:
     batch_shard: tuple[int, ...]  # one device's block of a step's batch [accum, examples, tokens]
     kept_whole: list[str]  # parameter dimensions that a mesh axis does not divide (see sharding.kept_whole)
     step_output: tuple | None  # the train step's abstract (state, metrics), or None when not traced
+    # with compile: XLA's memory_analysis() of the compiled step, bytes per device on this backend
+    memory: dict | None = None
 
 
-def plan(cfg: TrainConfig, devices=None, step: bool = True) -> Plan:
+def plan(cfg: TrainConfig, devices=None, step: bool = True, compile: bool = False) -> Plan:
     """`cfg`'s job on `devices` (default: all), abstractly; with `step`, also the train step's
-    abstract outputs (it traces the whole model). Raises what `step_lib.build_setup` raises."""
+    abstract outputs (it traces the whole model); with `compile`, the step compiled for this backend
+    and XLA's memory analysis of it (no weights, no data). Raises what `step_lib.build_setup` raises."""
     s = step_lib.build_setup(cfg, architecture(cfg), devices)
     accum = cfg.optimizer.grad_accum_steps
     micro = cfg.data.batch_size // accum
@@ -42,20 +45,25 @@ def plan(cfg: TrainConfig, devices=None, step: bool = True) -> Plan:
     batch = {k: jax.ShapeDtypeStruct((accum, micro, n), jnp.int32)
              for k in ("input_ids", "attention_mask", "global_attention_mask")}
     batch["labels"] = jax.ShapeDtypeStruct((accum, micro, t), jnp.int32)
-    step_output = None
-    if step:
+    step_output = memory = None
+    if step or compile:
         train_step = step_lib.make_train_step(s.model, s.tx, s.lr, s.mesh, s.shardings,
                                               cfg.optimizer.label_smoothing, cfg.model.dropout)
         with jax.set_mesh(s.mesh), nn.logical_axis_rules(shd.RULES):
             step_output = jax.eval_shape(train_step.jitted, s.state, batch)
+            if compile:
+                m = train_step.jitted.lower(s.state, batch).compile().memory_analysis()
+                memory = {"arguments": m.argument_size_in_bytes, "outputs": m.output_size_in_bytes,
+                          "aliased": m.alias_size_in_bytes, "temporaries": m.temp_size_in_bytes,
+                          "code": m.generated_code_size_in_bytes}
     return Plan(setup=s, params_bytes=shd.bytes_per_device(s.state["params"], s.shardings["params"]),
                 state_bytes=shd.bytes_per_device(s.state, s.shardings),
-                batch_shard=step_lib.batch_shardings(s.mesh).shard_shape((accum, micro, n)),
-                kept_whole=shd.kept_whole(s.state["params"], s.mesh), step_output=step_output)
+                batch_shard=step_lib.batch_shardings(s.mesh)["input_ids"].shard_shape((accum, micro, n)),
+                kept_whole=shd.kept_whole(s.state["params"], s.mesh), step_output=step_output, memory=memory)
 
 
-def dry_run(cfg: TrainConfig) -> str:
-    p = plan(cfg)
+def dry_run(cfg: TrainConfig, compile: bool = False) -> str:
+    p = plan(cfg, compile=compile)
     s = p.setup
     gib = 2 ** 30
     n_params = sum(x.size for x in jax.tree_util.tree_leaves(s.state["params"]))
@@ -78,4 +86,10 @@ def dry_run(cfg: TrainConfig) -> str:
                      f"{sh.shard_shape(tuple(leaf.shape))}")
     if p.kept_whole:
         lines.append("kept whole (the mesh axis does not divide them): " + ", ".join(p.kept_whole))
+    if p.memory is not None:
+        m = p.memory
+        lines.append(f"compiled step, XLA's memory analysis per device on this backend ({jax.default_backend()}, "
+                     f"{jax.devices()[0].device_kind}; other backends schedule differently): arguments "
+                     f"{m['arguments'] / gib:.3f} GiB, outputs {m['outputs'] / gib:.3f} GiB (aliased with arguments "
+                     f"{m['aliased'] / gib:.3f} GiB), temporaries {m['temporaries'] / gib:.3f} GiB")
     return "\n".join(lines)

@@ -23,6 +23,7 @@ from led_flax import checkpoint as ckpt_format
 from led_flax import sharding as shd
 from led_flax.config import LEDConfig
 from led_flax.files import write_atomic
+from led_flax.sequence import length_unit
 from led_flax.tokenizer import LEDTokenizer
 
 from . import data as data_lib
@@ -123,10 +124,12 @@ class Job:
 
     def _data(self):
         cfg = self.cfg
-        self.buckets = data_lib.source_buckets(cfg.data, self.setup.config)
-        pi, pc = jax.process_index(), jax.process_count()
-        shards = cfg.data.shards or pc  # config.check: a multiple of pc that splits the batch
-        self.owned = list(range(pi, shards, pc))  # this process reads these shards only
+        self.buckets = data_lib.source_buckets(cfg.data, self.setup.config,
+                                               length_unit(self.setup.config, self.setup.mesh.shape["sequence"]))
+        # processes holding the same batch rows (a sequence group across processes) read the same shards
+        pi, (gi, gc) = jax.process_index(), shd.data_group(self.setup.mesh)
+        shards = cfg.data.shards or gc  # config.check: a multiple of the groups that splits the batch
+        self.owned = list(range(gi, shards, gc))  # this process reads these shards only
         train = {k: data_lib.load_examples(cfg.data, "train", k, shards, cfg.data.max_train_examples)
                  for k in self.owned}
         self.train_ids = {k: [e.id for e in v] for k, v in train.items()}
@@ -145,7 +148,7 @@ class Job:
             if self.val_examples:
                 self.val = data_lib.tokenize(self.val_examples[:cfg.eval.loss_examples], self.tokenizer, cfg.data)
         mesh = self.setup.mesh
-        self.eval_rows = data_lib.eval_rows(cfg.eval.batch_size, pc, mesh.shape["data"] * mesh.shape["fsdp"])
+        self.eval_rows = data_lib.eval_rows(cfg.eval.batch_size, gc, mesh.shape["data"] * mesh.shape["fsdp"])
 
     # ------------------------------------------------------------------ evaluation
     def validation_loss(self, params, eval_step) -> float | None:

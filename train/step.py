@@ -11,6 +11,7 @@ mean of per-microbatch means). Gradients are accumulated the same way, in float3
 from __future__ import annotations
 
 import re
+from functools import partial
 from dataclasses import dataclass
 
 import flax.linen as nn
@@ -20,6 +21,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from led_flax import sequence
 from led_flax import sharding as shd
 from led_flax.config import LEDConfig
 from led_flax.losses import token_cross_entropy
@@ -65,8 +67,17 @@ def optimizer(cfg: OptimizerConfig, steps: int) -> optax.GradientTransformation:
                                  lambda p: _label_tree(p, lambda path: "frozen" if FROZEN.search(path) else "train"))
 
 
-def batch_loss(model, params, batch, key, label_smoothing: float = 0.0, deterministic: bool = True):
-    """(summed token cross entropy, token count) of one microbatch: arrays [b, ...]."""
+def batch_loss(model, params, batch, key, label_smoothing: float = 0.0, deterministic: bool = True, mesh=None):
+    """(summed token cross entropy, token count) of one microbatch: arrays [b, ...]. With a mesh whose
+    sequence axis has several devices, under `jax.shard_map` each device runs the encoder on its slice
+    of the tokens (`led_flax.sequence`); the loss is the same on every device."""
+    if sequence.devices_of(mesh) > 1:
+        tokens = sequence.TOKENS
+        specs = {k: PartitionSpec() if k == "labels" else tokens for k in batch}
+        body = partial(batch_loss, sequence.sharded_model(model, mesh), label_smoothing=label_smoothing,
+                       deterministic=deterministic)
+        return jax.shard_map(lambda p, b, k: body(p, b, k), mesh=mesh, in_specs=(PartitionSpec(), specs, PartitionSpec()),
+                             out_specs=PartitionSpec(), axis_names={sequence.SEQUENCE_AXIS})(params, batch, key)
     cfg = model.config
     decoder_input_ids = shift_tokens_right(batch["labels"], cfg.pad_token_id, cfg.decoder_start_token_id)
     out = model.apply({"params": params}, input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
@@ -76,13 +87,14 @@ def batch_loss(model, params, batch, key, label_smoothing: float = 0.0, determin
     return token_cross_entropy(out.logits, batch["labels"], label_smoothing=label_smoothing)
 
 
-def loss_and_grads(model, params, batch, key, label_smoothing: float = 0.0, deterministic: bool = True):
+def loss_and_grads(model, params, batch, key, label_smoothing: float = 0.0, deterministic: bool = True,
+                   mesh=None):
     """Batch arrays [accum, b, ...] -> (loss, token count, grads), all normalised by the step's count."""
     def micro(carry, xs):
         grads, total, count = carry
         mb, i = xs
         (s, c), g = jax.value_and_grad(
-            lambda p: batch_loss(model, p, mb, jax.random.fold_in(key, i), label_smoothing, deterministic),
+            lambda p: batch_loss(model, p, mb, jax.random.fold_in(key, i), label_smoothing, deterministic, mesh),
             has_aux=True)(params)
         grads = jax.tree_util.tree_map(lambda a, b: a + b.astype(a.dtype), grads, g)
         return (grads, total + s, count + c), None
@@ -141,8 +153,8 @@ def build_setup(cfg: TrainConfig, led_config: LEDConfig, devices=None) -> Setup:
     """The mesh over `devices` (default: every process's), `config.check`, the models (compute dtype
     `model.dtype`, float32 parameters), the optimizer and the abstract sharded train state; no weights.
     Raises ShardingError (a mesh that does not fit the devices) or TrainConfigError."""
-    mesh = shd.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, devices)
-    check(cfg, led_config, mesh, jax.process_count())
+    mesh = shd.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, devices, sequence=cfg.mesh.sequence)
+    check(cfg, led_config, mesh, shd.data_group(mesh)[1])
     dtype = jnp.bfloat16 if cfg.model.dtype == "bfloat16" else jnp.float32
     model = model_for(led_config, "conditional_generation", dtype=dtype, param_dtype=jnp.float32,
                       remat=cfg.model.remat, scan_layers=cfg.model.scan_layers)
@@ -171,9 +183,14 @@ def initial_state(setup: Setup, seed: int, params=None) -> dict:
                    out_shardings=setup.shardings)(placed)
 
 
-def batch_shardings(mesh, accumulate: bool = True) -> NamedSharding:
-    """Batch arrays [accum, b, n] (or [b, n]): the example axis over data x fsdp."""
-    return NamedSharding(mesh, shd.batch_spec(3 if accumulate else 2, 1 if accumulate else 0))
+BATCH_KEYS = ("input_ids", "attention_mask", "global_attention_mask", "labels")
+
+
+def batch_shardings(mesh, accumulate: bool = True) -> dict:
+    """NamedShardings of the batch arrays [accum, b, n] (or [b, n]), by key: the example axis over data x
+    fsdp; the source tokens over the sequence axis (labels whole)."""
+    ndim, axis = (3, 1) if accumulate else (2, 0)
+    return {k: NamedSharding(mesh, shd.batch_spec(ndim, axis, tokens=k != "labels")) for k in BATCH_KEYS}
 
 
 def make_train_step(model, tx, lr_schedule, mesh, shardings, label_smoothing: float = 0.0, dropout: bool = True):
@@ -182,7 +199,7 @@ def make_train_step(model, tx, lr_schedule, mesh, shardings, label_smoothing: fl
 
     def step(state, batch):
         key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"], impl=DROPOUT_PRNG), state["step"])
-        loss, count, grads = loss_and_grads(model, state["params"], batch, key, label_smoothing, deterministic)
+        loss, count, grads = loss_and_grads(model, state["params"], batch, key, label_smoothing, deterministic, mesh)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         metrics = {"loss": loss, "tokens": count, "grad_norm": optax.global_norm(grads),
@@ -203,7 +220,7 @@ def make_train_step(model, tx, lr_schedule, mesh, shardings, label_smoothing: fl
 def make_eval_step(model, mesh, param_sharding):
     """The jitted (params, batch [b, ...]) -> (summed loss, token count), no dropout, no smoothing."""
     replicated = NamedSharding(mesh, PartitionSpec())
-    jitted = jax.jit(lambda p, b: batch_loss(model, p, b, None),
+    jitted = jax.jit(lambda p, b: batch_loss(model, p, b, None, mesh=mesh),
                      in_shardings=(param_sharding, batch_shardings(mesh, accumulate=False)),
                      out_shardings=(replicated, replicated))
 
@@ -214,6 +231,22 @@ def make_eval_step(model, mesh, param_sharding):
 
 
 def global_batch(batch: dict, mesh, accumulate: bool = True) -> dict:
-    """This process's rows -> global arrays sharded over the mesh (each process gives its own rows)."""
-    sharding = batch_shardings(mesh, accumulate)
-    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+    """This process's rows (all their tokens) -> global arrays sharded over the mesh. The processes of a
+    data group (`sharding.data_group`) give the same rows; each device takes its block of the rows and,
+    over the sequence axis, of the tokens."""
+    shardings = batch_shardings(mesh, accumulate)
+    group, groups = shd.data_group(mesh)
+    rows_axis = 1 if accumulate else 0
+    out = {}
+    for k, v in batch.items():
+        rows = v.shape[rows_axis]
+        shape = v.shape[:rows_axis] + (rows * groups,) + v.shape[rows_axis + 1:]
+
+        def block(index, v=v, rows=rows):  # global index -> this group's rows
+            index = list(index)
+            r = index[rows_axis]
+            index[rows_axis] = slice((r.start or 0) - group * rows, (r.stop if r.stop is not None else rows * groups)
+                                     - group * rows)
+            return v[tuple(index)]
+        out[k] = jax.make_array_from_callback(shape, shardings[k], block)
+    return out
