@@ -56,7 +56,7 @@ def _run(params, input_ids, attention_mask, global_attention_mask, rng, *, model
         return out.logits[:, -1].astype(jnp.float32), out.cache
 
     search = beam_search if cfg.num_beams > 1 else greedy_or_sample
-    return search(step, cache, cfg, batch, rng)
+    return search(step, cache, cfg, batch, rng, input_ids)
 
 
 def generate(model, params, input_ids, attention_mask=None, global_attention_mask=None,
