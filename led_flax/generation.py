@@ -4,8 +4,10 @@ The encoder runs once, the cross-attention keys and values are computed once (`i
 the decoder steps one token at a time inside a `lax.while_loop` that stops when every sequence is
 done. Greedy search and sampling follow transformers 5's `_sample`, beam search its `_beam_search`
 (max(2, 1 + number of eos ids) x num_beams candidates per step, only the top num_beams may finish,
-the length penalty counts generated tokens), and the logits processors its `logits_process.py`, in
-the same order. `min_length` and `max_length` count the decoder start token, as there.
+the length penalty counts generated tokens), and the logits processors and warpers its
+`logits_process.py`, in the same order (`processors.py`, `warpers.py`). `min_length` and `max_length`
+count the decoder start token, as there. The encoder's input ids travel into the program for the
+processors that read them (`encoder_no_repeat_ngram_size`, `encoder_repetition_penalty`).
 """
 
 from __future__ import annotations
@@ -19,12 +21,12 @@ import numpy as np
 from flax import struct
 
 from .attention import count_global_slots
-from .generation_config import GenerationConfig
+from .generation_config import GenerationConfig, GenerationSettingWarning
 from .inputs import check_token_ids
 from .search import beam_search, greedy_or_sample
 from .stacking import unstack_layers
 
-__all__ = ["GenerationConfig", "GenerateOutput", "generate"]
+__all__ = ["GenerationConfig", "GenerationSettingWarning", "GenerateOutput", "generate"]
 
 
 @struct.dataclass
@@ -67,8 +69,12 @@ def generate(model, params, input_ids, attention_mask=None, global_attention_mas
 
     input_ids: [b, n]; attention_mask: [b, n] (default all ones); global_attention_mask: [b, n]
     (default: the first token, as LED's summarization checkpoints expect). sharding: where to put
-    the batch (a NamedSharding over the batch axis spreads it over devices). Returns the sequences
-    (decoder start token first, padded with pad_token_id, trimmed to the longest) and their scores.
+    the batch (a NamedSharding over the batch axis spreads it over devices). overrides: GenerationConfig
+    fields. Returns the sequences (decoder start token first, padded with pad_token_id, trimmed to the
+    longest) and their scores.
+    Raises TypeError for an override that is not a GenerationConfig field (or a transformers setting
+    led-flax does not implement), ValueError for a bad value, group beam search, or a token id outside
+    the vocabulary.
     """
     config = model.config
     cfg = (generation_config or GenerationConfig()).replace(**overrides).resolved(config)

@@ -34,8 +34,6 @@ def process(scores, seqs, cur_len, cfg: GenerationConfig, encoder_ids, min_token
 def apply_processors(scores, seqs, cur_len, cfg: GenerationConfig, encoder_ids):
     """The processors (not the warpers), in transformers' order. scores: [N, V] -> [N, V]."""
     v = scores.shape[-1]
-    vocab = jnp.arange(v)
-    eos = jnp.asarray(cfg.eos_ids, jnp.int32)
     if cfg.encoder_repetition_penalty != 1.0:
         scores = _encoder_repetition_penalty(scores, encoder_ids, cfg.encoder_repetition_penalty)
     if cfg.repetition_penalty != 1.0:
@@ -46,29 +44,32 @@ def apply_processors(scores, seqs, cur_len, cfg: GenerationConfig, encoder_ids):
         scores = _encoder_no_repeat_ngram(scores, seqs, cur_len, cfg.encoder_no_repeat_ngram_size, encoder_ids)
     if cfg.bad_words_ids is not None:
         scores = _bad_words(scores, seqs, cur_len, cfg.bad_words_ids, cfg.eos_ids)
-    if cfg.min_length > 0 and len(cfg.eos_ids):
-        scores = jnp.where((cur_len < cfg.min_length) & jnp.isin(vocab, eos)[None, :], NEG_INF, scores)
-    if cfg.min_new_tokens and len(cfg.eos_ids):
-        scores = jnp.where((cur_len - PROMPT_LENGTH < cfg.min_new_tokens) & jnp.isin(vocab, eos)[None, :],
-                           NEG_INF, scores)
+    if cfg.min_length > 0 and cfg.eos_ids:
+        scores = jnp.where((cur_len < cfg.min_length) & _is_token(v, cfg.eos_ids), NEG_INF, scores)
+    if cfg.min_new_tokens and cfg.eos_ids:
+        scores = jnp.where((cur_len - PROMPT_LENGTH < cfg.min_new_tokens) & _is_token(v, cfg.eos_ids), NEG_INF,
+                           scores)
     if cfg.forced_bos_token_id is not None:
-        forced = jnp.where(vocab == cfg.forced_bos_token_id, 0.0, NEG_INF)[None, :]
+        forced = jnp.where(_is_token(v, (cfg.forced_bos_token_id,)), 0.0, NEG_INF)
         scores = jnp.where(cur_len == 1, forced, scores)
     if cfg.forced_eos_token_id is not None:
         ids = cfg.forced_eos_token_id if isinstance(cfg.forced_eos_token_id, tuple) else (cfg.forced_eos_token_id,)
-        forced = jnp.where(jnp.isin(vocab, jnp.asarray(ids)), 0.0, NEG_INF)[None, :]
-        scores = jnp.where(cur_len == cfg.max_length - 1, forced, scores)
-    if cfg.exponential_decay_length_penalty is not None and len(cfg.eos_ids):
+        scores = jnp.where(cur_len == cfg.max_length - 1, jnp.where(_is_token(v, ids), 0.0, NEG_INF), scores)
+    if cfg.exponential_decay_length_penalty is not None and cfg.eos_ids:
         scores = _exponential_decay(scores, cur_len, cfg.exponential_decay_length_penalty, cfg.eos_ids,
                                     cfg.max_length)
     if cfg.suppress_tokens is not None:
-        scores = jnp.where(jnp.isin(vocab, jnp.asarray(cfg.suppress_tokens, jnp.int32))[None, :], NEG_INF, scores)
+        scores = jnp.where(_is_token(v, cfg.suppress_tokens), NEG_INF, scores)
     if cfg.begin_suppress_tokens is not None:
         # transformers starts one later when forced_bos_token_id fills the first position
         begin = PROMPT_LENGTH if PROMPT_LENGTH > 1 or cfg.forced_bos_token_id is None else PROMPT_LENGTH + 1
-        banned = jnp.isin(vocab, jnp.asarray(cfg.begin_suppress_tokens, jnp.int32))[None, :]
-        scores = jnp.where((cur_len == begin) & banned, NEG_INF, scores)
+        scores = jnp.where((cur_len == begin) & _is_token(v, cfg.begin_suppress_tokens), NEG_INF, scores)
     return scores
+
+
+def _is_token(v: int, ids) -> np.ndarray:
+    """[1, V] bool: which vocabulary entries are among `ids` (a constant of the program)."""
+    return np.isin(np.arange(v), np.asarray(ids, np.int64))[None, :]
 
 
 def _rows_of_inputs(x, rows: int):
@@ -141,7 +142,7 @@ def _bad_words(scores, seqs, cur_len, bad_words, eos_ids):
     words = [w for w in bad_words if not (len(w) == 1 and w[0] in eos_ids)]
     singles = [w[0] for w in words if len(w) == 1]
     if singles:
-        scores = jnp.where(jnp.isin(jnp.arange(v), jnp.asarray(singles, jnp.int32))[None, :], NEG_INF, scores)
+        scores = jnp.where(_is_token(v, singles), NEG_INF, scores)
     by_prefix: dict[int, list[tuple[int, ...]]] = {}
     for w in words:
         if 1 < len(w) <= seqs.shape[1]:  # a longer prefix never fits before max_length
@@ -166,8 +167,7 @@ def _exponential_decay(scores, cur_len, decay: tuple[int, float], eos_ids, max_l
     gain = table[jnp.clip(index, 0, max_length)]
     penalty = jnp.abs(scores) * gain
     penalty = jnp.where(jnp.isfinite(scores), penalty, 0.0)
-    is_eos = jnp.isin(jnp.arange(scores.shape[-1]), jnp.asarray(eos_ids, jnp.int32))[None, :]
-    return jnp.where((index > 0) & is_eos, scores + penalty, scores)
+    return jnp.where((index > 0) & _is_token(scores.shape[-1], eos_ids), scores + penalty, scores)
 
 
 def _power(factor: float, i: int) -> float:
