@@ -46,6 +46,10 @@ class GenerationSettingWarning(UserWarning):
     differ from transformers'. The message is one line naming the setting and where it came from."""
 
 
+def _is_real(x) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
 def _int_tuple(name: str, value, allow_none: bool = True):
     """A tuple of token ids (>= 0) from a list or tuple; ValueError naming `name` otherwise."""
     if value is None and allow_none:
@@ -133,13 +137,13 @@ class GenerationConfig:
         if not (isinstance(self.encoder_no_repeat_ngram_size, int) and self.encoder_no_repeat_ngram_size >= 0):
             raise ValueError(f"GenerationConfig.encoder_no_repeat_ngram_size must be an integer >= 0 (0: off), got "
                              f"{self.encoder_no_repeat_ngram_size!r}")
-        if not self.encoder_repetition_penalty > 0:
+        if not (_is_real(self.encoder_repetition_penalty) and self.encoder_repetition_penalty > 0):
             raise ValueError(f"GenerationConfig.encoder_repetition_penalty must be > 0 (1.0: off; above 1 favours the "
                              f"input's tokens), got {self.encoder_repetition_penalty}")
-        if not 0.0 < self.typical_p <= 1.0:
+        if not (_is_real(self.typical_p) and 0.0 < self.typical_p <= 1.0):
             raise ValueError(f"GenerationConfig.typical_p must be in (0, 1] (1.0: off), got {self.typical_p}")
         for f in ("epsilon_cutoff", "eta_cutoff"):
-            if not 0.0 <= getattr(self, f) < 1.0:
+            if not (_is_real(getattr(self, f)) and 0.0 <= getattr(self, f) < 1.0):
                 raise ValueError(f"GenerationConfig.{f} must be in [0, 1) (0.0: off; the paper suggests 3e-4 to "
                                  f"4e-3), got {getattr(self, f)}")
         if not isinstance(self.renormalize_logits, bool):
@@ -157,7 +161,7 @@ class GenerationConfig:
         decay = self.exponential_decay_length_penalty
         if decay is not None:
             if not (isinstance(decay, (list, tuple)) and len(decay) == 2 and isinstance(decay[0], int)
-                    and decay[0] >= 0 and isinstance(decay[1], (int, float)) and decay[1] > 0):
+                    and decay[0] >= 0 and _is_real(decay[1]) and decay[1] > 0):
                 raise ValueError(f"GenerationConfig.exponential_decay_length_penalty must be (start, factor): the "
                                  f"generated tokens after which eos is favoured (an integer >= 0) and the factor per "
                                  f"token (> 0, e.g. 1.05), got {decay!r}")
@@ -231,8 +235,9 @@ class GenerationConfig:
 
     def resolved(self, model_config) -> "GenerationConfig":
         """Fills the special tokens from the model config and turns max/min_new_tokens into lengths.
-        Raises ValueError for a max_length over the decoder's positions or a token id of
-        bad_words_ids, suppress_tokens or begin_suppress_tokens outside the vocabulary."""
+        Raises ValueError for a max_length over the decoder's positions, a token id of bad_words_ids,
+        suppress_tokens or begin_suppress_tokens outside the vocabulary (transformers ignores the last
+        two silently), or bad_words_ids that ban only eos."""
         cfg = self
         fill = {}
         for f, v in (("decoder_start_token_id", model_config.decoder_start_token_id),
@@ -246,6 +251,10 @@ class GenerationConfig:
         if cfg.max_length > model_config.max_decoder_position_embeddings:
             raise ValueError(f"max_length {cfg.max_length} exceeds the decoder's "
                              f"{model_config.max_decoder_position_embeddings} positions; lower max_length")
+        if cfg.bad_words_ids is not None and all(len(w) == 1 and w[0] in cfg.eos_ids for w in cfg.bad_words_ids):
+            # transformers drops a lone eos from bad_words_ids and then refuses the empty list
+            raise ValueError(f"GenerationConfig.bad_words_ids {list(map(list, cfg.bad_words_ids))} bans only the eos "
+                             f"token, which bad_words_ids never bans; use min_length or min_new_tokens to delay eos")
         v = model_config.vocab_size
         for f, ids in (("bad_words_ids", sum(cfg.bad_words_ids or (), ())), ("suppress_tokens", cfg.suppress_tokens),
                        ("begin_suppress_tokens", cfg.begin_suppress_tokens)):

@@ -18,8 +18,9 @@ from led_flax.config import ConfigError
 from led_flax.generation import GenerationConfig, GenerationSettingWarning, generate
 
 NEW_SETTINGS = {"encoder_no_repeat_ngram_size": 3, "encoder_repetition_penalty": 1.2, "bad_words_ids": [[5], [6, 7]],
-                "suppress_tokens": [8, 9], "begin_suppress_tokens": [10], "exponential_decay_length_penalty": [15, 1.05],
-                "renormalize_logits": True, "typical_p": 0.9, "epsilon_cutoff": 3e-4, "eta_cutoff": 2e-3}
+                "suppress_tokens": [8, 9], "begin_suppress_tokens": [10],
+                "exponential_decay_length_penalty": [15, 1.05], "renormalize_logits": True, "typical_p": 0.9,
+                "epsilon_cutoff": 3e-4, "eta_cutoff": 2e-3}
 
 
 def _config(**extra) -> LEDConfig:
@@ -117,11 +118,12 @@ def test_unknown_and_unimplemented_keywords_are_type_errors():
 
 @pytest.mark.parametrize("key,value", [
     ("encoder_no_repeat_ngram_size", -1), ("encoder_no_repeat_ngram_size", 2.5), ("encoder_repetition_penalty", 0.0),
+    ("encoder_repetition_penalty", "2"),
     ("bad_words_ids", []), ("bad_words_ids", [5, 6]), ("bad_words_ids", [[5], []]), ("bad_words_ids", [[-1]]),
     ("suppress_tokens", [1.5]), ("suppress_tokens", "3"), ("begin_suppress_tokens", [-2]),
     ("exponential_decay_length_penalty", [5]), ("exponential_decay_length_penalty", [-1, 1.1]),
     ("exponential_decay_length_penalty", [5, 0.0]), ("renormalize_logits", "yes"), ("typical_p", 0.0),
-    ("typical_p", 1.5), ("epsilon_cutoff", 1.0), ("epsilon_cutoff", -0.1), ("eta_cutoff", 2.0),
+    ("typical_p", 1.5), ("typical_p", "0.9"), ("epsilon_cutoff", 1.0), ("epsilon_cutoff", -0.1), ("eta_cutoff", 2.0),
     ("num_beam_groups", 0),
 ])
 def test_a_bad_value_is_an_error_naming_the_field(key, value):
@@ -142,6 +144,12 @@ def test_forcing_a_suppressed_token_is_an_error():
 def test_token_ids_outside_the_vocabulary_are_errors(key, value):
     with pytest.raises(ValueError, match=rf"GenerationConfig.{key} holds token ids outside the vocabulary \[0, 40\)"):
         GenerationConfig(**{key: value}).resolved(_config(vocab_size=40))
+
+
+def test_bad_words_that_ban_only_eos_are_an_error():
+    with pytest.raises(ValueError, match="bans only the eos token.*min_new_tokens"):
+        GenerationConfig(bad_words_ids=[[2]]).resolved(_config())
+    GenerationConfig(bad_words_ids=[[2], [5]]).resolved(_config())  # eos is dropped, 5 stays banned
 
 
 def test_a_generation_config_json_that_is_not_json_names_the_file(tmp_path):
