@@ -4,8 +4,10 @@ The encoder runs once, the cross-attention keys and values are computed once (`i
 the decoder steps one token at a time inside a `lax.while_loop` that stops when every sequence is
 done. Greedy search and sampling follow transformers 5's `_sample`, beam search its `_beam_search`
 (max(2, 1 + number of eos ids) x num_beams candidates per step, only the top num_beams may finish,
-the length penalty counts generated tokens), and the logits processors its `logits_process.py`, in
-the same order. `min_length` and `max_length` count the decoder start token, as there.
+the length penalty counts generated tokens), and the logits processors and warpers its
+`logits_process.py`, in the same order (`processors.py`, `warpers.py`). `min_length` and `max_length`
+count the decoder start token, as there. The encoder's input ids travel into the program for the
+processors that read them (`encoder_no_repeat_ngram_size`, `encoder_repetition_penalty`).
 """
 
 from __future__ import annotations
@@ -22,12 +24,12 @@ from jax.sharding import PartitionSpec as P
 
 from . import sequence
 from .attention import count_global_slots
-from .generation_config import GenerationConfig
+from .generation_config import GenerationConfig, GenerationSettingWarning
 from .inputs import check_token_ids
 from .search import beam_search, greedy_or_sample
 from .stacking import unstack_layers
 
-__all__ = ["GenerationConfig", "GenerateOutput", "generate"]
+__all__ = ["GenerationConfig", "GenerationSettingWarning", "GenerateOutput", "generate"]
 
 
 @struct.dataclass
@@ -72,7 +74,9 @@ def _search(params, input_ids, attention_mask, global_attention_mask, rng, *, mo
         return out.logits[:, -1].astype(jnp.float32), out.cache
 
     search = beam_search if cfg.num_beams > 1 else greedy_or_sample
-    return search(step, cache, cfg, batch, rng)
+    if model.sequence_axis is not None:  # the encoder-side processors read the whole input: [b, n] ids, small
+        input_ids = jax.lax.all_gather(input_ids, model.sequence_axis, axis=1, tiled=True)
+    return search(step, cache, cfg, batch, rng, input_ids)
 
 
 def generate(model, params, input_ids, attention_mask=None, global_attention_mask=None,
@@ -86,8 +90,11 @@ def generate(model, params, input_ids, attention_mask=None, global_attention_mas
     sharding: where to put the batch (a NamedSharding over the batch axis spreads it over devices).
     mesh: a mesh with a `sequence` axis of several devices splits each document over them
     (`led_flax.sequence`; n must be a multiple of `sequence.length_unit`); the batch goes over the
-    other axes as `sharding` says. Returns the sequences (decoder start token first, padded with
-    pad_token_id, trimmed to the longest) and their scores.
+    other axes as `sharding` says. overrides: GenerationConfig fields. Returns the sequences (decoder
+    start token first, padded with pad_token_id, trimmed to the longest) and their scores.
+    Raises TypeError for an override that is not a GenerationConfig field (or a transformers setting
+    led-flax does not implement), ValueError for a bad value, group beam search, or a token id outside
+    the vocabulary.
     """
     config = model.config
     cfg = (generation_config or GenerationConfig()).replace(**overrides).resolved(config)

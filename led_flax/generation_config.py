@@ -1,22 +1,78 @@
-"""`GenerationConfig`: HF's generation settings (the subset LED uses), read from `generation_config.json`
-or the old generation fields of `config.json`."""
+"""`GenerationConfig`: HF's generation settings (those LED's checkpoints use), read from
+`generation_config.json` or the old generation fields of `config.json`.
+
+Every setting of transformers 5's `GenerationConfig` falls in one of three groups:
+- implemented: a field here, applied as transformers applies it;
+- bookkeeping (`transformers_version`, `output_*`, `use_cache`, the assistant's tuning, ...): what
+  `generate` returns or how fast it runs, never which ids; ignored silently;
+- not implemented (`sequence_bias`, `constraints`, `min_p`, ...): `from_hf` warns with a
+  `GenerationSettingWarning` naming each one that is switched on, since the ids would differ from
+  transformers'. Passing one to `generate` or `replace` is a TypeError.
+Group beam search (`num_beam_groups` > 1) is a ValueError: transformers 5 moved it to the hub, so
+there is no reference to match.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
 import os
+import warnings
 from typing import Any
 
-# generation fields that old config.json files carry (transformers moved them to generation_config.json)
-_OLD_CONFIG_FIELDS = ("max_length", "min_length", "num_beams", "length_penalty", "no_repeat_ngram_size",
-                      "early_stopping", "repetition_penalty", "forced_bos_token_id", "forced_eos_token_id",
-                      "do_sample", "temperature", "top_k", "top_p", "num_return_sequences")
+from .config import ConfigError
+
+# bookkeeping: output format, caching and speed; the ids do not depend on them
+_BOOKKEEPING = frozenset((
+    "transformers_version", "_from_model_config", "_commit_hash", "output_attentions", "output_hidden_states",
+    "output_scores", "output_logits", "return_dict_in_generate", "use_cache", "cache_implementation",
+    "cache_config", "max_cache_len", "compile_config", "disable_compile", "prefill_chunk_size",
+    "continuous_batching_config", "low_memory", "is_assistant", "num_assistant_tokens",
+    "num_assistant_tokens_schedule", "assistant_confidence_threshold", "assistant_lookbehind",
+    "target_lookbehind", "prompt_lookup_num_tokens", "max_matching_ngram_size", "assistant_early_exit",
+    "speculation_type", "use_mtp"))
+# transformers settings that change the ids and that led-flax does not implement -> their "off" values
+_NOT_IMPLEMENTED: dict[str, tuple[Any, ...]] = {
+    "sequence_bias": (), "guidance_scale": (1, 1.0), "constraints": (), "force_words_ids": (),
+    "watermarking_config": (), "min_p": (), "top_h": (), "remove_invalid_values": (False,),
+    "token_healing": (False,), "stop_strings": (), "max_time": (), "penalty_alpha": (0, 0.0),
+    "dola_layers": (), "assistant_ensemble_weight": ()}
+_TOKEN_FIELDS = ("decoder_start_token_id", "bos_token_id", "eos_token_id", "pad_token_id")
+
+
+class GenerationSettingWarning(UserWarning):
+    """A generation setting of a checkpoint that led-flax does not implement and ignores; the ids may
+    differ from transformers'. The message is one line naming the setting and where it came from."""
+
+
+def _is_real(x) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+def _int_tuple(name: str, value, allow_none: bool = True):
+    """A tuple of token ids (>= 0) from a list or tuple; ValueError naming `name` otherwise."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, (list, tuple)) and all(isinstance(t, numbers.Integral) and not isinstance(t, bool) and t >= 0
+                                                for t in value):
+        return tuple(int(t) for t in value)
+    raise ValueError(f"GenerationConfig.{name} must be a list of token ids (integers >= 0), got {value!r}")
 
 
 @dataclasses.dataclass(frozen=True)
 class GenerationConfig:
-    """HF's generation settings (the subset LED uses), hashable so that it keys compiled programs."""
+    """HF's generation settings, hashable (tuples, not lists) so that it keys compiled programs.
+
+    Beyond the length, search and sampling settings: `encoder_no_repeat_ngram_size` (n-grams of the
+    input that the output may not repeat), `encoder_repetition_penalty` (> 1 favours the input's
+    tokens), `bad_words_ids` (token sequences never generated), `suppress_tokens` (ids never
+    generated), `begin_suppress_tokens` (ids not generated first), `exponential_decay_length_penalty`
+    ((start, factor): eos is favoured by factor ** (tokens past start)), `renormalize_logits`
+    (log-softmax after every processor), and the sampling warpers `typical_p`, `epsilon_cutoff`,
+    `eta_cutoff`. `num_beam_groups` and `diversity_penalty` are read so that group beam search is
+    refused, not silently replaced. Raises ValueError naming the field and the fix for a bad value.
+    """
 
     max_length: int = 20
     max_new_tokens: int | None = None
@@ -30,10 +86,22 @@ class GenerationConfig:
     temperature: float = 1.0
     top_k: int = 50
     top_p: float = 1.0
+    typical_p: float = 1.0
+    epsilon_cutoff: float = 0.0
+    eta_cutoff: float = 0.0
     no_repeat_ngram_size: int = 0
+    encoder_no_repeat_ngram_size: int = 0
     repetition_penalty: float = 1.0
+    encoder_repetition_penalty: float = 1.0
+    bad_words_ids: tuple[tuple[int, ...], ...] | None = None
+    suppress_tokens: tuple[int, ...] | None = None
+    begin_suppress_tokens: tuple[int, ...] | None = None
+    exponential_decay_length_penalty: tuple[int, float] | None = None
+    renormalize_logits: bool = False
     forced_bos_token_id: int | None = None
     forced_eos_token_id: int | tuple[int, ...] | None = None
+    num_beam_groups: int = 1
+    diversity_penalty: float = 0.0
     decoder_start_token_id: int | None = None
     bos_token_id: int | None = None
     eos_token_id: int | tuple[int, ...] | None = None
@@ -55,6 +123,55 @@ class GenerationConfig:
             raise ValueError("GenerationConfig.temperature must be > 0 when sampling; use do_sample=False for greedy")
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"GenerationConfig.top_p must be in (0, 1], got {self.top_p}")
+        self._check_new_settings()
+
+    def _check_new_settings(self):
+        """The settings of released summarization checkpoints beyond the basic ones, and group beam search."""
+        if not (isinstance(self.num_beam_groups, int) and self.num_beam_groups >= 1):
+            raise ValueError(f"GenerationConfig.num_beam_groups must be an integer >= 1, got {self.num_beam_groups!r}")
+        if self.num_beam_groups > 1:
+            raise ValueError(f"GenerationConfig.num_beam_groups={self.num_beam_groups}: group (diverse) beam search is "
+                             f"not supported; transformers 5 moved it to the hub, so there is no reference to match. "
+                             f"Set num_beam_groups to 1 (in generation_config.json, or as a keyword) for plain beam "
+                             f"search")
+        if not (isinstance(self.encoder_no_repeat_ngram_size, int) and self.encoder_no_repeat_ngram_size >= 0):
+            raise ValueError(f"GenerationConfig.encoder_no_repeat_ngram_size must be an integer >= 0 (0: off), got "
+                             f"{self.encoder_no_repeat_ngram_size!r}")
+        if not (_is_real(self.encoder_repetition_penalty) and self.encoder_repetition_penalty > 0):
+            raise ValueError(f"GenerationConfig.encoder_repetition_penalty must be > 0 (1.0: off; above 1 favours the "
+                             f"input's tokens), got {self.encoder_repetition_penalty}")
+        if not (_is_real(self.typical_p) and 0.0 < self.typical_p <= 1.0):
+            raise ValueError(f"GenerationConfig.typical_p must be in (0, 1] (1.0: off), got {self.typical_p}")
+        for f in ("epsilon_cutoff", "eta_cutoff"):
+            if not (_is_real(getattr(self, f)) and 0.0 <= getattr(self, f) < 1.0):
+                raise ValueError(f"GenerationConfig.{f} must be in [0, 1) (0.0: off; the paper suggests 3e-4 to "
+                                 f"4e-3), got {getattr(self, f)}")
+        if not isinstance(self.renormalize_logits, bool):
+            raise ValueError(f"GenerationConfig.renormalize_logits must be true or false, got "
+                             f"{self.renormalize_logits!r}")
+        bad = self.bad_words_ids
+        if bad is not None:
+            if not isinstance(bad, (list, tuple)) or not bad or any(not isinstance(w, (list, tuple)) or not w
+                                                                    for w in bad):
+                raise ValueError(f"GenerationConfig.bad_words_ids must be a non-empty list of non-empty lists of "
+                                 f"token ids, e.g. [[42], [7, 8]], got {bad!r}")
+            object.__setattr__(self, "bad_words_ids", tuple(_int_tuple("bad_words_ids", w, False) for w in bad))
+        for f in ("suppress_tokens", "begin_suppress_tokens"):
+            object.__setattr__(self, f, _int_tuple(f, getattr(self, f)))
+        decay = self.exponential_decay_length_penalty
+        if decay is not None:
+            if not (isinstance(decay, (list, tuple)) and len(decay) == 2 and isinstance(decay[0], int)
+                    and decay[0] >= 0 and _is_real(decay[1]) and decay[1] > 0):
+                raise ValueError(f"GenerationConfig.exponential_decay_length_penalty must be (start, factor): the "
+                                 f"generated tokens after which eos is favoured (an integer >= 0) and the factor per "
+                                 f"token (> 0, e.g. 1.05), got {decay!r}")
+            object.__setattr__(self, "exponential_decay_length_penalty", (int(decay[0]), float(decay[1])))
+        for f in ("forced_bos_token_id", "forced_eos_token_id"):  # transformers' validate() refuses these too
+            forced = getattr(self, f)
+            forced = set() if forced is None else {forced} if isinstance(forced, int) else set(forced)
+            if self.suppress_tokens is not None and forced and forced <= set(self.suppress_tokens):
+                raise ValueError(f"GenerationConfig: every token of {f} ({sorted(forced)}) is also in suppress_tokens, "
+                                 f"so the forcing step has no token left; remove it from one of the two")
 
     @property
     def eos_ids(self) -> tuple[int, ...]:
@@ -63,7 +180,12 @@ class GenerationConfig:
         return self.eos_token_id if isinstance(self.eos_token_id, tuple) else (self.eos_token_id,)
 
     def replace(self, **changes) -> "GenerationConfig":
+        """A copy with `changes`; TypeError naming a setting that is unknown or not implemented."""
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        missing = sorted(unknown & set(_NOT_IMPLEMENTED))
+        if missing:
+            raise TypeError(f"generation settings {missing} are not implemented by led-flax; see "
+                            f"led_flax.GenerationConfig for those that are")
         if unknown:
             raise TypeError(f"unknown generation settings {sorted(unknown)}; see led_flax.GenerationConfig")
         return dataclasses.replace(self, **changes)
@@ -71,28 +193,51 @@ class GenerationConfig:
     @classmethod
     def from_hf(cls, source=None, model_config=None) -> "GenerationConfig":
         """From a `generation_config.json` (a dict, the file, or a directory holding it), falling back to
-        the old generation fields of `config.json`; special token ids default to the model config's."""
+        the old generation fields of `config.json`; special token ids default to the model config's.
+
+        Warns (GenerationSettingWarning, one per setting) about each setting that changes the ids and is
+        not implemented; ignores bookkeeping ones. Raises ConfigError for a file that is not JSON and
+        ValueError, naming the source, for a bad value."""
+        fields = {f.name: f.default for f in dataclasses.fields(cls)}
         data: dict[str, Any] = {}
         if model_config is not None:
-            data.update({k: json.loads(v) for k, v in model_config.extra if k in _OLD_CONFIG_FIELDS})
+            old = {k: json.loads(v) for k, v in model_config.extra}
+            # config.json holds model settings too: only transformers' generation settings are read from it
+            data.update({k: v for k, v in old.items() if k in fields and k not in _TOKEN_FIELDS})
+            _warn_not_implemented({k: v for k, v in old.items() if k in _NOT_IMPLEMENTED}, "config.json")
             data.update(decoder_start_token_id=model_config.decoder_start_token_id,
                         bos_token_id=model_config.bos_token_id, pad_token_id=model_config.pad_token_id,
                         eos_token_id=model_config.eos_token_id)
+        name, settings = "generation settings", {}
         if isinstance(source, dict):
-            data.update(source)
+            settings = source
         elif source is not None:
             path = os.fspath(source)
             if os.path.isdir(path):
                 path = os.path.join(path, "generation_config.json")
             if os.path.isfile(path):
+                name = path
                 with open(path, encoding="utf-8") as f:
-                    data.update(json.load(f))
-        defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+                    try:
+                        settings = json.load(f)
+                    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                        raise ConfigError(f"{path} is not valid JSON ({e}); restore the file or remove it") from e
+                if not isinstance(settings, dict):
+                    raise ConfigError(f"{path} holds a JSON {type(settings).__name__}, not an object of settings; "
+                                      f"restore the file or remove it")
+        _warn_not_implemented({k: v for k, v in settings.items() if k not in fields and k not in _BOOKKEEPING}, name)
+        data.update(settings)
         # a null in the file means "unset": keep our default unless the default is itself None
-        return cls(**{k: v for k, v in data.items() if k in defaults and (v is not None or defaults[k] is None)})
+        try:
+            return cls(**{k: v for k, v in data.items() if k in fields and (v is not None or fields[k] is None)})
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{name}: {e}") from e
 
     def resolved(self, model_config) -> "GenerationConfig":
-        """Fills the special tokens from the model config and turns max/min_new_tokens into lengths."""
+        """Fills the special tokens from the model config and turns max/min_new_tokens into lengths.
+        Raises ValueError for a max_length over the decoder's positions, a token id of bad_words_ids,
+        suppress_tokens or begin_suppress_tokens outside the vocabulary (transformers ignores the last
+        two silently), or bad_words_ids that ban only eos."""
         cfg = self
         fill = {}
         for f, v in (("decoder_start_token_id", model_config.decoder_start_token_id),
@@ -106,4 +251,25 @@ class GenerationConfig:
         if cfg.max_length > model_config.max_decoder_position_embeddings:
             raise ValueError(f"max_length {cfg.max_length} exceeds the decoder's "
                              f"{model_config.max_decoder_position_embeddings} positions; lower max_length")
+        if cfg.bad_words_ids is not None and all(len(w) == 1 and w[0] in cfg.eos_ids for w in cfg.bad_words_ids):
+            # transformers drops a lone eos from bad_words_ids and then refuses the empty list
+            raise ValueError(f"GenerationConfig.bad_words_ids {list(map(list, cfg.bad_words_ids))} bans only the eos "
+                             f"token, which bad_words_ids never bans; use min_length or min_new_tokens to delay eos")
+        v = model_config.vocab_size
+        for f, ids in (("bad_words_ids", sum(cfg.bad_words_ids or (), ())), ("suppress_tokens", cfg.suppress_tokens),
+                       ("begin_suppress_tokens", cfg.begin_suppress_tokens)):
+            outside = sorted({t for t in ids or () if t >= v})
+            if outside:
+                raise ValueError(f"GenerationConfig.{f} holds token ids outside the vocabulary [0, {v}): {outside}; "
+                                 f"check that the settings belong to this checkpoint")
         return cfg
+
+
+def _warn_not_implemented(settings: dict[str, Any], source: str) -> None:
+    """One GenerationSettingWarning per setting of `settings` that is switched on."""
+    for key, value in sorted(settings.items()):
+        if key in _NOT_IMPLEMENTED and (value is None or value == [] or value == {} or value in _NOT_IMPLEMENTED[key]):
+            continue
+        what = "is not implemented by led-flax" if key in _NOT_IMPLEMENTED else "is not a generation setting"
+        warnings.warn(f"{source}: {key}={json.dumps(value)} {what} and is ignored; the generated ids may differ "
+                      f"from transformers'", GenerationSettingWarning, stacklevel=3)

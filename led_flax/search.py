@@ -4,7 +4,8 @@ num_beams candidates per step, only the top num_beams may finish, the length pen
 tokens). The masking arithmetic is transformers': -1e9 is added once per reason.
 
 `step(token [N, 1], cache) -> (logits [N, V] float32, cache)` runs the decoder one position; the
-cache is a `cache.DecoderCache`, which the loops only carry and `reorder`.
+cache is a `cache.DecoderCache`, which the loops only carry and `reorder`. encoder_ids: [b, n] int32,
+the encoder's input ids, for the processors that read them.
 Shapes: b batch, nb beams, k candidates, L max_length, V vocabulary.
 """
 
@@ -16,10 +17,9 @@ import jax
 import jax.numpy as jnp
 
 from .generation_config import GenerationConfig
-from .processors import apply_processors, apply_warpers
+from .processors import PROMPT_LENGTH, process
 
 BIG_NEGATIVE = -1.0e9  # transformers' penalty for a candidate that may not be chosen
-PROMPT_LENGTH = 1  # the decoder prompt is the start token alone
 
 
 class SearchResult(NamedTuple):
@@ -37,8 +37,9 @@ class GreedyState(NamedTuple):
     rng: Any
 
 
-def greedy_or_sample(step, cache, cfg: GenerationConfig, batch: int, rng) -> SearchResult:
-    """transformers' `_sample`: processors on the raw logits, then argmax or a draw."""
+def greedy_or_sample(step, cache, cfg: GenerationConfig, batch: int, rng, encoder_ids) -> SearchResult:
+    """transformers' `_sample`: processors (and warpers, when sampling) on the raw logits, then argmax
+    or a draw."""
     L = cfg.max_length
     eos = jnp.asarray(cfg.eos_ids or (-1,), jnp.int32)
 
@@ -48,11 +49,10 @@ def greedy_or_sample(step, cache, cfg: GenerationConfig, batch: int, rng) -> Sea
     def body(s: GreedyState) -> GreedyState:
         token = jax.lax.dynamic_slice_in_dim(s.sequences, s.cur_len - 1, 1, axis=1)  # [b, 1]
         logits, cache = step(token, s.cache)
-        scores = apply_processors(logits, s.sequences, s.cur_len, cfg)
+        scores = process(logits, s.sequences, s.cur_len, cfg, encoder_ids, min_tokens_to_keep=1)
         rng = s.rng
         if cfg.do_sample:
             rng, draw = jax.random.split(rng)
-            scores = apply_warpers(scores, cfg, 1)
             nxt = jax.random.categorical(draw, scores, axis=-1).astype(jnp.int32)
         else:
             nxt = jnp.argmax(scores, axis=-1).astype(jnp.int32)
@@ -89,11 +89,14 @@ def _gather(x, idx):
     return jnp.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - 2)), axis=1)
 
 
-def beam_search(step, cache, cfg: GenerationConfig, batch: int, rng) -> SearchResult:
-    """transformers 5's `_beam_search`, with static shapes. The cache is batch * num_beams wide."""
+def beam_search(step, cache, cfg: GenerationConfig, batch: int, rng, encoder_ids) -> SearchResult:
+    """transformers 5's `_beam_search`, with static shapes. The cache is batch * num_beams wide. With
+    sampling, the processors and warpers act on each beam's log-probs, and `keep` candidates are drawn
+    without replacement from the softmax of the accumulated (warped) scores, as there."""
     L, nb = cfg.max_length, cfg.num_beams
     n_eos = len(cfg.eos_ids)
     keep = max(2, 1 + n_eos) * nb
+    keep_per_row = n_eos + 1 if n_eos else 2  # the warpers' min_tokens_to_keep with beams, as transformers'
     top_mask = jnp.arange(keep) < nb  # only the top num_beams candidates may finish
     eos = jnp.asarray(cfg.eos_ids or (-1,), jnp.int32)
     big = jnp.float32(BIG_NEGATIVE)
@@ -108,15 +111,14 @@ def beam_search(step, cache, cfg: GenerationConfig, batch: int, rng) -> SearchRe
         token = jax.lax.dynamic_slice_in_dim(flat, cur_len - 1, 1, axis=1)  # [b * nb, 1]
         logits, cache = step(token, s.cache)
         log_probs = jax.nn.log_softmax(logits, axis=-1)
-        log_probs = apply_processors(log_probs, flat, cur_len, cfg, PROMPT_LENGTH)
+        log_probs = process(log_probs, flat, cur_len, cfg, encoder_ids, min_tokens_to_keep=keep_per_row)
         v = log_probs.shape[-1]
         acc = (log_probs.reshape(batch, nb, v) + s.running_scores[:, :, None]).reshape(batch, nb * v)
         rng = s.rng
         if cfg.do_sample:
             rng, draw = jax.random.split(rng)
-            acc_w = apply_warpers(acc, cfg, n_eos + 1)
-            gumbel = -jnp.log(-jnp.log(jax.random.uniform(draw, acc_w.shape, minval=1e-20, maxval=1.0)))
-            _, idx = jax.lax.top_k(acc_w + gumbel, keep)  # sampling without replacement
+            gumbel = -jnp.log(-jnp.log(jax.random.uniform(draw, acc.shape, minval=1e-20, maxval=1.0)))
+            _, idx = jax.lax.top_k(acc + gumbel, keep)  # sampling without replacement
             top_lp = jnp.take_along_axis(acc, idx, axis=1)
             order = jnp.argsort(-top_lp, axis=1)
             top_lp, idx = jnp.take_along_axis(top_lp, order, 1), jnp.take_along_axis(idx, order, 1)
