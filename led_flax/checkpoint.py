@@ -188,13 +188,19 @@ def _ignore_closed_loop(unraisable) -> None:
 
 
 @functools.cache
-def _quiet_after_failed_read() -> None:
+def quiet_closed_loop_errors() -> None:
+    """Call after an orbax read failed: the reads it left in flight finish after orbax closed its
+    event loop, and each would print an "Event loop is closed" traceback (through
+    sys.unraisablehook) long after the error was reported. Installs, once per process, a hook that
+    drops exactly those and passes everything else to the previous hook."""
     _ignore_closed_loop.previous = sys.unraisablehook
     sys.unraisablehook = _ignore_closed_loop
 
 
 @contextlib.contextmanager
-def _quiet_logger(name: str):
+def quiet_logger(name: str):
+    """Only errors of the logger `name` show inside the block (orbax logs warnings through absl
+    before it returns an answer or raises)."""
     logger = logging.getLogger(name)
     level = logger.level
     logger.setLevel(logging.ERROR)
@@ -234,21 +240,21 @@ def load(directory: str | os.PathLike, scan_layers: bool = True) -> Checkpoint:
     checkpointer = _local_checkpointer(ocp)
     try:
         try:
-            with _quiet_logger("absl"):  # orbax logs a warning before it returns no metadata
+            with quiet_logger("absl"):  # orbax logs a warning before it returns no metadata
                 metadata = checkpointer.metadata(params_dir).item_metadata
             saved = {p: tuple(m.shape) for p, m in _flat(dict(metadata)).items()} if metadata is not None else None
         except Exception as e:  # orbax's and tensorstore's many kinds: a JSON error, a ValueError, ...
-            _quiet_after_failed_read()
+            quiet_closed_loop_errors()
             raise CheckpointError(f"{damaged}: its metadata cannot be read ({_first_line(e)}); {again}") from None
         if saved is None:
-            _quiet_after_failed_read()
+            quiet_closed_loop_errors()
             raise CheckpointError(f"{damaged}: its metadata cannot be read; {again}")
         _check_shapes(directory, config, marker["head"], saved)
         try:
-            with _quiet_logger("absl"):
+            with quiet_logger("absl"):
                 params = checkpointer.restore(params_dir)
         except Exception as e:
-            _quiet_after_failed_read()
+            quiet_closed_loop_errors()
             raise CheckpointError(f"{damaged}: {_first_line(e)}; {again}") from None
     finally:
         with contextlib.suppress(Exception):

@@ -48,27 +48,34 @@ FIXES = {
 
 class WriteError(OSError):
     """An output that could not be written for a reason the user can fix (a full or read-only
-    filesystem, no permission); `str()` names the path and the fix. `errno` and `filename` are the
-    cause's errno and the path."""
+    filesystem, no permission); `str()` names the path and the fix, then `then` (what to do next,
+    "rerun the same command to resume", say) when set. `errno` and `filename` are the cause's errno
+    and the path."""
+
+    then: str = ""
 
     def __str__(self) -> str:
-        return f"cannot write {self.filename}: {self.strerror}; {FIXES.get(self.errno, 'check the path')}"
+        return f"cannot write {self.filename}: {self.strerror}; {FIXES.get(self.errno, 'check the path')}" + \
+            (f"; {self.then}" if self.then else "")
 
 
-def as_write_error(e: OSError, path: str | os.PathLike) -> OSError:
+def as_write_error(e: OSError, path: str | os.PathLike, then: str = "") -> OSError:
     """`e` as a WriteError naming `path` when it is an error the user can fix, else `e` itself."""
     if isinstance(e, WriteError) or e.errno not in FIXES:
         return e
-    return WriteError(e.errno, e.strerror or os.strerror(e.errno), os.fspath(path))
+    error = WriteError(e.errno, e.strerror or os.strerror(e.errno), os.fspath(path))
+    error.then = then
+    return error
 
 
 @contextlib.contextmanager
-def writing(path: str | os.PathLike) -> Iterator[None]:
-    """Turns the fixable OSErrors raised inside the block into a WriteError naming `path`."""
+def writing(path: str | os.PathLike, then: str = "") -> Iterator[None]:
+    """Turns the fixable OSErrors raised inside the block into a WriteError naming `path` (and
+    `then`, what to do next)."""
     try:
         yield
     except OSError as e:
-        error = as_write_error(e, path)
+        error = as_write_error(e, path, then)
         if error is e:
             raise
         raise error from e

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 
-from led_flax.files import write_atomic
+from led_flax.files import write_atomic, writing
 
 
 class MetricsLog:
@@ -42,7 +42,7 @@ class MetricsLog:
             return
         record = {"step": step, "kind": kind, **{k: (float(v) if not isinstance(v, (int, str)) else v)
                                                 for k, v in values.items()}}
-        with open(self.path, "a", encoding="utf-8") as f:
+        with writing(self.path), open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
             f.flush()
         if self.writer is not None:
