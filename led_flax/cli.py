@@ -236,6 +236,8 @@ def cmd_demo(args) -> int:
     from train import loop
     from train.evaluate import lead_sentences, rouge
 
+    if args.workdir and os.path.exists(args.workdir) and not os.path.isdir(args.workdir):
+        raise UsageError(f"--workdir {args.workdir} is a file; name a folder")
     work = args.workdir or tempfile.mkdtemp(prefix="led-flax-demo-")
     out = os.path.join(work, "tiny-aclsum")
     cfg = config_lib.load(train_cli.DEFAULT_CONFIG, [f"output_dir={out}"] + ([f"steps={args.steps}"] if args.steps else []))
@@ -288,6 +290,8 @@ def cmd_demo_convert(args) -> int:
     from convert.table import flatten
     from led_flax import LEDConfig, LEDForConditionalGeneration, checkpoint, init_params
 
+    if args.workdir and os.path.exists(args.workdir) and not os.path.isdir(args.workdir):
+        raise UsageError(f"--workdir {args.workdir} is a file; name a folder")
     work = args.workdir or tempfile.mkdtemp(prefix="led-flax-demo-")
     config = LEDConfig(vocab_size=1024, d_model=128, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
                        decoder_attention_heads=4, encoder_ffn_dim=256, decoder_ffn_dim=256, attention_window=256,
