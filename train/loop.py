@@ -12,6 +12,7 @@ one before it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -297,62 +298,62 @@ def run(cfg: TrainConfig, *, progress: bool = True) -> dict:
     Raises TrainingError on a NaN or infinite loss; ResumeError when the config does not fit the
     run's checkpoints or none can be read (the run's records are left as they were); WriteError when
     the output's filesystem is full or read-only (rerunning resumes from the last checkpoint)."""
+    try:
+        return _run(cfg, progress)
+    except OSError as e:
+        error = _resumable(e, cfg.output_dir)
+        if error is e:
+            raise
+        raise error from e
+
+
+def _run(cfg: TrainConfig, progress: bool) -> dict:
     from tqdm import tqdm
 
     job = Job(cfg)
     is_main = job.is_main
-    ckpts = Checkpoints(os.path.join(job.out, "checkpoints"), cfg.checkpoint.keep_last, cfg.checkpoint.keep_best,
-                        cfg.checkpoint.asynchronous)
     setup = job.setup
-    resumed_from = None
-    try:
+    with contextlib.ExitStack() as closing:  # closed in reverse order, whatever stops the run
+        ckpts = Checkpoints(os.path.join(job.out, "checkpoints"), cfg.checkpoint.keep_last, cfg.checkpoint.keep_best,
+                            cfg.checkpoint.asynchronous)
+        closing.callback(ckpts.close)
+        resumed_from = None
         if ckpts.latest_step() is not None:
             state, resumed_from = resume(job, ckpts)
         else:
             state = step_lib.initial_state(setup, cfg.seed, job.pretrained)
-    except BaseException:
-        ckpts.close()
-        raise
-    # the resume is checked: only now are the run's records touched
-    metrics_log = MetricsLog(job.out, enabled=is_main)
-    if is_main:
-        record_config(job.out, cfg, resumed_from)
-    if resumed_from is not None:
-        metrics_log.truncate(resumed_from)
-        log.info("resumed from step %d (%s)", resumed_from, ckpts.directory)
-    start = int(jax.device_get(state["step"]))
-    if start >= cfg.steps:
-        log.warning("the run in %s is already at step %d, %s steps=%d: nothing to train; final/ and hf/ are "
-                    "exported again from step %d's parameters (raise steps to train further)", job.out, start,
-                    "past" if start > cfg.steps else "at", cfg.steps, start)
-    train_step = step_lib.make_train_step(setup.model, setup.tx, setup.lr, setup.mesh, setup.shardings,
-                                          cfg.optimizer.label_smoothing, cfg.model.dropout)
-    eval_step = step_lib.make_eval_step(setup.eval_model, setup.mesh, setup.shardings["params"])
-    if is_main:
-        n_params = sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(state["params"]))
-        per_device, total = shd.bytes_per_device(state, setup.shardings)
-        log.info("%s parameters; train state %.1f MiB, %.1f MiB per device; mesh %s; %d processes",
-                 f"{n_params:,}", total / 2**20, per_device / 2**20, dict(setup.mesh.shape), jax.process_count())
-    # each process's own record: the shards it read and the bucket of every step (multi-host debugging)
-    pi = jax.process_index()
-    data_path = os.path.join(job.out, "processes", f"{pi}.steps.jsonl")
-    try:
+        # the resume is checked: only now are the run's records touched
+        metrics_log = MetricsLog(job.out, enabled=is_main)
+        closing.callback(metrics_log.close)
+        if is_main:
+            record_config(job.out, cfg, resumed_from)
+        if resumed_from is not None:
+            metrics_log.truncate(resumed_from)
+            log.info("resumed from step %d (%s)", resumed_from, ckpts.directory)
+        start = int(jax.device_get(state["step"]))
+        if start >= cfg.steps:
+            log.warning("the run in %s is already at step %d, %s steps=%d: nothing to train; final/ and hf/ are "
+                        "exported again from step %d's parameters (raise steps to train further)", job.out, start,
+                        "past" if start > cfg.steps else "at", cfg.steps, start)
+        train_step = step_lib.make_train_step(setup.model, setup.tx, setup.lr, setup.mesh, setup.shardings,
+                                              cfg.optimizer.label_smoothing, cfg.model.dropout)
+        eval_step = step_lib.make_eval_step(setup.eval_model, setup.mesh, setup.shardings["params"])
+        if is_main:
+            n_params = sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(state["params"]))
+            per_device, total = shd.bytes_per_device(state, setup.shardings)
+            log.info("%s parameters; train state %.1f MiB, %.1f MiB per device; mesh %s; %d processes",
+                     f"{n_params:,}", total / 2**20, per_device / 2**20, dict(setup.mesh.shape), jax.process_count())
+        # each process's own record: the shards it read and the bucket of every step (multi-host debugging)
+        pi = jax.process_index()
         os.makedirs(os.path.join(job.out, "processes"), exist_ok=True)
         _write_json(os.path.join(job.out, "processes", f"{pi}.json"), {"shards": job.owned, "train_ids": job.train_ids})
-        data_log = open(data_path, "a", encoding="utf-8")
-    except BaseException as e:
-        metrics_log.close()
-        ckpts.close()
-        error = _resumable(e, data_path)
-        if error is e:
-            raise
-        raise error from e
-    bar = tqdm(total=cfg.steps, initial=min(start, cfg.steps), disable=not (progress and is_main), desc="train",
-               unit="step")
-    last: dict = {}
-    tokens_seen = 0
-    t0 = time.perf_counter()
-    try:
+        data_path = os.path.join(job.out, "processes", f"{pi}.steps.jsonl")
+        data_log = closing.enter_context(open(data_path, "a", encoding="utf-8"))
+        bar = closing.enter_context(tqdm(total=cfg.steps, initial=min(start, cfg.steps),
+                                         disable=not (progress and is_main), desc="train", unit="step"))
+        last: dict = {}
+        tokens_seen = 0
+        t0 = time.perf_counter()
         for step in range(start, cfg.steps):
             batch = next(job.batches)
             state, m = train_step(state, step_lib.global_batch(batch.arrays, setup.mesh))
@@ -401,16 +402,6 @@ def run(cfg: TrainConfig, *, progress: bool = True) -> dict:
         with writing(ckpts.directory):
             ckpts.wait()
         job.export(state["params"])
-    except OSError as e:
-        error = _resumable(e, job.out)
-        if error is e:
-            raise
-        raise error from e
-    finally:
-        data_log.close()
-        bar.close()
-        metrics_log.close()
-        ckpts.close()
     return last
 
 
