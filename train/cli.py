@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -79,13 +80,31 @@ def main(args) -> int:
     to fix, TrainingError (exit status 3) when the loss goes NaN."""
     check_arguments(args)
     configure_xla()
-    from . import config as config_lib
+    with _console_logging():
+        return _main(args)
+
+
+@contextlib.contextmanager
+def _console_logging():
+    """led_flax's log on stderr with times, INFO and up, for the command's duration (the logger is
+    put back as it was: `main` may run in-process, more than once)."""
+    logger = logging.getLogger("led_flax")
+    saved = logger.level, logger.propagate
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
-    logger = logging.getLogger("led_flax")
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
+
+
+def _main(args) -> int:
+    from . import config as config_lib
     cfg = config_lib.load(args.config, args.overrides)
     if args.dry_run:
         from led_flax.sharding import ShardingError
