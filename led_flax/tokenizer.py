@@ -173,12 +173,12 @@ class LEDTokenizer:
                                  f"tokenizer.json (copy them from the checkpoint you converted)")
         config_path = os.path.join(directory, "tokenizer_config.json")
         config = _read_json(config_path)
-        added = list(_read_json(json_path).get("added_tokens") or []) if os.path.isfile(json_path) else []
+        added = (_read_json(json_path).get("added_tokens") or []) if os.path.isfile(json_path) else []
         decoder = config.get("added_tokens_decoder") or {}
         if not isinstance(added, list) or not isinstance(decoder, dict):
             raise TokenizerError(f"{json_path if not isinstance(added, list) else config_path}: the added tokens are "
                                  f"not a list of records; {FIX}")
-        added += list(decoder.values())
+        added = list(added) + list(decoder.values())
         strip = {a["content"]: (bool(a.get("lstrip")), bool(a.get("rstrip")))
                  for a in added if isinstance(a, dict) and isinstance(a.get("content"), str)}
         special = _read_json(os.path.join(directory, "special_tokens_map.json"))
