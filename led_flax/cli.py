@@ -202,6 +202,9 @@ def cmd_summarize(args) -> int:
         raise UsageError("give FILES or --jsonl FILE, not both")
     if args.restart and not args.out:
         raise UsageError("--restart discards the progress of an --out run; it needs --out")
+    inputs = [args.jsonl] if args.jsonl else args.files
+    if args.out and any(os.path.abspath(args.out) == os.path.abspath(p) for p in inputs):
+        raise UsageError(f"--out {args.out} is also an input: it would be overwritten; write the summaries elsewhere")
     generation = {k: v for k, v in dict(num_beams=args.num_beams, max_length=args.max_length,
                                          min_length=args.min_length, length_penalty=args.length_penalty,
                                          no_repeat_ngram_size=args.no_repeat_ngram_size).items() if v is not None}

@@ -115,6 +115,7 @@ def test_output_paths_are_checked_before_the_model_or_input(capsys, tmp_path, fa
         (["--cache-dir", tmp_path / "afile"], "is a file; name a folder, or turn the cache off"),
         (["--restart"], "--restart discards the progress of an --out run; it needs --out"),
         (["a.txt", "--jsonl", "b.jsonl"], "give FILES or --jsonl FILE, not both"),
+        (["--jsonl", tmp_path / "d.jsonl", "--out", tmp_path / "d.jsonl"], "is also an input: it would be overwritten"),
     ]
     for argv, *fragments in cases:
         r = run_main(capsys, "summarize", "--model", fake_model, "--quiet", *argv)

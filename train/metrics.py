@@ -27,13 +27,14 @@ class MetricsLog:
         resumed run's log reads as one uninterrupted run."""
         if not self.enabled or not os.path.exists(self.path):
             return
-        with open(self.path, encoding="utf-8") as f:
+        with open(self.path, "rb") as f:
             keep = []
-            for line in f:
+            for raw in f:
                 try:
+                    line = raw.decode("utf-8")
                     if json.loads(line)["step"] <= step:
                         keep.append(line.rstrip("\n"))
-                except (json.JSONDecodeError, KeyError):
+                except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
                     continue  # a line cut short by the kill
         write_atomic(self.path, keep)
 
