@@ -218,7 +218,7 @@ def test_stale_temporaries_are_removed_and_the_others_named(tiny, tmp_path):
     old = tmp_path / f".ours.old-{dead}@{HOST}@11223344"
     old.mkdir()
     with pytest.warns(StaleTemporaryWarning, match=rf"{target} is missing and {old} holds its previous version"):
-        with atomic_directory(target) as tmp:
+        with atomic_directory(target):
             pass
     assert old.exists()
 
@@ -233,7 +233,7 @@ def test_a_killed_writer_leaves_a_temporary_the_next_writer_removes(tmp_path):
     left = stale_temporaries(target)
     assert len(left) == 1 and left[0].stale and left[0].host == HOST and os.path.basename(left[0].path).startswith(
         ".ckpt.tmp-")
-    with atomic_directory(target) as tmp:
+    with atomic_directory(target):
         pass
     assert stale_temporaries(target) == [] and target.is_dir()
 
