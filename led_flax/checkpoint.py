@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import json
 import logging
 import os
@@ -179,22 +178,29 @@ def _check_shapes(directory: str, config: LEDConfig, head: str, saved: dict[str,
                               f"them, or convert the checkpoint again")
 
 
-def _ignore_closed_loop(unraisable) -> None:
-    """sys.unraisablehook after a failed read: drops the "Event loop is closed" errors that the
-    reads still in flight raise when they finish after orbax closed its event loop."""
+def _orbax_leftover(unraisable) -> bool:
+    """An error that orbax's reads, still in flight when a read failed, raise once orbax has closed
+    its event loop: "Event loop is closed" from their callbacks, or the failure of a read coroutine
+    that was never awaited."""
     if isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in str(unraisable.exc_value):
-        return
-    _ignore_closed_loop.previous(unraisable)
+        return True
+    code = getattr(unraisable.object, "cr_code", None)
+    return code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
 
 
-@functools.cache
 def quiet_closed_loop_errors() -> None:
     """Call after an orbax read failed: the reads it left in flight finish after orbax closed its
-    event loop, and each would print an "Event loop is closed" traceback (through
-    sys.unraisablehook) long after the error was reported. Installs, once per process, a hook that
-    drops exactly those and passes everything else to the previous hook."""
-    _ignore_closed_loop.previous = sys.unraisablehook
-    sys.unraisablehook = _ignore_closed_loop
+    event loop, and each would print a traceback (through sys.unraisablehook) long after the error
+    was reported. Chains, once, a hook that drops exactly those and passes everything else on."""
+    previous = sys.unraisablehook
+    if getattr(previous, "drops_orbax_leftovers", False):
+        return
+
+    def hook(unraisable) -> None:
+        if not _orbax_leftover(unraisable):
+            previous(unraisable)
+    hook.drops_orbax_leftovers = True
+    sys.unraisablehook = hook
 
 
 @contextlib.contextmanager
@@ -210,8 +216,13 @@ def quiet_logger(name: str):
         logger.setLevel(level)
 
 
-def _first_line(e: BaseException, limit: int = 300) -> str:
-    text = str(e).split("\n")[0].split(" [tensorstore_spec=")[0]
+def describe_read_error(e: BaseException, limit: int = 300) -> str:
+    """One line for a failed orbax or tensorstore read: the innermost cause's first line (which
+    names the file and what is wrong with it), without tensorstore's spec."""
+    while e.__cause__ is not None:
+        e = e.__cause__
+    text = str(e).split("\n")[0].split(" [tensorstore_spec=")[0].split(". See full TensorStore details")[0]
+    text = text or type(e).__name__
     return text if len(text) <= limit else text[:limit] + "..."
 
 
@@ -245,7 +256,7 @@ def load(directory: str | os.PathLike, scan_layers: bool = True) -> Checkpoint:
             saved = {p: tuple(m.shape) for p, m in _flat(dict(metadata)).items()} if metadata is not None else None
         except Exception as e:  # orbax's and tensorstore's many kinds: a JSON error, a ValueError, ...
             quiet_closed_loop_errors()
-            raise CheckpointError(f"{damaged}: its metadata cannot be read ({_first_line(e)}); {again}") from None
+            raise CheckpointError(f"{damaged}: its metadata cannot be read ({describe_read_error(e)}); {again}") from None
         if saved is None:
             quiet_closed_loop_errors()
             raise CheckpointError(f"{damaged}: its metadata cannot be read; {again}")
@@ -255,7 +266,7 @@ def load(directory: str | os.PathLike, scan_layers: bool = True) -> Checkpoint:
                 params = checkpointer.restore(params_dir)
         except Exception as e:
             quiet_closed_loop_errors()
-            raise CheckpointError(f"{damaged}: {_first_line(e)}; {again}") from None
+            raise CheckpointError(f"{damaged}: {describe_read_error(e)}; {again}") from None
     finally:
         with contextlib.suppress(Exception):
             checkpointer.close()

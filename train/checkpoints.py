@@ -27,6 +27,8 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
+from led_flax.checkpoint import describe_read_error
+
 
 class ResumeError(ValueError):
     """A run's checkpoints that this config cannot resume; the message names the fix."""
@@ -39,11 +41,6 @@ class UnreadableCheckpoint(Exception):
     def __init__(self, step: int, reason: str):
         super().__init__(f"step {step}: {reason}")
         self.step, self.reason = step, reason
-
-
-def _one_line(e: BaseException, limit: int = 300) -> str:
-    text = str(e).split("\n")[0].split(" [tensorstore_spec=")[0] or type(e).__name__
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _flat(tree, prefix: str = "") -> dict:
@@ -121,7 +118,7 @@ class Checkpoints:
             return {p: tuple(m.shape) for p, m in _flat(params).items()}
         except Exception as e:  # orbax's and tensorstore's many kinds
             quiet_closed_loop_errors()
-            raise UnreadableCheckpoint(step, _one_line(e)) from None
+            raise UnreadableCheckpoint(step, describe_read_error(e)) from None
         finally:
             checkpointer.close()
 
@@ -173,7 +170,7 @@ class Checkpoints:
         try:
             saved = self.saved_layout(step)
         except Exception as e:
-            raise UnreadableCheckpoint(step, f"its layout record cannot be read ({_one_line(e)})") from None
+            raise UnreadableCheckpoint(step, f"its layout record cannot be read ({describe_read_error(e)})") from None
         target = abstract_state if saved == scan_layers else abstract_for(saved)
         self.check_fits(step, target["params"])
         try:
@@ -182,7 +179,7 @@ class Checkpoints:
         except Exception as e:  # the shapes fit (checked above): the files are damaged
             from led_flax.checkpoint import quiet_closed_loop_errors
             quiet_closed_loop_errors()
-            raise UnreadableCheckpoint(step, _one_line(e)) from None
+            raise UnreadableCheckpoint(step, describe_read_error(e)) from None
         state = out["state"]
         if saved != scan_layers:
             shardings = jax.tree_util.tree_map(lambda s: s.sharding, abstract_state)
