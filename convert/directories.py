@@ -17,7 +17,7 @@ import numpy as np
 from led_flax import checkpoint
 from led_flax.checkpoint import CheckpointError
 from led_flax.config import LEDConfig
-from led_flax.files import atomic_directory
+from led_flax.files import atomic_directory, writing
 from led_flax.positions import check_extension, extend_encoder_positions
 
 from .hf import from_hf, to_hf
@@ -34,6 +34,29 @@ class Conversion:
     extra_files: tuple[str, ...]
 
 
+def check_destination(dst: str | os.PathLike, *, overwrite: bool, src: str | os.PathLike | None = None) -> str:
+    """The absolute path of `dst`, a directory to write, checked before any work.
+
+    Raises FileExistsError when it exists without `overwrite`; NotADirectoryError when it (or a
+    folder above it) is a file; ValueError when it is `src` itself (the source would be replaced by
+    the conversion); WriteError when its filesystem is read-only or full."""
+    dst = os.path.abspath(os.fspath(dst))
+    if os.path.exists(dst) and not overwrite:
+        raise FileExistsError(f"{dst} already exists; pass overwrite=True (--overwrite) to replace it")
+    if os.path.exists(dst) and not os.path.isdir(dst):
+        raise NotADirectoryError(f"{dst} is a file; name a directory to write")
+    if src is not None and os.path.exists(dst) and os.path.exists(src) and os.path.samefile(src, dst):
+        raise ValueError(f"the destination {dst} is the source itself; write the result to another directory")
+    ancestor = os.path.dirname(dst)
+    while not os.path.exists(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor):
+        raise NotADirectoryError(f"cannot write {dst}: {ancestor} is a file, not a folder")
+    with writing(dst):  # a read-only or full filesystem fails here, not after the work
+        os.rmdir(tempfile.mkdtemp(prefix=f".{os.path.basename(dst)}.probe-", dir=ancestor))
+    return dst
+
+
 def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, head: str | None = None,
                        dtype=None, overwrite: bool = False, progress=None,
                        max_encoder_positions: int | None = None) -> Conversion:
@@ -45,16 +68,14 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, head: 
     (a tqdm bar), advanced once per tensor. max_encoder_positions: extend the encoder's position table
     to this many rows by tiling it (`led_flax.positions`); config.json and the tokenizer's
     model_max_length say the new length, so transformers reads the result too.
-    Raises ConfigError for an extension that cannot work (not longer, not a multiple of the window),
-    FileExistsError (before any work) when `dst` exists without overwrite, CheckpointError
-    when `src` is not an HF LED checkpoint, HubError when a hub id cannot be fetched, and
-    MappingError when the weights do not fit their config.
+    Raises, before any work, what `check_destination` raises (FileExistsError when `dst` exists
+    without overwrite, ...) and ConfigError for an extension that cannot work (not longer, not a
+    multiple of the window); CheckpointError when `src` is not an HF LED checkpoint, HubError when a
+    hub id cannot be fetched, and MappingError when the weights do not fit their config.
     """
-    dst = os.path.abspath(os.fspath(dst))
+    dst = check_destination(dst, overwrite=overwrite, src=src)
     if max_encoder_positions is not None:  # refused before any work
         check_extension(LEDConfig.from_hf(resolve_source(src)), max_encoder_positions)
-    if os.path.exists(dst) and not overwrite:
-        raise FileExistsError(f"{dst} already exists; pass overwrite=True (--overwrite) to replace it")
     directory = resolve_source(src)
     if not checkpoint.is_hf_checkpoint(directory):
         raise CheckpointError(f"{directory} is not an HF LED checkpoint (needs config.json and model.safetensors, "
@@ -98,8 +119,10 @@ def to_hf_directory(config, params, dst: str | os.PathLike, *, extra_files=(), o
 
 def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, overwrite: bool = False) -> str:
     """A led-flax checkpoint directory -> an HF directory at `dst`, with the checkpoint's tokenizer and
-    generation files. Raises CheckpointError when `src` is not a led-flax checkpoint, FileExistsError
-    when `dst` exists without overwrite."""
+    generation files. Raises, before reading `src`, what `check_destination` raises (FileExistsError
+    when `dst` exists without overwrite, ...); CheckpointError when `src` is not a led-flax
+    checkpoint or its config.json does not fit its params."""
+    dst = check_destination(dst, overwrite=overwrite, src=src)
     ckpt = checkpoint.load(src, scan_layers=False)
     return to_hf_directory(ckpt.config, ckpt.params, dst, extra_files=checkpoint.companion_files(src),
                            overwrite=overwrite)

@@ -193,7 +193,8 @@ def from_hf(src: str | os.PathLike, head: str | None = None, *, rng=None, dtype=
     'question_answering'); default the checkpoint's own. Loading into another head keeps the shared
     body, initialises the new head's weights from `rng` and warns naming them.
     dtype: cast floating params to this numpy dtype (default: keep the checkpoint's).
-    progress: an object with `update(n)` (a tqdm bar), advanced once per tensor.
+    progress: an object with `update(n)` (a tqdm bar), advanced once per tensor; a `total` of None
+    is set to the number of tensors.
     """
     src = os.fspath(src)
     config = LEDConfig.from_hf(src)
@@ -212,6 +213,8 @@ def from_hf(src: str | os.PathLike, head: str | None = None, *, rng=None, dtype=
     module = model_for(config, target, scan_layers=False)  # the table maps the per-layer layout
     shapes = jax.eval_shape(lambda: init_params(module))
     expected = {p: s.shape for p, s in flatten(shapes).items()}
+    if progress is not None and getattr(progress, "total", 0) is None:  # a tqdm bar: its total, the tensors mapped
+        progress.total = sum(p.startswith("" if source == target or target == "base" else "led/") for p in expected)
 
     if source == target:
         flat, used, missing, wrong = _map_in(state, expected, "", "", progress)

@@ -20,6 +20,20 @@ def looks_like_hub_id(source: str) -> bool:
     return not os.path.exists(source) and source.count("/") == 1 and not source.startswith((".", "/"))
 
 
+def check_source(source: str | os.PathLike) -> None:
+    """Raises CheckpointError, without loading or fetching anything, when `source` is neither a
+    checkpoint directory (led-flax or HF) nor something that looks like a hub id."""
+    source = os.fspath(source)
+    if os.path.isdir(source):
+        if not (is_led_flax_checkpoint(source) or is_hf_checkpoint(source)):
+            raise CheckpointError(f"{source} is neither a led-flax checkpoint (led_flax.json) nor an HF LED checkpoint "
+                                  f"(config.json with model.safetensors, a safetensors index, or pytorch_model.bin)")
+    elif os.path.exists(source):
+        raise CheckpointError(f"{source} is a file; give a checkpoint directory or a hub id")
+    elif not looks_like_hub_id(source):
+        raise CheckpointError(f"{source} does not exist; give a checkpoint directory or a hub id (owner/name)")
+
+
 def resolve_source(source: str | os.PathLike) -> str:
     """A local directory as it is, or a hub id fetched with huggingface_hub (online only).
 

@@ -2,22 +2,30 @@
 exports to.
 
     DIR/
-      led_flax.json           {"format": "led-flax", "format_version": 1, "head": ..., "param_dtype": ...}
+      led_flax.json           {"format": "led-flax", "format_version": 1, "head": ..., "param_dtype": ...,
+                               "param_crc32": {"led/shared/embedding": CRC-32 of its bytes, ...}}
       config.json             the HF LED config (LEDConfig.to_hf), readable by transformers
       generation_config.json  optional, HF's generation settings
       params/                 the parameter tree, saved with orbax (StandardCheckpointer)
       tokenizer files         tokenizer.json, vocab.json, merges.txt, tokenizer_config.json, ...
 
 A directory is written under a temporary name beside DIR and renamed into place only when complete,
-so a crash never leaves a half-written checkpoint where a good one was.
+so a crash never leaves a half-written checkpoint where a good one was. `load` checks config.json
+against the shapes the params were saved with before it reads them, and every tensor it reads
+against the CRC-32 the marker records (checkpoints written before the marker held them are read
+unchecked): a changed config or a damaged file is a CheckpointError naming what is wrong.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import logging
 import os
 import shutil
+import sys
+import zlib
 from typing import Any
 
 import jax
@@ -78,6 +86,21 @@ def _local_checkpointer(ocp):
         primary_host=me, active_processes={me}, barrier_sync_key_prefix=f"led_flax_local_{me}"))
 
 
+def _flat(tree, prefix: str = "") -> dict[str, Any]:
+    """A nested dict of arrays -> {"a/b/c": array}."""
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}/"))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _crc32(array) -> int:
+    return zlib.crc32(np.ascontiguousarray(np.asarray(array)).reshape(-1).view(np.uint8))
+
+
 def save(directory: str | os.PathLike, config: LEDConfig, params, *, extra_files=(), overwrite: bool = False) -> str:
     """Writes a complete checkpoint directory atomically.
 
@@ -98,7 +121,8 @@ def save(directory: str | os.PathLike, config: LEDConfig, params, *, extra_files
         for f in extra_files:
             shutil.copy2(f, os.path.join(tmp, os.path.basename(f)))
         marker = {"format": FORMAT, "format_version": FORMAT_VERSION, "head": head_of(params),
-                  "param_dtype": dtypes[0] if len(dtypes) == 1 else dtypes}
+                  "param_dtype": dtypes[0] if len(dtypes) == 1 else dtypes,
+                  "param_crc32": {path: _crc32(v) for path, v in sorted(_flat(params).items())}}
         write_atomic(os.path.join(tmp, MARKER), json.dumps(marker, indent=2) + "\n")
     return directory
 
@@ -113,9 +137,102 @@ class Checkpoint:
     head: str
 
 
+def _read_marker(directory: str) -> dict:
+    path = os.path.join(directory, MARKER)
+    try:
+        with open(path, encoding="utf-8") as f:
+            marker = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path} is not valid JSON ({e}); the checkpoint is damaged: convert or export it "
+                              f"again from its source") from None
+    if not isinstance(marker, dict) or not isinstance(marker.get("head"), str):
+        raise CheckpointError(f"{path} is not a led-flax marker (no head); the checkpoint is damaged: convert or "
+                              f"export it again from its source")
+    if marker.get("format") != FORMAT or marker.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(f"{directory} has format {marker.get('format')!r} version "
+                              f"{marker.get('format_version')}; this led-flax reads {FORMAT} up to version "
+                              f"{FORMAT_VERSION}: upgrade led-flax")
+    return marker
+
+
+def _listing(items: list[str], limit: int = 8, sep: str = ", ") -> str:
+    return sep.join(items[:limit]) + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def _check_shapes(directory: str, config: LEDConfig, head: str, saved: dict[str, tuple]) -> None:
+    """Raises CheckpointError listing every tensor that config.json does not imply as saved."""
+    from .modeling import init_params, model_for
+
+    module = model_for(config, head, scan_layers=False)  # the per-layer layout, as saved
+    expected = {p: tuple(s.shape) for p, s in _flat(jax.eval_shape(lambda: init_params(module))).items()}
+    missing = sorted(set(expected) - set(saved))
+    unused = sorted(set(saved) - set(expected))
+    wrong = [f"{p}: params {saved[p]}, config.json implies {expected[p]}" for p in sorted(set(saved) & set(expected))
+             if tuple(saved[p]) != expected[p]]
+    problems = ([f"shapes that differ: {_listing(wrong, 4, '; ')}"] if wrong else []) + \
+        ([f"missing from params: {_listing(missing)}"] if missing else []) + \
+        ([f"in params but unused: {_listing(unused)}"] if unused else [])
+    if problems:
+        raise CheckpointError(f"{directory}/config.json does not fit the params saved beside it ({'; '.join(problems)}); "
+                              f"config.json was changed after the params were written: put back the one written with "
+                              f"them, or convert the checkpoint again")
+
+
+def _orbax_leftover(unraisable) -> bool:
+    """An error that orbax's reads, still in flight when a read failed, raise once orbax has closed
+    its event loop: "Event loop is closed" from their callbacks, or the failure of a read coroutine
+    that was never awaited."""
+    if isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in str(unraisable.exc_value):
+        return True
+    code = getattr(unraisable.object, "cr_code", None)
+    return code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
+
+
+def quiet_closed_loop_errors() -> None:
+    """Call after an orbax read failed: the reads it left in flight finish after orbax closed its
+    event loop, and each would print a traceback (through sys.unraisablehook) long after the error
+    was reported. Chains, once, a hook that drops exactly those and passes everything else on."""
+    previous = sys.unraisablehook
+    if getattr(previous, "drops_orbax_leftovers", False):
+        return
+
+    def hook(unraisable) -> None:
+        if not _orbax_leftover(unraisable):
+            previous(unraisable)
+    hook.drops_orbax_leftovers = True
+    sys.unraisablehook = hook
+
+
+@contextlib.contextmanager
+def quiet_logger(name: str):
+    """Only errors of the logger `name` show inside the block (orbax logs warnings through absl
+    before it returns an answer or raises)."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def describe_read_error(e: BaseException, limit: int = 300) -> str:
+    """One line for a failed orbax or tensorstore read: the innermost cause's first line (which
+    names the file and what is wrong with it), without tensorstore's spec."""
+    while e.__cause__ is not None:
+        e = e.__cause__
+    text = str(e).split("\n")[0].split(" [tensorstore_spec=")[0].split(". See full TensorStore details")[0]
+    text = text or type(e).__name__
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def load(directory: str | os.PathLike, scan_layers: bool = True) -> Checkpoint:
     """Reads our checkpoint directory; the params in the scanned layout (`led_flax.stacking`) unless
-    `scan_layers` is False. Raises CheckpointError for a directory that is not one."""
+    `scan_layers` is False.
+
+    Raises CheckpointError for a directory that is not one, a config.json that does not fit the
+    params' shapes (checked before they are read), and params that are truncated or corrupt (an
+    unreadable file, or a tensor whose CRC-32 differs from the one recorded when it was saved)."""
     import orbax.checkpoint as ocp
 
     directory = os.path.abspath(os.fspath(directory))
@@ -124,16 +241,38 @@ def load(directory: str | os.PathLike, scan_layers: bool = True) -> Checkpoint:
                 f"`led-flax convert {directory} DST`" if is_hf_checkpoint(directory) else
                 "expected a directory written by `led-flax convert` or by training")
         raise CheckpointError(f"{directory} is not a led-flax checkpoint (no {MARKER}); {hint}")
-    with open(os.path.join(directory, MARKER), encoding="utf-8") as f:
-        marker = json.load(f)
-    if marker.get("format") != FORMAT or marker.get("format_version", 0) > FORMAT_VERSION:
-        raise CheckpointError(f"{directory} has format {marker.get('format')!r} version "
-                              f"{marker.get('format_version')}; this led-flax reads {FORMAT} up to version "
-                              f"{FORMAT_VERSION}: upgrade led-flax")
+    marker = _read_marker(directory)
     config = LEDConfig.from_hf(directory)
+    params_dir = os.path.join(directory, PARAMS)
+    damaged = f"{params_dir} is truncated or corrupt"
+    again = "convert or export the checkpoint again from its source"
+    if not os.path.isdir(params_dir):
+        raise CheckpointError(f"{directory} has no {PARAMS}/ folder; {again}")
     checkpointer = _local_checkpointer(ocp)
     try:
-        params = checkpointer.restore(os.path.join(directory, PARAMS))
+        try:
+            with quiet_logger("absl"):  # orbax logs a warning before it returns no metadata
+                metadata = checkpointer.metadata(params_dir).item_metadata
+            saved = {p: tuple(m.shape) for p, m in _flat(dict(metadata)).items()} if metadata is not None else None
+        except Exception as e:  # orbax's and tensorstore's many kinds: a JSON error, a ValueError, ...
+            quiet_closed_loop_errors()
+            raise CheckpointError(f"{damaged}: its metadata cannot be read ({describe_read_error(e)}); {again}") from None
+        if saved is None:
+            quiet_closed_loop_errors()
+            raise CheckpointError(f"{damaged}: its metadata cannot be read; {again}")
+        _check_shapes(directory, config, marker["head"], saved)
+        try:
+            with quiet_logger("absl"):
+                params = checkpointer.restore(params_dir)
+        except Exception as e:
+            quiet_closed_loop_errors()
+            raise CheckpointError(f"{damaged}: {describe_read_error(e)}; {again}") from None
     finally:
-        checkpointer.close()
+        with contextlib.suppress(Exception):
+            checkpointer.close()
+    recorded = marker.get("param_crc32")
+    if isinstance(recorded, dict):
+        bad = [p for p, v in sorted(_flat(params).items()) if p in recorded and recorded[p] != _crc32(v)]
+        if bad:
+            raise CheckpointError(f"{damaged}: tensors that differ from what was saved (CRC-32): {_listing(bad)}; {again}")
     return Checkpoint(config=config, params=to_layout(params, config, scan_layers), head=marker["head"])

@@ -2,44 +2,198 @@
 
 Every writer of the library and of the training job goes through these two functions. A file is
 written to a temporary name in its own folder and renamed over the target when complete; a directory
-is built under a hidden temporary name beside its target and swapped in only when complete. Temporary
-names carry the writer's process id, so `stale_temporaries` can tell the leftovers of a killed writer
-from the work of one still running.
+is built under a hidden temporary name beside its target and swapped in only when complete.
+
+Temporary names carry the writer's process id and host, `.NAME.tmp-PID@HOST@XXXX` (and, during a
+directory swap, `.NAME.old-PID@HOST@XXXX` for the version being replaced), so `stale_temporaries`
+can tell the leftovers of a killed writer from the work of one still running. Each writer removes
+the stale temporaries of its own target before it starts; those of another host, whose processes
+this one cannot see, are only reported.
+
+A write that fails for a reason the user can fix (a full or read-only filesystem, no permission)
+raises `WriteError`, an OSError whose message names the path and the fix.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import errno
+import logging
 import os
+import re
 import shutil
+import socket
 import tempfile
 import uuid
+import warnings
 from typing import Iterable, Iterator
 
+log = logging.getLogger("led_flax.files")
+
 TMP_TAG = ".tmp-"
+OLD_TAG = ".old-"
+HOST = re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname()) or "localhost"
+
+# errors of the environment that the user can fix, and how
+FIXES = {
+    errno.ENOSPC: "free some space on that filesystem, or write somewhere else",
+    errno.EDQUOT: "your disk quota is used up: free some space, or write somewhere else",
+    errno.EROFS: "the filesystem is read-only: write somewhere else",
+    errno.EACCES: "no permission: write somewhere else, or change the folder's permissions",
+    errno.EPERM: "no permission: write somewhere else, or change the folder's permissions",
+    errno.EFBIG: "the file is larger than the filesystem allows: write somewhere else",
+}
 
 
+class WriteError(OSError):
+    """An output that could not be written for a reason the user can fix (a full or read-only
+    filesystem, no permission); `str()` names the path and the fix, then `then` (what to do next,
+    "rerun the same command to resume", say) when set. `errno` and `filename` are the cause's errno
+    and the path."""
+
+    then: str = ""
+
+    def __str__(self) -> str:
+        return f"cannot write {self.filename}: {self.strerror}; {FIXES.get(self.errno, 'check the path')}" + \
+            (f"; {self.then}" if self.then else "")
+
+
+def as_write_error(e: OSError, path: str | os.PathLike, then: str = "") -> OSError:
+    """`e` as a WriteError naming `path` when it is an error the user can fix, else `e` itself."""
+    if isinstance(e, WriteError) or e.errno not in FIXES:
+        return e
+    error = WriteError(e.errno, e.strerror or os.strerror(e.errno), os.fspath(path))
+    error.then = then
+    return error
+
+
+@contextlib.contextmanager
+def writing(path: str | os.PathLike, then: str = "") -> Iterator[None]:
+    """Turns the fixable OSErrors raised inside the block into a WriteError naming `path` (and
+    `then`, what to do next)."""
+    try:
+        yield
+    except OSError as e:
+        error = as_write_error(e, path, then)
+        if error is e:
+            raise
+        raise error from e
+
+
+# ---------------------------------------------------------------------------------------------- temporaries
+@dataclasses.dataclass(frozen=True)
+class Temporary:
+    """A temporary file or directory a writer left beside its target.
+
+    path: where it is. kind: "tmp" (a new version being written) or "old" (the version a directory
+    swap was replacing). pid, host: the writer's process id and host name.
+    """
+
+    path: str
+    kind: str
+    pid: int
+    host: str
+
+    @property
+    def stale(self) -> bool:
+        """Whether its writer is gone: a process of this host that no longer runs. A temporary of
+        another host is never called stale: this host cannot see that host's processes."""
+        if self.host != HOST:
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:  # a live process of another user
+            return False
+        return False
+
+
+def _temp_prefix(name: str, tag: str) -> str:
+    return f".{name}{tag}{os.getpid()}@{HOST}@"
+
+
+def stale_temporaries(target: str | os.PathLike) -> list[Temporary]:
+    """The temporaries of `target` that writers left in its folder, stale or not (see `Temporary`).
+    Names without a host (written before hosts were recorded) count as this host's."""
+    target = os.path.abspath(os.fspath(target))
+    parent, name = os.path.split(target)
+    pattern = re.compile(rf"^\.{re.escape(name)}\.(tmp|old)-(\d+)(?:@([^@]*)@|-).+$")
+    found = []
+    with contextlib.suppress(OSError):
+        for entry in sorted(os.listdir(parent)):
+            m = pattern.match(entry)
+            if m:
+                found.append(Temporary(os.path.join(parent, entry), m.group(1), int(m.group(2)), m.group(3) or HOST))
+    return found
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+
+
+class StaleTemporaryWarning(UserWarning):
+    """A temporary left by a killed writer that was not removed: it may hold the only copy of the
+    target (a swap interrupted between its two renames), or it belongs to another host."""
+
+
+def clean_stale_temporaries(target: str | os.PathLike) -> list[str]:
+    """Removes what killed writers of `target` left behind; returns the paths removed.
+
+    A stale `.old` version is kept, with a StaleTemporaryWarning naming it, when `target` itself is
+    missing (the writer was killed between the swap's two renames: it may be the only copy).
+    Temporaries of another host are kept, with a warning naming them and the host.
+    """
+    target = os.path.abspath(os.fspath(target))
+    removed = []
+    for t in stale_temporaries(target):
+        if t.host != HOST:
+            warnings.warn(f"{t.path} was left by a writer on host {t.host}; remove it once no job on {t.host} "
+                          f"writes {target}", StaleTemporaryWarning, stacklevel=3)
+        elif not t.stale:
+            continue
+        elif t.kind == "old" and not os.path.exists(target):
+            warnings.warn(f"{target} is missing and {t.path} holds its previous version (a writer was killed "
+                          f"while replacing it): rename it back to {target}, or remove it", StaleTemporaryWarning,
+                          stacklevel=3)
+        else:
+            _remove(t.path)
+            removed.append(t.path)
+    if removed:
+        log.info("removed %d temporaries of %s left by killed writers: %s", len(removed), target, removed)
+    return removed
+
+
+# ---------------------------------------------------------------------------------------------- writers
 def write_atomic(path: str | os.PathLike, data: str | bytes | Iterable[str]) -> str:
     """Writes `data` to `path` through a temporary file in the same folder and one rename.
 
     data: text, bytes, or lines (each written with a trailing newline). Returns the path. Raises
-    OSError (a missing folder, a full or read-only filesystem) with the target left as it was.
+    WriteError (a full or read-only filesystem, no permission) or another OSError (a missing folder,
+    `path` a directory) with the target left as it was.
     """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}{TMP_TAG}{os.getpid()}-", dir=folder)
-    try:
-        if isinstance(data, bytes):
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-        else:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(data if isinstance(data, str) else "".join(line + "\n" for line in data))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with writing(path):
+        clean_stale_temporaries(path)
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(os.path.basename(path), TMP_TAG), dir=folder)
+        try:
+            if isinstance(data, bytes):
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+            else:
+                with os.fdopen(fd, "w", encoding="utf-8") as f:
+                    f.write(data if isinstance(data, str) else "".join(line + "\n" for line in data))
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise
     return path
 
 
@@ -48,24 +202,27 @@ def atomic_directory(directory: str | os.PathLike, *, overwrite: bool = False) -
     """Yields a fresh temporary directory beside `directory`; when the block ends without an error
     it replaces `directory` (only with `overwrite`), else it is removed.
 
-    Raises FileExistsError before any work if `directory` exists and `overwrite` is False.
+    Raises FileExistsError before any work if `directory` exists and `overwrite` is False, and
+    WriteError when the filesystem is full or read-only (the block's own fixable OSErrors too).
     """
     directory = os.path.abspath(os.fspath(directory))
     if os.path.exists(directory) and not overwrite:
         raise FileExistsError(f"{directory} already exists; pass overwrite=True (--overwrite) to replace it")
     parent, name = os.path.split(directory)
-    os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".{name}{TMP_TAG}{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    os.makedirs(tmp)
-    try:
-        yield tmp
-        if os.path.exists(directory):
-            old = os.path.join(parent, f".{name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-            os.rename(directory, old)
-            os.rename(tmp, directory)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, directory)
-    finally:
-        if os.path.exists(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
+    with writing(directory):
+        os.makedirs(parent, exist_ok=True)
+        clean_stale_temporaries(directory)
+        tmp = os.path.join(parent, f"{_temp_prefix(name, TMP_TAG)}{uuid.uuid4().hex[:8]}")
+        os.makedirs(tmp)
+        try:
+            yield tmp
+            if os.path.exists(directory):
+                old = os.path.join(parent, f"{_temp_prefix(name, OLD_TAG)}{uuid.uuid4().hex[:8]}")
+                os.rename(directory, old)
+                os.rename(tmp, directory)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.rename(tmp, directory)
+        finally:
+            if os.path.exists(tmp):
+                shutil.rmtree(tmp, ignore_errors=True)

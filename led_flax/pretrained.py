@@ -44,10 +44,28 @@ class LoadedModel:
         return self
 
 
+def check_tokenizer(tokenizer: LEDTokenizer, config: LEDConfig, directory: str | os.PathLike) -> None:
+    """Raises CheckpointError when the tokenizer's bos, eos or pad id differs from the model config's:
+    the tokenizer files belong to another model, and every summary would be garbage."""
+    pairs = [(name, getattr(tokenizer, f"{name}_token_id"), getattr(config, f"{name}_token_id"))
+             for name in ("bos", "eos", "pad")]
+    def fits(ours, theirs):
+        return theirs is None or ours == theirs or (isinstance(theirs, tuple) and ours in theirs)
+    wrong = [f"{name} {tokenizer.special[name + '_token']}={ours} (config.json: {theirs})"
+             for name, ours, theirs in pairs if not fits(ours, theirs)]
+    if wrong:
+        raise checkpoint.CheckpointError(
+            f"{os.fspath(directory)}: the tokenizer's special token ids differ from config.json's: {', '.join(wrong)}; "
+            f"the tokenizer files belong to another model: copy them from the checkpoint this one was made from")
+
+
 def from_parts(config: LEDConfig, params, directory: str, head: str, dtype=None, scan_layers: bool = True
                ) -> LoadedModel:
     """A LoadedModel from a config and params (in the layout `scan_layers` names) read elsewhere; the
-    tokenizer and generation settings come from `directory`."""
+    tokenizer and generation settings come from `directory`.
+
+    Raises TokenizerError for unreadable tokenizer files, CheckpointError when their special token
+    ids differ from the config's."""
     import jax.numpy as jnp
 
     from .modeling import model_for
@@ -55,6 +73,7 @@ def from_parts(config: LEDConfig, params, directory: str, head: str, dtype=None,
     tokenizer = None
     if LEDTokenizer.has_files(directory):
         tokenizer = LEDTokenizer.from_pretrained(directory, model_max_length=config.max_encoder_position_embeddings)
+        check_tokenizer(tokenizer, config, directory)
     module = model_for(config, head, dtype=dtype or jnp.float32, scan_layers=scan_layers)
     return LoadedModel(module=module, params=params, config=config,
                        generation_config=GenerationConfig.from_hf(directory, config), tokenizer=tokenizer,

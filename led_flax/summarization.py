@@ -4,7 +4,8 @@ Documents are sorted into a small fixed set of length buckets, so a whole corpus
 one program per bucket; batches are padded to a fixed size and sharded over every local device
 through a `Mesh`; compiled programs persist in JAX's compilation cache, so a second run starts
 fast. With an output file, results are appended to a progress file as batches finish (an
-interrupted run, started again, resumes where it stopped), the output is written atomically in
+interrupted run, started again with the same model and settings, resumes where it stopped;
+`led_flax.progress` records what the summaries depend on), the output is written atomically in
 input order at the end, and the progress file is removed.
 """
 
@@ -14,10 +15,10 @@ import contextlib
 import contextvars
 import dataclasses
 import functools
-import hashlib
 import json
 import logging
 import os
+import tempfile
 import time
 import warnings
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -27,10 +28,10 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm import tqdm
 
-from . import generation, pretrained
+from . import generation, pretrained, progress
 from .buckets import bucket_for, default_buckets
 from .checkpoint import CheckpointError
-from .files import write_atomic
+from .files import TMP_TAG, WriteError, write_atomic, writing
 from .generation import GenerationConfig
 
 log = logging.getLogger("led_flax.summarization")
@@ -60,6 +61,9 @@ class SummarizeOptions:
     progress_file: finished batches are appended here and read back by a rerun, which skips the
         documents already done (same index, same text). Default: OUTPUT.progress.jsonl when
         `output` is set, removed once the output is written; one given without `output` is kept.
+        Its first line records the model and every setting (`led_flax.progress.RunRecord`): a rerun
+        with another model or other settings raises ResumeError naming the differences.
+    restart: discard what the progress file holds and start afresh.
     progress_bar: a tqdm bar on stderr.
     compilation_cache: the folder of JAX's persistent compilation cache; None leaves JAX's own
         setting as it is.
@@ -75,8 +79,11 @@ class SummarizeOptions:
     progress_file: str | None = None
     progress_bar: bool = True
     compilation_cache: str | None = DEFAULT_CACHE
+    restart: bool = False
 
     def __post_init__(self):
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, (int, np.integer)):
+            raise TypeError(f"batch_size must be an integer, got {self.batch_size!r}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
         if self.buckets is not None:
@@ -112,7 +119,8 @@ class SummaryReport:
     programs compiled during the call (one generation program per bucket and batch shape, and the
     small helper programs JAX compiles on its first use in a process); programs_from_cache: XLA
     programs read from the persistent compilation cache instead of compiled. seconds: wall time of
-    the generation loop.
+    the generation loop. generation: the settings used (`generation_settings`; `describe_generation`
+    says them in one line).
     """
 
     documents: int = 0
@@ -126,6 +134,7 @@ class SummaryReport:
     programs_compiled: int = 0
     programs_from_cache: int = 0
     seconds: float = 0.0
+    generation: GenerationConfig | None = None
 
     @property
     def padding_waste(self) -> float:
@@ -210,37 +219,78 @@ def format_summaries(summaries: Sequence[str], names: Sequence[str], output_form
     return [" ".join(s.split()) for s in summaries]
 
 
-def _fingerprint(text: str) -> str:
-    return hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+def _check_folder(path: str, what: str) -> None:
+    """Raises before any work when `path` (a file to write) cannot be: a directory, a missing
+    folder, or a folder on a read-only or full filesystem (a probe file is written and removed)."""
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"the {what} {path} is a directory; name a file, such as "
+                                f"{os.path.join(path, 'summaries.txt')}")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"the folder of the {what} {path} does not exist; create it first")
+    with writing(path):
+        fd, probe = tempfile.mkstemp(prefix=f".{os.path.basename(path)}{TMP_TAG}{os.getpid()}-probe-", dir=folder)
+        os.close(fd)
+        os.remove(probe)
 
 
-def _read_progress(path: str | None) -> dict[tuple[int, str], str]:
-    """(index, fingerprint) -> summary, from the lines of a progress file that were written whole."""
-    done: dict[tuple[int, str], str] = {}
-    if path and os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut short by an interruption
-                done[(rec["index"], rec["fingerprint"])] = rec["summary"]
-    return done
+def check_output(options: SummarizeOptions) -> None:
+    """Raises FileNotFoundError, IsADirectoryError, NotADirectoryError or WriteError when the output,
+    the progress file or the compilation cache cannot be written; `summarize` calls it before any work."""
+    if options.output:
+        _check_folder(options.output, "output")
+    if options.progress_file:
+        _check_folder(options.progress_file, "progress file")
+    cache = options.compilation_cache
+    if cache and os.path.exists(cache) and not os.path.isdir(cache):
+        raise NotADirectoryError(f"the compilation cache {cache} is a file; name a folder, or turn the cache off "
+                                 f"(compilation_cache=None, --no-cache)")
 
 
-def _append_progress(sink, records: Sequence[tuple[int, str, str]]) -> None:
-    """Appends (index, fingerprint, summary) records and forces them to disk: a kill loses at most
-    the batch being generated."""
-    for index, fingerprint, summary in records:
-        sink.write(json.dumps({"index": index, "fingerprint": fingerprint, "summary": summary}) + "\n")
-    sink.flush()
-    os.fsync(sink.fileno())
+# ---------------------------------------------------------------------------------------------- settings
+def generation_settings(model: pretrained.LoadedModel, overrides: Mapping[str, Any] | None = None
+                        ) -> GenerationConfig:
+    """The generation settings `summarize` uses: the checkpoint's (its generation_config.json, else
+    transformers' defaults) with `overrides` applied, special tokens filled from the model's config.
+
+    Raises ValueError for settings that do not fit together or with one summary per document.
+    """
+    config = model.generation_config.replace(**dict(overrides or {})).resolved(model.config)
+    if config.num_return_sequences != 1:
+        raise ValueError(f"summarize gives one summary per document, so num_return_sequences must be 1 (got "
+                         f"{config.num_return_sequences}); call led_flax.generate for several per input")
+    if config.max_length < 2:
+        raise ValueError(f"max_length {config.max_length} leaves no room for a summary: it counts the decoder "
+                         f"start token, so use at least 2")
+    if config.min_length > config.max_length:
+        raise ValueError(f"min_length {config.min_length} exceeds max_length {config.max_length}; lower min_length "
+                         f"or raise max_length")
+    return config
 
 
-def _check_output(options: SummarizeOptions) -> None:
-    for path in (options.output, options.resume_file):
-        if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
-            raise FileNotFoundError(f"the folder of {path} does not exist; create it first")
+_SHOWN = ("num_beams", "do_sample", "max_length", "min_length", "length_penalty", "no_repeat_ngram_size",
+          "early_stopping", "repetition_penalty")
+
+
+def describe_generation(config: GenerationConfig, model: pretrained.LoadedModel | None = None,
+                        overrides: Mapping[str, Any] | None = None) -> str:
+    """One line naming the search and every setting that is not transformers' default (and always
+    max_length), and where the settings came from (given, the checkpoint's file, the defaults)."""
+    defaults = GenerationConfig()
+    search = ("sampling" if config.do_sample else
+              f"beam search (num_beams={config.num_beams})" if config.num_beams > 1 else "greedy search")
+    skip = {"num_beams", "do_sample", "decoder_start_token_id", "bos_token_id", "eos_token_id", "pad_token_id"}
+    shown = [f.name for f in dataclasses.fields(config) if f.name not in skip
+             and (f.name == "max_length" or getattr(config, f.name) != getattr(defaults, f.name))]
+    shown.sort(key=lambda n: _SHOWN.index(n) if n in _SHOWN else len(_SHOWN))
+    line = ", ".join([search] + [f"{n}={getattr(config, n)}" for n in shown])
+    if model is not None:
+        given = sorted(overrides or {})
+        has_file = os.path.isfile(os.path.join(os.fspath(model.source), "generation_config.json"))
+        origin = ("the checkpoint's generation_config.json" if has_file else
+                  "transformers' defaults (the checkpoint has no generation_config.json)")
+        line += f" (from {origin}" + (f"; given: {', '.join(given)})" if given else ")")
+    return line
 
 
 # ---------------------------------------------------------------------------------------------- summarize
@@ -276,13 +326,17 @@ def summarize(texts: Sequence[str], model: str | os.PathLike | pretrained.Loaded
     names: how warnings, errors and jsonl output name each document (default "document I").
     report: a SummaryReport filled in by the call. on_result: called with (index, summary) as each
         document is generated.
-    Raises CheckpointError for a directory that is not a led-flax summarization checkpoint or has no
-    tokenizer, ValueError for a document over the positions with truncate=False or for generation
-    settings that do not fit together, FileNotFoundError when the output's folder is missing; all
-    before any generation.
+    Raises, all before any generation: CheckpointError for a directory that is not a led-flax
+    summarization checkpoint or has no tokenizer; ValueError for a document over the positions with
+    truncate=False or for generation settings that do not fit together; ResumeError (a ValueError)
+    when the progress file was written with another model or other settings (restart=True starts
+    afresh); FileNotFoundError, IsADirectoryError or WriteError (an OSError: a full or read-only
+    filesystem) for an output that cannot be written, checked before the model is loaded. WriteError
+    too when the filesystem fills up during the run; the progress file then keeps what was done.
     """
     options = options or SummarizeOptions()
     report = report if report is not None else SummaryReport()
+    check_output(options)
     if isinstance(model, (str, os.PathLike)):
         model = pretrained.load(model)
     model.require_head("conditional_generation", "summarization")
@@ -290,14 +344,18 @@ def summarize(texts: Sequence[str], model: str | os.PathLike | pretrained.Loaded
     if tokenizer is None:
         raise CheckpointError(f"{model.source} has no tokenizer files (vocab.json and merges.txt, or tokenizer.json); "
                               f"copy them from the checkpoint it was made from")
-    gen_config = model.generation_config.replace(**options.generation)
-    if gen_config.num_return_sequences != 1:
-        raise ValueError(f"summarize gives one summary per document, so num_return_sequences must be 1 (got "
-                         f"{gen_config.num_return_sequences}); call led_flax.generate for several per input")
+    gen_config = report.generation = generation_settings(model, options.generation)
     names = list(names) if names is not None else [f"document {i}" for i in range(len(texts))]
     if len(names) != len(texts):
         raise ValueError(f"{len(names)} names for {len(texts)} texts; give one name per text")
-    _check_output(options)
+    bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
+    if bad:
+        raise TypeError(f"texts must be strings: {names[bad[0]]} is a {type(texts[bad[0]]).__name__}")
+    resume_file = options.resume_file
+    if resume_file:
+        record = progress.RunRecord.build(model, gen_config, truncate=options.truncate)
+        saved = progress.Progress(None, {}) if options.restart else progress.read(resume_file)
+        progress.check(saved, record, resume_file)
     limit = config.max_encoder_position_embeddings
     buckets = list(options.buckets or default_buckets(config))
     if buckets[-1] < limit:
@@ -307,8 +365,8 @@ def summarize(texts: Sequence[str], model: str | os.PathLike | pretrained.Loaded
     lengths = [len(ids) for ids in encoded]
     todo = _documents_to_generate(lengths, texts, names, limit, options.truncate, report)
     results: dict[int, str] = {i: "" for i, _ in report.skipped}
-    fingerprints = {i: _fingerprint(texts[i]) for i in todo}
-    done = _read_progress(options.resume_file)
+    fingerprints = {i: progress.fingerprint(texts[i]) for i in todo}
+    done = saved.done if resume_file else {}
     for i in todo:
         if (i, fingerprints[i]) in done:
             results[i] = done[(i, fingerprints[i])]
@@ -331,7 +389,12 @@ def summarize(texts: Sequence[str], model: str | os.PathLike | pretrained.Loaded
     report.buckets = {b: len(v) for b, v in sorted(by_bucket.items())}
     batches = [(size, members[k:k + batch]) for size, members in sorted(by_bucket.items())
                for k in range(0, len(members), batch)]
-    sink = open(options.resume_file, "a", encoding="utf-8") if options.resume_file else contextlib.nullcontext()
+    if resume_file:
+        progress.start(resume_file, record, saved, options.restart)
+        with writing(resume_file):
+            sink = open(resume_file, "a", encoding="utf-8")
+    else:
+        sink = contextlib.nullcontext()
     bar = tqdm(total=len(todo), unit="doc", disable=not options.progress_bar, desc="summarize")
     start = time.perf_counter()
     with _counting_compilations() as compilations, sink, bar:
@@ -341,11 +404,13 @@ def summarize(texts: Sequence[str], model: str | os.PathLike | pretrained.Loaded
                 # truncated to the bucket and padded to exactly its length, global attention on <s>
                 enc = tokenizer.pad([encoded[i] for i in fill], max_length=size, pad_to_multiple_of=size)
                 ids, mask = enc["input_ids"], enc["attention_mask"]
-                compiled = compilations.compiled
+                compiled, read = compilations.compiled, compilations.cache_hits
                 out = generation.generate(model.module, params, ids, mask, enc["global_attention_mask"], gen_config,
                                           num_global_slots=1, sharding=sharding)
                 if compilations.compiled > compiled:
                     log.info("compiled a program for bucket %d, batch %d", size, batch)
+                elif compilations.cache_hits > read:
+                    log.info("read the program for bucket %d, batch %d from the compilation cache", size, batch)
                 sequences = out.sequences[:len(rows)]
                 report.real_tokens += int(mask[:len(rows)].sum())
                 report.padded_tokens += batch * size
@@ -354,8 +419,8 @@ def summarize(texts: Sequence[str], model: str | os.PathLike | pretrained.Loaded
                     results[i] = summary.strip()
                     if on_result:
                         on_result(i, results[i])
-                if options.resume_file:
-                    _append_progress(sink, [(i, fingerprints[i], results[i]) for i in rows])
+                if resume_file:
+                    progress.append(sink, resume_file, [(i, fingerprints[i], results[i]) for i in rows])
                 bar.update(len(rows))
                 elapsed = time.perf_counter() - start
                 bar.set_postfix(in_tok_s=f"{report.real_tokens / elapsed:.0f}",
@@ -367,7 +432,11 @@ def summarize(texts: Sequence[str], model: str | os.PathLike | pretrained.Loaded
 
     summaries = [results[i] for i in range(len(texts))]
     if options.output:
-        write_atomic(options.output, format_summaries(summaries, names, options.output_format))
-        if os.path.exists(options.resume_file):
-            os.remove(options.resume_file)
+        try:
+            write_atomic(options.output, format_summaries(summaries, names, options.output_format))
+        except WriteError as e:
+            e.then = f"the summaries are kept in {resume_file}: rerun the same command to write them"
+            raise
+        if os.path.exists(resume_file):
+            os.remove(resume_file)
     return summaries

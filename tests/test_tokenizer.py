@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -74,3 +76,106 @@ def test_missing_tokenizer_files_are_a_clear_error(tmp_path):
     (tmp_path / "tokenizer.json").write_text("{broken")
     with pytest.raises(TokenizerError, match="not valid JSON"):
         LEDTokenizer.from_pretrained(tmp_path)
+
+
+# ------------------------------------------------------------------------------------------ bad files
+def _raw_copy(tokenizers, tmp_path):
+    """vocab.json + merges.txt (+ tokenizer_config.json) of the test tokenizer, to spoil."""
+    _, _, d = tokenizers
+    out = tmp_path / "tok"
+    out.mkdir()
+    for f in ("vocab.json", "merges.txt"):
+        (out / f).write_bytes((d / "raw" / f).read_bytes())
+    return out
+
+
+@pytest.mark.parametrize("missing", ["<s>", "</s>", "<pad>"])
+def test_a_vocabulary_without_leds_special_tokens_is_refused(tokenizers, tmp_path, missing):
+    """The check could never fire: the special tokens were added to the vocabulary before it looked,
+    with new ids (bos 1018 against the config's 0), and every summary was garbage."""
+    d = _raw_copy(tokenizers, tmp_path)
+    vocab = json.loads((d / "vocab.json").read_text())
+    del vocab[missing]
+    (d / "vocab.json").write_text(json.dumps(vocab))
+    with pytest.raises(TokenizerError, match=rf"vocab.json and .*merges.txt: the vocabulary lacks the special tokens "
+                                             rf"\['{missing}'\]; these are not the tokenizer files of an LED model"):
+        LEDTokenizer.from_pretrained(d)
+    # tokenizer.json alone: the same check
+    _, _, src = tokenizers
+    data = json.loads((src / "tokenizer.json").read_text())
+    del data["model"]["vocab"][missing]
+    (tmp_path / "json").mkdir()
+    (tmp_path / "json" / "tokenizer.json").write_text(json.dumps(data))
+    with pytest.raises(TokenizerError, match=rf"tokenizer.json: the vocabulary lacks the special tokens \['{missing}'\]"):
+        LEDTokenizer.from_pretrained(tmp_path / "json")
+
+
+@pytest.mark.parametrize("file, content, fragment", [
+    ("vocab.json", b'["<s>", "<pad>"]', "vocab.json holds a JSON list, not an dict"),
+    ("vocab.json", b'{"<s>": "zero"}', "token '<s>' has id 'zero', not a non-negative integer"),
+    ("vocab.json", b'{"<s>": 0,\n "<pad>": 1,,}', "vocab.json line 2 is not valid JSON"),
+    ("vocab.json", b'{"caf\xe9": 0}', "vocab.json line 1 is not UTF-8"),
+    ("merges.txt", b"#version: 0.2\n\xc4\xa0 t\na b c\n", "merges.txt line 3 is 'a b c', not two tokens separated by one space"),
+    ("merges.txt", b"#version: 0.2\n\xc4\xa0 t\n\xe9 x\n", "merges.txt line 3 is not UTF-8"),
+    ("merges.txt", b"#version: 0.2\nzzzq yyyq\n", "merges.txt: Error while initializing BPE"),
+    ("tokenizer_config.json", b'{"model_max_length": "big"}', "model_max_length is 'big', not a positive number"),
+    ("tokenizer_config.json", b'{"bos_token": 5}', "a special token is 5, not a string"),
+    ("special_tokens_map.json", b'{"pad_token": ["<pad>"]}', "a special token is ['<pad>'], not a string"),
+    ("tokenizer_config.json", b'{"added_tokens_decoder": [1, 2]}', "the added tokens are not a list of records"),
+])
+def test_malformed_tokenizer_files_name_the_file_and_the_fix(tokenizers, tmp_path, file, content, fragment):
+    d = _raw_copy(tokenizers, tmp_path)
+    (d / file).write_bytes(content)
+    with pytest.raises(TokenizerError) as e:
+        LEDTokenizer.from_pretrained(d)
+    assert fragment in str(e.value) and str(d) in str(e.value)
+    assert str(e.value).endswith("copy the tokenizer files again from the checkpoint the model was made from")
+
+
+@pytest.mark.parametrize("change, fragment", [
+    (lambda t: t.pop("model"), "holds a None model, not the byte-level BPE LED needs"),
+    (lambda t: t["model"].update(type="WordPiece"), "holds a WordPiece model"),
+    (lambda t: t["model"].update(vocab=[1, 2]), "the vocabulary is a list, not a mapping from token to id"),
+    (lambda t: t["model"].update(merges={"a": "b"}), "model.merges is a dict, not a list"),
+    (lambda t: t["model"]["merges"].insert(0, 17), "merge 0 is 17, not two tokens"),
+    (lambda t: t["model"]["merges"].insert(0, ["a", "b", "c"]), "merge 0 is ['a', 'b', 'c'], not two tokens"),
+    (lambda t: t.update(added_tokens={"a": 1}), "the added tokens are not a list of records"),
+])
+def test_a_malformed_tokenizer_json_names_what_is_wrong(tokenizers, tmp_path, change, fragment):
+    _, _, src = tokenizers
+    data = json.loads((src / "tokenizer.json").read_text())
+    change(data)
+    (tmp_path / "tokenizer.json").write_text(json.dumps(data))
+    with pytest.raises(TokenizerError, match=re.escape(fragment)):
+        LEDTokenizer.from_pretrained(tmp_path)
+
+
+def test_special_ids_that_differ_from_the_models_config_are_refused(tokenizers, tmp_path, capsys):
+    """A tokenizer of another model (here <s> and </s> swapped) would feed the model ids its config
+    does not mean: loading the checkpoint refuses it."""
+    import shutil
+
+    import torch
+
+    import convert
+    from led_flax.checkpoint import CheckpointError
+    from led_flax.cli import main
+    from conftest import hf_config, randomize
+    ref, _, src = tokenizers
+    d = tmp_path / "model"
+    config = hf_config(vocab_size=len(ref), pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=2)
+    torch.manual_seed(0)
+    randomize(transformers.LEDForConditionalGeneration(config), 0).save_pretrained(d)
+    vocab = json.loads((src / "raw" / "vocab.json").read_text())
+    vocab["<s>"], vocab["</s>"] = vocab["</s>"], vocab["<s>"]
+    (d / "vocab.json").write_text(json.dumps(vocab))
+    shutil.copy(src / "raw" / "merges.txt", d / "merges.txt")
+    with pytest.raises(CheckpointError, match=r"the tokenizer's special token ids differ from config.json's: "
+                                              r"bos <s>=2 \(config.json: 0\), eos </s>=0 \(config.json: 2\); the "
+                                              r"tokenizer files belong to another model"):
+        convert.load(d)
+    (tmp_path / "doc.txt").write_text("a document")
+    capsys.readouterr()
+    assert main(["summarize", "--model", str(d), str(tmp_path / "doc.txt"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "special token ids differ" in err and "Traceback" not in err and len(err.splitlines()) == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -34,11 +35,36 @@ def add_arguments(p) -> None:
                    help="with --dry-run: also compile the train step for this backend and print XLA's memory "
                         "analysis per device (minutes for a large model; no data, no weights)")
     p.add_argument("--coordinator", help="multi-process: the coordinator's host:port (jax.distributed)")
-    p.add_argument("--num-processes", type=int, help="multi-process: the number of processes")
-    p.add_argument("--process-id", type=int, help="multi-process: this process's index")
+    p.add_argument("--num-processes", type=int, metavar="N", help="multi-process: the number of processes (with "
+                                                                    "--coordinator)")
+    p.add_argument("--process-id", type=int, metavar="I", help="multi-process: this process's index, 0 to N-1 (with "
+                                                                "--coordinator)")
     p.add_argument("--distributed", action="store_true",
                    help="call jax.distributed.initialize() with no arguments (TPU pods, SLURM: auto-detected)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def check_arguments(args) -> None:
+    """The multi-process options, checked before any work. Raises TrainConfigError naming the fix."""
+    from .config import TrainConfigError
+    if args.coordinator is None:
+        given = [name for name, v in (("--num-processes", args.num_processes), ("--process-id", args.process_id))
+                 if v is not None]
+        if given:
+            raise TrainConfigError(f"{' and '.join(given)} need --coordinator HOST:PORT")
+        return
+    if args.distributed:
+        raise TrainConfigError("give --coordinator or --distributed, not both")
+    if args.num_processes is None or args.process_id is None:
+        raise TrainConfigError("--coordinator needs --num-processes N and --process-id I")
+    if args.num_processes < 1:
+        raise TrainConfigError(f"--num-processes must be at least 1, got {args.num_processes}")
+    if not 0 <= args.process_id < args.num_processes:
+        raise TrainConfigError(f"--process-id must be 0 to {args.num_processes - 1} (--num-processes "
+                               f"{args.num_processes}), got {args.process_id}")
+    host, _, port = args.coordinator.rpartition(":")
+    if not host or not port.isdigit():
+        raise TrainConfigError(f"--coordinator {args.coordinator!r} is not HOST:PORT, such as 10.0.0.1:1234")
 
 
 def initialize_distributed(args) -> None:
@@ -53,14 +79,35 @@ def initialize_distributed(args) -> None:
 
 
 def main(args) -> int:
+    """Runs `led-flax train`. Raises TrainConfigError (and other ValueErrors) for a config or an option
+    to fix, TrainingError (exit status 3) when the loss goes NaN."""
+    check_arguments(args)
     configure_xla()
-    from . import config as config_lib
+    with _console_logging():
+        return _main(args)
+
+
+@contextlib.contextmanager
+def _console_logging():
+    """led_flax's log on stderr with times, INFO and up, for the command's duration (the logger is
+    put back as it was: `main` may run in-process, more than once)."""
+    logger = logging.getLogger("led_flax")
+    saved = logger.level, logger.propagate
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
-    logger = logging.getLogger("led_flax")
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
+
+
+def _main(args) -> int:
+    from . import config as config_lib
     cfg = config_lib.load(args.config, args.overrides)
     if args.compile and not args.dry_run:
         raise config_lib.TrainConfigError("--compile goes with --dry-run: it compiles the step to report its memory")
@@ -76,16 +123,13 @@ def main(args) -> int:
                 from None
         return 0
     initialize_distributed(args)
-    from .loop import TrainingError, run
-    try:
-        last = run(cfg, progress=not args.quiet)
-    except TrainingError as e:
-        print(f"led-flax train: stopped: {e}", file=sys.stderr)
-        return 3
+    from .loop import run
+    last = run(cfg, progress=not args.quiet)
     import jax
     if jax.process_index():
         return 0
-    print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in last.items()))
+    if last:
+        print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in last.items()))
     print(f"wrote {os.path.join(cfg.output_dir, 'final')} (led-flax summarize --model) and "
           f"{os.path.join(cfg.output_dir, 'hf')} (transformers)")
     return 0

@@ -197,7 +197,12 @@ def from_dict(data: dict, overrides=()) -> TrainConfig:
         if "=" not in item:
             raise TrainConfigError(f"--set {item!r}: write key=value, for example optimizer.learning_rate=1e-4")
         key, raw = item.split("=", 1)
-        _set(data, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as e:
+            raise TrainConfigError(f"--set {item!r}: the value is not valid YAML ({' '.join(str(e).split())}); "
+                                   f"quote a string, write lists as [1, 2]") from None
+        _set(data, key.strip(), value)
     _read_aliases(data)
     config = _build(TrainConfig, data, "")
     validate(config)
@@ -228,11 +233,14 @@ def load(path: str | os.PathLike, overrides=()) -> TrainConfig:
     if not os.path.isfile(path):
         raise TrainConfigError(f"no config file {path}; the shipped ones are in configs/ (tiny-aclsum.yaml, "
                                f"led-base-16384.yaml, led-large-16384.yaml)")
-    with open(path, encoding="utf-8") as f:
-        try:
+    try:
+        with open(path, encoding="utf-8") as f:
             data = yaml.safe_load(f) or {}
-        except yaml.YAMLError as e:
-            raise TrainConfigError(f"{path} is not valid YAML: {e}") from None
+    except UnicodeDecodeError as e:
+        line = open(path, "rb").read()[:e.start].count(b"\n") + 1
+        raise TrainConfigError(f"{path} line {line} is not UTF-8 ({e.reason}); save the config as UTF-8") from None
+    except yaml.YAMLError as e:
+        raise TrainConfigError(f"{path} is not valid YAML: {' '.join(str(e).split())}") from None
     try:
         return from_dict(data, overrides)
     except TrainConfigError as e:
@@ -259,6 +267,32 @@ def validate(c: TrainConfig) -> None:
     for name, value in positive.items():
         if value < 1:
             raise TrainConfigError(f"{name} must be at least 1, not {value}")
+    at_least = {"optimizer.warmup_steps": (c.optimizer.warmup_steps, 0), "checkpoint.every_steps":
+                (c.checkpoint.every_steps, 0), "checkpoint.keep_best": (c.checkpoint.keep_best, 0),
+                "eval.every_steps": (c.eval.every_steps, -1), "eval.rouge_examples": (c.eval.rouge_examples, 0),
+                "eval.num_beams": (c.eval.num_beams, 1), "eval.max_length": (c.eval.max_length, 2),
+                "tokenizer.min_frequency": (c.tokenizer.min_frequency, 0), "seed": (c.seed, 0),
+                "data.seed": (c.data.seed, 0), "mesh.fsdp": (c.mesh.fsdp, 1), "mesh.tensor": (c.mesh.tensor, 1)}
+    at_least.update({f"data.{k}": (getattr(c.data, k), 1) for k in ("max_train_examples", "max_eval_examples")
+                     if getattr(c.data, k) is not None})
+    if c.eval.loss_examples is not None:
+        at_least["eval.loss_examples"] = (c.eval.loss_examples, 1)
+    for name, (value, low) in at_least.items():
+        if value < low:
+            raise TrainConfigError(f"{name} must be at least {low}, not {value}")
+    if c.mesh.data != -1 and c.mesh.data < 1:
+        raise TrainConfigError(f"mesh.data must be -1 (all devices the other axes leave) or at least 1, not {c.mesh.data}")
+    import math
+    for name, value, low, high in (("optimizer.b1", c.optimizer.b1, 0, 1), ("optimizer.b2", c.optimizer.b2, 0, 1)):
+        if not low <= value < high:
+            raise TrainConfigError(f"{name} must be in [{low}, {high}), not {value}")
+    for name, value in (("optimizer.eps", c.optimizer.eps), ("optimizer.learning_rate", c.optimizer.learning_rate)):
+        if not math.isfinite(value) or value <= 0:
+            raise TrainConfigError(f"{name} must be a positive number, not {value}")
+    for name, value in (("optimizer.weight_decay", c.optimizer.weight_decay), ("optimizer.max_grad_norm",
+                        c.optimizer.max_grad_norm), ("optimizer.end_learning_rate", c.optimizer.end_learning_rate)):
+        if not math.isfinite(value) or value < 0:
+            raise TrainConfigError(f"{name} must be 0 or more, not {value}")
     if c.data.batch_size % c.optimizer.grad_accum_steps:
         raise TrainConfigError(f"data.batch_size {c.data.batch_size} is not a multiple of optimizer.grad_accum_steps "
                                f"{c.optimizer.grad_accum_steps}")

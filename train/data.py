@@ -93,16 +93,26 @@ def load_examples(cfg: DataConfig, split: str, shard: int = 0, num_shards: int =
         raise TrainConfigError(f"data.{split}_file {path} does not exist")
     if cfg.source == "jsonl":
         records = []
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
+        with open(path, "rb") as f:
+            for n, raw in enumerate(f, 1):
+                if not raw.strip():
                     continue
                 if limit and len(records) >= limit:
                     break
                 try:
-                    records.append((n, json.loads(line)))
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise TrainConfigError(f"{path} line {n} is not UTF-8 ({e.reason} at byte {e.start} of the line); "
+                                           f"convert the file to UTF-8 (iconv -t UTF-8)") from None
+                try:
+                    record = json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise TrainConfigError(f"{path} line {n} is not JSON ({e}); fix or remove the line") from None
+                    raise TrainConfigError(f"{path} line {n} is not JSON ({e.msg}, column {e.colno}); fix or remove "
+                                           f"the line") from None
+                if not isinstance(record, dict):
+                    raise TrainConfigError(f"{path} line {n} is a JSON {type(record).__name__}, not an object with "
+                                           f"the fields data.document_field and data.summary_field")
+                records.append((n, record))
         records = _shard(records, shard, num_shards, None)
     else:
         try:
@@ -119,9 +129,13 @@ def load_examples(cfg: DataConfig, split: str, shard: int = 0, num_shards: int =
     out = []
     for n, r in records:
         for name in (cfg.document_field, cfg.summary_field):
-            if not isinstance(r.get(name), str):
+            if name not in r:
                 raise TrainConfigError(f"{path} record {n} has no text field {name!r}; set data.document_field "
                                        f"and data.summary_field to the fields that hold the texts")
+            if not isinstance(r[name], str):
+                raise TrainConfigError(f"{path} record {n}: field {name!r} is {type(r[name]).__name__}, not a "
+                                       f"string; set data.document_field and data.summary_field to the fields that "
+                                       f"hold the texts, or fix the record")
         out.append(Example(str(r.get("id", n)), r[cfg.document_field], r[cfg.summary_field]))
     return out
 

@@ -3,10 +3,16 @@
 `run(config)` trains for `config.steps` optimizer steps, resuming from the latest checkpoint in
 `output_dir/checkpoints` if there is one, and ends with `output_dir/final` (a led-flax checkpoint
 that `led-flax summarize` reads) and `output_dir/hf` (an HF directory that transformers loads).
+
+Run records are written only once the resume has been checked: a config that does not fit the
+run's checkpoints fails with `train_config.yaml` as it was. A latest checkpoint that cannot be read
+is set aside (in `output_dir/unreadable-checkpoints`) with a warning, and the run resumes from the
+one before it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -22,13 +28,13 @@ from jax.experimental import multihost_utils
 from led_flax import checkpoint as ckpt_format
 from led_flax import sharding as shd
 from led_flax.config import LEDConfig
-from led_flax.files import write_atomic
+from led_flax.files import WriteError, as_write_error, write_atomic, writing
 from led_flax.sequence import length_unit
 from led_flax.tokenizer import LEDTokenizer
 
 from . import data as data_lib
 from . import step as step_lib
-from .checkpoints import Checkpoints
+from .checkpoints import Checkpoints, ResumeError, UnreadableCheckpoint
 from .config import TrainConfig, TrainConfigError, dump
 from .metrics import MetricsLog
 from .model import load_pretrained, scratch_config
@@ -40,7 +46,10 @@ FAULT_ENV = "LED_FLAX_FAULT"
 
 
 class TrainingError(RuntimeError):
-    """The job stopped (a NaN loss, say); the message says why and which checkpoint is intact."""
+    """The job stopped (a NaN loss, say); the message says why and which checkpoint is intact.
+    `led-flax train` exits with `exit_code` (3)."""
+
+    exit_code = 3
 
 
 def _fault(kind: str, step: int) -> None:
@@ -75,7 +84,14 @@ class Job:
         self.cfg = cfg
         self.out = os.path.abspath(cfg.output_dir)
         self.is_main = jax.process_index() == 0
-        os.makedirs(self.out, exist_ok=True)
+        if os.path.exists(self.out) and not os.path.isdir(self.out):
+            raise TrainConfigError(f"output_dir {self.out} is a file; set output_dir to a folder")
+        with writing(self.out):  # a read-only or full filesystem fails here, before any work
+            os.makedirs(self.out, exist_ok=True)
+            probe = os.path.join(self.out, f".probe-{os.getpid()}-{jax.process_index()}")
+            with open(probe, "w"):
+                pass
+            os.remove(probe)
         self.setup = step_lib.build_setup(cfg, self._tokenizer_and_model())
         self._data()
 
@@ -202,55 +218,145 @@ class Job:
                                 overwrite=True)
 
 
-def _check_config_unchanged(out: str, cfg: TrainConfig, resuming: bool) -> None:
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def record_config(out: str, cfg: TrainConfig, resumed_from: int | None) -> str | None:
+    """Writes the run's config to OUT/train_config.yaml, once the resume has been checked. When a
+    resumed run's config differs from the recorded one, the old record is kept as
+    train_config.until-step-N.yaml (N: the step the run resumed from) and a warning names the keys
+    that changed. Returns the path the old record was kept at, or None."""
+    import yaml
     path = os.path.join(out, "train_config.yaml")
     text = dump(cfg)
-    if resuming and os.path.exists(path):
+    kept = None
+    if os.path.exists(path):
         with open(path, encoding="utf-8") as f:
             old = f.read()
-        if old != text:
-            log.warning("resuming with a config that differs from the one this run started with (%s)", path)
+        if old == text:
+            return None
+        if resumed_from is not None:
+            kept = os.path.join(out, f"train_config.until-step-{resumed_from}.yaml")
+            write_atomic(kept, old)
+            try:
+                before, now = _flat(yaml.safe_load(old) or {}), _flat(yaml.safe_load(text))
+                changed = [f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(before) | set(now))
+                           if before.get(k) != now.get(k)]
+            except yaml.YAMLError:
+                changed = ["(the old record is not YAML)"]
+            log.warning("resuming from step %d with a config that differs from the one the run was trained with "
+                        "(%s); the old record is kept as %s", resumed_from, "; ".join(changed) or "formatting", kept)
     write_atomic(path, text.splitlines())
+    return kept
+
+
+def resume(job: "Job", ckpts: Checkpoints) -> tuple[dict, int]:
+    """The state of the run's latest readable checkpoint and its step. A checkpoint that cannot be
+    read is set aside in OUT/unreadable-checkpoints with a warning naming it, and the one before it
+    is tried. Raises ResumeError when the config does not fit the checkpoints, or none can be read."""
+    skipped: list[UnreadableCheckpoint] = []
+    for step in reversed(ckpts.all_steps()):
+        try:
+            state = job.restore(ckpts, step)
+        except UnreadableCheckpoint as e:
+            skipped.append(e)
+            continue
+        if skipped:
+            if job.is_main:
+                moved = ckpts.set_aside([e.step for e in skipped], os.path.join(job.out, "unreadable-checkpoints"))
+            else:
+                moved = []
+            if jax.process_count() > 1:
+                multihost_utils.sync_global_devices("led_flax_set_aside")
+                ckpts.manager.reload()
+            log.warning("checkpoint %s in %s cannot be read (%s); resumed from step %d instead, the step before it; "
+                        "the unreadable ones were moved to %s", ", ".join(f"step {e.step}" for e in skipped),
+                        ckpts.directory, "; ".join(e.reason for e in skipped), step, ", ".join(moved) or "(process 0)")
+        return state, step
+    raise ResumeError(f"no checkpoint in {ckpts.directory} can be read ({'; '.join(str(e) for e in skipped)}); they "
+                      f"are damaged (a full disk, or files removed): move {ckpts.directory} away to start the run "
+                      f"afresh, or set a new output_dir")
+
+
+def _resumable(e: BaseException, path: str) -> BaseException:
+    """A full or read-only disk met while training, as a WriteError that says the run resumes."""
+    if not isinstance(e, OSError):
+        return e
+    error = as_write_error(e, getattr(e, "filename", None) or path)
+    if isinstance(error, WriteError):
+        error.then = "then rerun the same command: the run resumes from its last checkpoint"
+    return error
 
 
 def run(cfg: TrainConfig, *, progress: bool = True) -> dict:
-    """Trains; returns the last metrics. Raises TrainingError on a NaN or infinite loss."""
+    """Trains; returns the last metrics (empty when the run had already reached `cfg.steps`).
+
+    Raises TrainingError on a NaN or infinite loss; ResumeError when the config does not fit the
+    run's checkpoints or none can be read (the run's records are left as they were); WriteError when
+    the output's filesystem is full or read-only (rerunning resumes from the last checkpoint)."""
+    try:
+        return _run(cfg, progress)
+    except OSError as e:
+        error = _resumable(e, cfg.output_dir)
+        if error is e:
+            raise
+        raise error from e
+
+
+def _run(cfg: TrainConfig, progress: bool) -> dict:
     from tqdm import tqdm
 
     job = Job(cfg)
     is_main = job.is_main
-    ckpts = Checkpoints(os.path.join(job.out, "checkpoints"), cfg.checkpoint.keep_last, cfg.checkpoint.keep_best,
-                        cfg.checkpoint.asynchronous)
-    metrics_log = MetricsLog(job.out, enabled=is_main)
-    latest = ckpts.latest_step()
-    if is_main:
-        _check_config_unchanged(job.out, cfg, latest is not None)
     setup = job.setup
-    if latest is not None:
-        state = job.restore(ckpts, latest)
-        metrics_log.truncate(latest)
-        log.info("resumed from step %d (%s)", latest, ckpts.directory)
-    else:
-        state = step_lib.initial_state(setup, cfg.seed, job.pretrained)
-    start = int(jax.device_get(state["step"]))
-    train_step = step_lib.make_train_step(setup.model, setup.tx, setup.lr, setup.mesh, setup.shardings,
-                                          cfg.optimizer.label_smoothing, cfg.model.dropout)
-    eval_step = step_lib.make_eval_step(setup.eval_model, setup.mesh, setup.shardings["params"])
-    if is_main:
-        n_params = sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(state["params"]))
-        per_device, total = shd.bytes_per_device(state, setup.shardings)
-        log.info("%s parameters; train state %.1f MiB, %.1f MiB per device; mesh %s; %d processes",
-                 f"{n_params:,}", total / 2**20, per_device / 2**20, dict(setup.mesh.shape), jax.process_count())
-    # each process's own record: the shards it read and the bucket of every step (multi-host debugging)
-    os.makedirs(os.path.join(job.out, "processes"), exist_ok=True)
-    pi = jax.process_index()
-    _write_json(os.path.join(job.out, "processes", f"{pi}.json"), {"shards": job.owned, "train_ids": job.train_ids})
-    data_log = open(os.path.join(job.out, "processes", f"{pi}.steps.jsonl"), "a", encoding="utf-8")
-    bar = tqdm(total=cfg.steps, initial=start, disable=not (progress and is_main), desc="train", unit="step")
-    last: dict = {}
-    tokens_seen = 0
-    t0 = time.perf_counter()
-    try:
+    with contextlib.ExitStack() as closing:  # closed in reverse order, whatever stops the run
+        ckpts = Checkpoints(os.path.join(job.out, "checkpoints"), cfg.checkpoint.keep_last, cfg.checkpoint.keep_best,
+                            cfg.checkpoint.asynchronous)
+        closing.callback(ckpts.close)
+        resumed_from = None
+        if ckpts.latest_step() is not None:
+            state, resumed_from = resume(job, ckpts)
+        else:
+            state = step_lib.initial_state(setup, cfg.seed, job.pretrained)
+        # the resume is checked: only now are the run's records touched
+        metrics_log = MetricsLog(job.out, enabled=is_main)
+        closing.callback(metrics_log.close)
+        if is_main:
+            record_config(job.out, cfg, resumed_from)
+        if resumed_from is not None:
+            metrics_log.truncate(resumed_from)
+            log.info("resumed from step %d (%s)", resumed_from, ckpts.directory)
+        start = int(jax.device_get(state["step"]))
+        if start >= cfg.steps:
+            log.warning("the run in %s is already at step %d, %s steps=%d: nothing to train; final/ and hf/ are "
+                        "exported again from step %d's parameters (raise steps to train further)", job.out, start,
+                        "past" if start > cfg.steps else "at", cfg.steps, start)
+        train_step = step_lib.make_train_step(setup.model, setup.tx, setup.lr, setup.mesh, setup.shardings,
+                                              cfg.optimizer.label_smoothing, cfg.model.dropout)
+        eval_step = step_lib.make_eval_step(setup.eval_model, setup.mesh, setup.shardings["params"])
+        if is_main:
+            n_params = sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(state["params"]))
+            per_device, total = shd.bytes_per_device(state, setup.shardings)
+            log.info("%s parameters; train state %.1f MiB, %.1f MiB per device; mesh %s; %d processes",
+                     f"{n_params:,}", total / 2**20, per_device / 2**20, dict(setup.mesh.shape), jax.process_count())
+        # each process's own record: the shards it read and the bucket of every step (multi-host debugging)
+        pi = jax.process_index()
+        os.makedirs(os.path.join(job.out, "processes"), exist_ok=True)
+        _write_json(os.path.join(job.out, "processes", f"{pi}.json"), {"shards": job.owned, "train_ids": job.train_ids})
+        data_path = os.path.join(job.out, "processes", f"{pi}.steps.jsonl")
+        data_log = closing.enter_context(open(data_path, "a", encoding="utf-8"))
+        bar = closing.enter_context(tqdm(total=cfg.steps, initial=min(start, cfg.steps),
+                                         disable=not (progress and is_main), desc="train", unit="step"))
+        last: dict = {}
+        tokens_seen = 0
+        t0 = time.perf_counter()
         for step in range(start, cfg.steps):
             batch = next(job.batches)
             state, m = train_step(state, step_lib.global_batch(batch.arrays, setup.mesh))
@@ -269,9 +375,10 @@ def run(cfg: TrainConfig, *, progress: bool = True) -> dict:
             tokens_seen += int(m["tokens"])
             last = {"loss": float(m["loss"]), "tokens": int(m["tokens"]), "grad_norm": float(m["grad_norm"]),
                     "learning_rate": float(m["learning_rate"]), "bucket": batch.bucket}
-            data_log.write(json.dumps({"step": done, "bucket": batch.bucket, "local_length": batch.local_length,
-                                       "loss": last["loss"]}) + "\n")
-            data_log.flush()
+            with writing(data_path):
+                data_log.write(json.dumps({"step": done, "bucket": batch.bucket, "local_length": batch.local_length,
+                                           "loss": last["loss"]}) + "\n")
+                data_log.flush()
             if done % cfg.log_every == 0 or done == cfg.steps or done == start + 1:
                 metrics_log.write(done, "train", {**last, "tokens_per_s": tokens_seen / (time.perf_counter() - t0)})
             bar.update(1)
@@ -295,13 +402,9 @@ def run(cfg: TrainConfig, *, progress: bool = True) -> dict:
             if final or (every and done % every == 0):
                 ckpts.save(done, state, job.batches.iterator, cfg.model.scan_layers, metrics)
                 _fault("kill_during_save", done)
-        ckpts.wait()
+        with writing(ckpts.directory):
+            ckpts.wait()
         job.export(state["params"])
-    finally:
-        data_log.close()
-        bar.close()
-        metrics_log.close()
-        ckpts.close()
     return last
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 
-from led_flax.files import write_atomic
+from led_flax.files import write_atomic, writing
 
 
 class MetricsLog:
@@ -27,13 +27,14 @@ class MetricsLog:
         resumed run's log reads as one uninterrupted run."""
         if not self.enabled or not os.path.exists(self.path):
             return
-        with open(self.path, encoding="utf-8") as f:
+        with open(self.path, "rb") as f:
             keep = []
-            for line in f:
+            for raw in f:
                 try:
+                    line = raw.decode("utf-8")
                     if json.loads(line)["step"] <= step:
                         keep.append(line.rstrip("\n"))
-                except (json.JSONDecodeError, KeyError):
+                except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
                     continue  # a line cut short by the kill
         write_atomic(self.path, keep)
 
@@ -42,7 +43,7 @@ class MetricsLog:
             return
         record = {"step": step, "kind": kind, **{k: (float(v) if not isinstance(v, (int, str)) else v)
                                                 for k, v in values.items()}}
-        with open(self.path, "a", encoding="utf-8") as f:
+        with writing(self.path), open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
             f.flush()
         if self.writer is not None:
