@@ -211,7 +211,8 @@ def cmd_summarize(args) -> int:
                                          no_repeat_ngram_size=args.no_repeat_ngram_size).items() if v is not None}
     options = SummarizeOptions(batch_size=args.batch_size, truncate=not args.no_truncate, generation=generation,
                                output=args.out, output_format=args.format, progress_bar=not args.quiet,
-                               compilation_cache=None if args.no_cache else args.cache_dir, restart=args.restart)
+                               compilation_cache=None if args.no_cache else args.cache_dir, restart=args.restart,
+                               sequence_devices=args.sequence_devices)
     check_output(options)  # before anything is read or loaded
     check_source(args.model)
     docs = read_jsonl(args.jsonl, args.field) if args.jsonl else read_files(args.files) if args.files else \
@@ -372,6 +373,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="text: one summary a line; jsonl: {\"source\": name, \"summary\": ...} a line (default: text)")
     p.add_argument("--batch-size", type=at_least(1), default=4, metavar="N",
                    help="documents per batch, rounded up to a multiple of the devices (default: 4)")
+    p.add_argument("--sequence-devices", type=at_least(1), default=1, metavar="N",
+                   help="split each document's tokens over N of the local devices, for documents longer than one "
+                        "device holds; N divides the device count, and inputs pad to whole attention blocks on "
+                        "every device (default: 1)")
     p.add_argument("--num-beams", type=at_least(1), metavar="N",
                    help="beam search with N beams; 1 is greedy " + GENERATION_HELP.format(1))
     p.add_argument("--max-length", type=at_least(2), metavar="N",

@@ -223,7 +223,10 @@ class LEDEncoder(nn.Module):
         inputs_embeds = input_embeddings(self, input_ids, inputs_embeds, ("input_ids", "inputs_embeds"))
         b, n = inputs_embeds.shape[:2]
         total = n if axis is None else n * jax.lax.axis_size(axis)
-        if total > cfg.max_encoder_position_embeddings:
+        # sharded, the caller pads: up to the positions rounded up to whole blocks on every device
+        limit = cfg.max_encoder_position_embeddings if axis is None else \
+            -(-cfg.max_encoder_position_embeddings // n) * n
+        if total > limit:
             raise ValueError(f"the input has {total} tokens but the encoder has "
                              f"{cfg.max_encoder_position_embeddings} positions; truncate the input, or extend "
                              f"the position table (led-flax convert --max-encoder-positions)")

@@ -74,14 +74,15 @@ class RunRecord:
     source: str = ""
 
     @classmethod
-    def build(cls, loaded, generation, *, truncate: bool) -> "RunRecord":
+    def build(cls, loaded, generation, *, truncate: bool, sequence_devices: int = 1) -> "RunRecord":
         """The record of a run of `loaded` (a LoadedModel) with the resolved GenerationConfig `generation`."""
         model = {"config": _digest(json.dumps(loaded.config.to_hf(), sort_keys=True)),
                  "params": params_digest(loaded.params),
                  "tokenizer": _digest(loaded.tokenizer.to_json()) if loaded.tokenizer is not None else None}
         dtype = getattr(loaded.module, "dtype", None)
         settings = {"generation": dataclasses.asdict(generation), "truncate": bool(truncate),
-                    "dtype": np.dtype(dtype).name if dtype is not None else None}
+                    "dtype": np.dtype(dtype).name if dtype is not None else None,
+                    "sequence_devices": int(sequence_devices)}
         return cls(model=_plain(model), settings=_plain(settings), source=os.fspath(loaded.source))
 
     def to_json(self) -> str:

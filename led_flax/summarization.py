@@ -25,10 +25,11 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import NamedSharding, PartitionSpec
 from tqdm import tqdm
 
-from . import generation, pretrained, progress
+from . import generation, pretrained, progress, sequence
+from . import sharding as sharding_lib
 from .buckets import bucket_for, default_buckets
 from .checkpoint import CheckpointError
 from .files import TMP_TAG, WriteError, write_atomic, writing
@@ -67,7 +68,12 @@ class SummarizeOptions:
     progress_bar: a tqdm bar on stderr.
     compilation_cache: the folder of JAX's persistent compilation cache; None leaves JAX's own
         setting as it is.
-    Raises ValueError for a batch size below 1, a bucket below 1 or an unknown output format.
+    sequence_devices: split each document's tokens over this many local devices (`led_flax.sequence`;
+        the batch goes over the rest). Buckets are then multiples of `sequence.length_unit`: with 8
+        devices and led-base's 1,024-token window, 4,096 tokens, so a short document pays for padding
+        up to that.
+    Raises ValueError for a batch size below 1, a bucket below 1, an unknown output format or
+    sequence devices that do not divide the local devices.
     """
 
     batch_size: int = 4
@@ -80,6 +86,7 @@ class SummarizeOptions:
     progress_bar: bool = True
     compilation_cache: str | None = DEFAULT_CACHE
     restart: bool = False
+    sequence_devices: int = 1
 
     def __post_init__(self):
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, (int, np.integer)):
@@ -91,6 +98,9 @@ class SummarizeOptions:
             if not buckets or buckets[0] < 1:
                 raise ValueError(f"buckets must be token counts of at least 1, got {self.buckets}")
             object.__setattr__(self, "buckets", buckets)
+        if isinstance(self.sequence_devices, bool) or not isinstance(self.sequence_devices, (int, np.integer)) \
+                or self.sequence_devices < 1:
+            raise ValueError(f"sequence_devices must be a positive integer, got {self.sequence_devices!r}")
         if self.output_format not in OUTPUT_FORMATS:
             raise ValueError(f"output_format must be one of {OUTPUT_FORMATS}, got {self.output_format!r}")
         object.__setattr__(self, "generation", dict(self.generation))
@@ -353,13 +363,23 @@ def summarize(texts: Sequence[str], model: str | os.PathLike | pretrained.Loaded
         raise TypeError(f"texts must be strings: {names[bad[0]]} is a {type(texts[bad[0]]).__name__}")
     resume_file = options.resume_file
     if resume_file:
-        record = progress.RunRecord.build(model, gen_config, truncate=options.truncate)
+        record = progress.RunRecord.build(model, gen_config, truncate=options.truncate,
+                                          sequence_devices=options.sequence_devices)
         saved = progress.Progress(None, {}) if options.restart else progress.read(resume_file)
         progress.check(saved, record, resume_file)
     limit = config.max_encoder_position_embeddings
-    buckets = list(options.buckets or default_buckets(config))
+    devices = jax.local_devices()
+    split = options.sequence_devices
+    if len(devices) % split:
+        raise ValueError(f"sequence_devices {split} does not divide the {len(devices)} local devices; use a divisor")
+    unit = sequence.length_unit(config, split)
+    top = -(-limit // unit) * unit  # the positions, rounded up to whole blocks on every device
+    buckets = list(options.buckets or default_buckets(config, unit=unit))
+    if split > 1 and [b for b in buckets if b % unit]:
+        raise ValueError(f"buckets {[b for b in buckets if b % unit]} are not multiples of {unit}, the unit over "
+                         f"{split} sequence devices (led_flax.sequence.length_unit)")
     if buckets[-1] < limit:
-        buckets.append(limit)
+        buckets.append(top if split > 1 else limit)
 
     encoded = tokenizer.encode_batch(texts)  # tokenized once, for the buckets and for the batches
     lengths = [len(ids) for ids in encoded]
@@ -377,10 +397,10 @@ def summarize(texts: Sequence[str], model: str | os.PathLike | pretrained.Loaded
         log.info("resuming: %d documents already summarized", report.resumed)
 
     enable_compilation_cache(options.compilation_cache)
-    devices = jax.local_devices()
-    batch = -(-options.batch_size // len(devices)) * len(devices)  # a whole number of rows per device
-    mesh = Mesh(np.array(devices), ("data",))
-    sharding = NamedSharding(mesh, PartitionSpec("data"))
+    rows_ways = len(devices) // split  # devices that hold different documents
+    batch = -(-options.batch_size // rows_ways) * rows_ways  # a whole number of rows per device
+    mesh = sharding_lib.make_mesh(data=rows_ways, devices=devices, sequence=split)
+    batch_sharding = NamedSharding(mesh, PartitionSpec("data", sequence.SEQUENCE_AXIS if split > 1 else None))
     params = jax.device_put(model.params, NamedSharding(mesh, PartitionSpec()))
 
     by_bucket: dict[int, list[int]] = {}
@@ -402,11 +422,15 @@ def summarize(texts: Sequence[str], model: str | os.PathLike | pretrained.Loaded
             for size, rows in batches:
                 fill = rows + [rows[0]] * (batch - len(rows))  # a fixed batch shape per bucket
                 # truncated to the bucket and padded to exactly its length, global attention on <s>
-                enc = tokenizer.pad([encoded[i] for i in fill], max_length=size, pad_to_multiple_of=size)
+                # (the top bucket may exceed the positions to split into whole blocks: cut to the positions first)
+                rows_ids = [encoded[i] if len(encoded[i]) <= limit else encoded[i][:limit - 1] + encoded[i][-1:]
+                            for i in fill]
+                enc = tokenizer.pad(rows_ids, max_length=size, pad_to_multiple_of=size)
                 ids, mask = enc["input_ids"], enc["attention_mask"]
                 compiled, read = compilations.compiled, compilations.cache_hits
                 out = generation.generate(model.module, params, ids, mask, enc["global_attention_mask"], gen_config,
-                                          num_global_slots=1, sharding=sharding)
+                                          num_global_slots=1, sharding=batch_sharding,
+                                          mesh=mesh if split > 1 else None)
                 if compilations.compiled > compiled:
                     log.info("compiled a program for bucket %d, batch %d", size, batch)
                 elif compilations.cache_hits > read:

@@ -229,6 +229,11 @@ def test_cli_files_stdin_jsonl_and_eight_devices(model_dir, tmp_path):
              env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == [" ".join(s.split()) for s in expected]  # batch of 8 over 8 devices
+    # each document split over 4 devices' sequence axis, two documents at a time: the same summaries
+    r = _cli(["summarize", "--jsonl", str(jl), "--field", "body", "--sequence-devices", "4", *common],
+             env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [" ".join(s.split()) for s in expected]
 
     r = _cli(["summarize", "--model", str(tmp_path), "--quiet"], stdin="text")
     assert r.returncode == 2 and "neither a led-flax checkpoint" in r.stderr
