@@ -22,8 +22,9 @@ from led_flax.config import HEAD_TO_ARCHITECTURE, LEDConfig
 from led_flax.files import write_atomic
 from led_flax.modeling import init_params, model_for
 from led_flax.stacking import to_layout, unstack_layers
+from led_flax.trees import flatten, unflatten
 
-from .table import MappingError, _transpose, dotted, flatten, rule_for, unflatten
+from .table import MappingError, _transpose, dotted, rule_for
 
 SAFE = "model.safetensors"
 SAFE_INDEX = "model.safetensors.index.json"

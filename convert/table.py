@@ -13,6 +13,7 @@ from typing import Callable
 
 import numpy as np
 
+
 _LINEAR = ("query|key|value|query_global|key_global|value_global|output|q_proj|k_proj|v_proj|out_proj"
            "|fc1|fc2|dense|qa_outputs|lm_head")
 _NORM = "layernorm_embedding|self_attn_layer_norm|encoder_attn_layer_norm|final_layer_norm"
@@ -57,26 +58,3 @@ def rule_for(path: str) -> tuple[str, Callable, Callable]:
                            f"it needs exactly one")
     m, template, to_hf, from_hf = hits[0]
     return template.format(p=dotted(m["p"]), m=m["m"]), to_hf, from_hf
-
-
-def flatten(tree, prefix: str = "") -> dict[str, object]:
-    """Nested dict -> {'a/b/c': leaf}."""
-    out = {}
-    for k, v in tree.items():
-        path = f"{prefix}{k}"
-        if isinstance(v, dict) or hasattr(v, "items"):
-            out.update(flatten(v, path + "/"))
-        else:
-            out[path] = v
-    return out
-
-
-def unflatten(flat: dict[str, object]) -> dict:
-    tree: dict = {}
-    for path, v in flat.items():
-        node = tree
-        *parents, leaf = path.split("/")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = v
-    return tree

@@ -34,6 +34,7 @@ import numpy as np
 from .config import LEDConfig
 from .files import atomic_directory, write_atomic
 from .stacking import to_layout, unstack_layers
+from .trees import flatten
 
 FORMAT = "led-flax"
 FORMAT_VERSION = 1
@@ -86,17 +87,6 @@ def _local_checkpointer(ocp):
         primary_host=me, active_processes={me}, barrier_sync_key_prefix=f"led_flax_local_{me}"))
 
 
-def _flat(tree, prefix: str = "") -> dict[str, Any]:
-    """A nested dict of arrays -> {"a/b/c": array}."""
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}/"))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def _crc32(array) -> int:
     return zlib.crc32(np.ascontiguousarray(np.asarray(array)).reshape(-1).view(np.uint8))
 
@@ -122,7 +112,7 @@ def save(directory: str | os.PathLike, config: LEDConfig, params, *, extra_files
             shutil.copy2(f, os.path.join(tmp, os.path.basename(f)))
         marker = {"format": FORMAT, "format_version": FORMAT_VERSION, "head": head_of(params),
                   "param_dtype": dtypes[0] if len(dtypes) == 1 else dtypes,
-                  "param_crc32": {path: _crc32(v) for path, v in sorted(_flat(params).items())}}
+                  "param_crc32": {path: _crc32(v) for path, v in sorted(flatten(params).items())}}
         write_atomic(os.path.join(tmp, MARKER), json.dumps(marker, indent=2) + "\n")
     return directory
 
@@ -164,7 +154,7 @@ def _check_shapes(directory: str, config: LEDConfig, head: str, saved: dict[str,
     from .modeling import init_params, model_for
 
     module = model_for(config, head, scan_layers=False)  # the per-layer layout, as saved
-    expected = {p: tuple(s.shape) for p, s in _flat(jax.eval_shape(lambda: init_params(module))).items()}
+    expected = {p: tuple(s.shape) for p, s in flatten(jax.eval_shape(lambda: init_params(module))).items()}
     missing = sorted(set(expected) - set(saved))
     unused = sorted(set(saved) - set(expected))
     wrong = [f"{p}: params {saved[p]}, config.json implies {expected[p]}" for p in sorted(set(saved) & set(expected))
@@ -253,7 +243,7 @@ def load(directory: str | os.PathLike, scan_layers: bool = True) -> Checkpoint:
         try:
             with quiet_logger("absl"):  # orbax logs a warning before it returns no metadata
                 metadata = checkpointer.metadata(params_dir).item_metadata
-            saved = {p: tuple(m.shape) for p, m in _flat(dict(metadata)).items()} if metadata is not None else None
+            saved = {p: tuple(m.shape) for p, m in flatten(dict(metadata)).items()} if metadata is not None else None
         except Exception as e:  # orbax's and tensorstore's many kinds: a JSON error, a ValueError, ...
             quiet_closed_loop_errors()
             raise CheckpointError(f"{damaged}: its metadata cannot be read ({describe_read_error(e)}); {again}") from None
@@ -272,7 +262,7 @@ def load(directory: str | os.PathLike, scan_layers: bool = True) -> Checkpoint:
             checkpointer.close()
     recorded = marker.get("param_crc32")
     if isinstance(recorded, dict):
-        bad = [p for p, v in sorted(_flat(params).items()) if p in recorded and recorded[p] != _crc32(v)]
+        bad = [p for p, v in sorted(flatten(params).items()) if p in recorded and recorded[p] != _crc32(v)]
         if bad:
             raise CheckpointError(f"{damaged}: tensors that differ from what was saved (CRC-32): {_listing(bad)}; {again}")
     return Checkpoint(config=config, params=to_layout(params, config, scan_layers), head=marker["head"])

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -31,7 +30,7 @@ from tqdm import tqdm
 
 import convert
 from convert.loader import check_source
-from led_flax.files import WriteError
+from led_flax.files import WriteError, describe_json, jsonl_objects
 from led_flax import pretrained
 from led_flax.config import HEAD_TO_ARCHITECTURE
 from led_flax.summarization import (DEFAULT_CACHE, InputWarning, SummarizeOptions, SummaryReport, check_output,
@@ -115,12 +114,6 @@ class Documents:
     texts: list[str]
 
 
-def _describe(value) -> str:
-    kinds = {type(None): "null", bool: "a boolean", int: "a number", float: "a number", list: "a list",
-             dict: "an object", str: "a string"}
-    return kinds.get(type(value), type(value).__name__)
-
-
 def _decode(data: bytes, source: str, fix: str) -> str:
     try:
         return data.decode("utf-8")
@@ -133,29 +126,13 @@ def read_jsonl(path: str, field: str) -> Documents:
     """One document per line of a jsonl file: the string `field` of each JSON object; the name is
     the record's own `id` when it has one (a string or a number), else PATH:LINE.
     Raises UsageError naming the file, the line and the fix."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise UsageError(f"cannot read {path}: {e.strerror}") from None
-    lines = _decode(data, path, "convert it to UTF-8 (iconv -t UTF-8)").split("\n")
     names, texts = [], []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UsageError(f"{path} line {n} is not JSON ({e.msg}, column {e.colno}); write one JSON object "
-                             f"a line") from None
-        if not isinstance(record, dict):
-            raise UsageError(f"{path} line {n} is {_describe(record)}, not a JSON object; write one object a line, "
-                             f"such as {{\"{field}\": \"...\"}}")
+    for n, record in jsonl_objects(path, UsageError, f'{{"{field}": "..."}}'):
         if field not in record:
             raise UsageError(f"{path} line {n} has no field {field!r} (it has {sorted(record)[:8]}); name the text "
                              f"field with --field")
         if not isinstance(record[field], str):
-            raise UsageError(f"{path} line {n}: field {field!r} is {_describe(record[field])}, not a string; "
+            raise UsageError(f"{path} line {n}: field {field!r} is {describe_json(record[field])}, not a string; "
                              f"name the text field with --field, or fix the line")
         rid = record.get("id")
         names.append(str(rid) if isinstance(rid, (str, int)) and not isinstance(rid, bool) else f"{path}:{n}")
@@ -292,7 +269,7 @@ def cmd_demo_convert(args) -> int:
     import jax.numpy as jnp
     import numpy as np
 
-    from convert.table import flatten
+    from led_flax.trees import flatten
     from led_flax import LEDConfig, LEDForConditionalGeneration, checkpoint, init_params
 
     if args.workdir and os.path.exists(args.workdir) and not os.path.isdir(args.workdir):

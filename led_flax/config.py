@@ -38,6 +38,13 @@ _ALIASES = {
 _DERIVED = ("label2id",)
 
 
+def id_tuple(value: int | tuple[int, ...] | None) -> tuple[int, ...]:
+    """A token-id setting that may be one id, several or none (eos_token_id) as a tuple."""
+    if value is None:
+        return ()
+    return value if isinstance(value, tuple) else (value,)
+
+
 class ConfigError(ValueError):
     """An invalid LED configuration value; the message names the field and the fix."""
 
@@ -148,9 +155,7 @@ class LEDConfig:
     # ------------------------------------------------------------------ derived values
     @property
     def eos_token_ids(self) -> tuple[int, ...]:
-        if self.eos_token_id is None:
-            return ()
-        return self.eos_token_id if isinstance(self.eos_token_id, tuple) else (self.eos_token_id,)
+        return id_tuple(self.eos_token_id)
 
     @property
     def head(self) -> str | None:

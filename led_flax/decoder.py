@@ -17,8 +17,8 @@ from .attention import sharded_softmax, softmax_dtype
 from .cache import DecoderCache, LayerCache
 from .config import LEDConfig
 from .inputs import check_binary_mask, check_decoder_length
-from .layers import (Embed, check_remat, constrain, dense, dropout, embed_positions, feed_forward, input_embeddings,
-                     layer_norm, layerdrop, scan_layers, split_layers, with_remat)
+from .layers import (Stack, constrain, dense, dropout, embed_positions, feed_forward, input_embeddings, layer_norm,
+                     layerdrop, scan_layers, split_layers, with_remat)
 from .outputs import LEDDecoderOutput
 from .stacking import decoder_runs, run_name
 
@@ -141,34 +141,21 @@ class LayerOutputs(NamedTuple):
     cross_attentions: Any  # [b, h, t, n] or None
 
 
-class LEDDecoder(nn.Module):
-    """The decoder stack. scan_layers: the layers run as one `nn.scan` over stacked parameters (and a
-    stacked cache); else unrolled. remat: what each layer keeps for the backward pass."""
-
-    config: LEDConfig
-    shared: Embed | None  # the tied token embeddings; None: the stack's own `embed_tokens` (untied)
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-    remat: str = "none"
-    scan_layers: bool = True
-    # the encoder output is sharded over this mesh axis (inside `jax.shard_map`): the decoder runs whole
-    # on every device, its cross-attention combined across devices
-    sequence_axis: str | None = None
+class LEDDecoder(Stack):
+    """The decoder stack (settings: `layers.Stack`). scan_layers: the layers run as one `nn.scan` over
+    stacked parameters (and a stacked cache); else unrolled. With `sequence_axis` (the encoder output is
+    sharded over it, inside `jax.shard_map`) the decoder runs whole on every device, its
+    cross-attention combined across devices."""
 
     def setup(self):
         cfg = self.config
-        check_remat(self.remat)
-        self.embed_tokens = self.shared if self.shared is not None else Embed(
-            cfg.vocab_size, cfg.d_model, cfg.init_std, cfg.pad_token_id, self.dtype, self.param_dtype)
-        self.embed_positions = Embed(cfg.max_decoder_position_embeddings, cfg.d_model, cfg.init_std,
-                                     dtype=self.dtype, param_dtype=self.param_dtype)
+        self.setup_embeddings(cfg.max_decoder_position_embeddings)
         layer = partial(LEDDecoderLayer, cfg, self.dtype, self.param_dtype, self.sequence_axis)
         if self.scan_layers:
             for start, stop in decoder_runs(cfg):
                 setattr(self, run_name(start, stop), layer())
         else:
             self.layers = [layer() for _ in range(cfg.decoder_layers)]
-        self.layernorm_embedding = layer_norm(self.dtype, self.param_dtype)
 
     def _runs(self):
         """(module, number of layers) per scanned run, or per layer when unrolled."""

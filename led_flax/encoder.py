@@ -22,8 +22,8 @@ from .attention import (FactoredProjection, count_global_slots, gather_rows, glo
                         longformer_self_attention, shard_start)
 from .config import LEDConfig
 from .inputs import merged_encoder_mask, token_roles
-from .layers import (Embed, check_remat, constrain, dense, dropout, embed_positions, feed_forward, input_embeddings,
-                     layer_norm, layerdrop, scan_layers, split_layers, with_remat)
+from .layers import (Stack, constrain, dense, dropout, embed_positions, feed_forward, input_embeddings, layer_norm,
+                     layerdrop, scan_layers, split_layers, with_remat)
 from .outputs import LEDEncoderBaseModelOutput
 from .stacking import encoder_runs, run_name
 
@@ -62,12 +62,16 @@ class GlobalProjection(nn.Module):
         return jnp.asarray(kernel, self.dtype), jnp.asarray(bias, self.dtype)
 
 
-class LongformerSelfAttention(nn.Module):
+class _EncoderPart(nn.Module):
+    """The settings of an encoder layer and its parts: the layer's index picks its attention window."""
+
     config: LEDConfig
     layer_id: int
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
+
+class LongformerSelfAttention(_EncoderPart):
     @nn.compact
     def __call__(self, hidden, masks: EncoderMasks, *, deterministic: bool, output_attentions: bool):
         """hidden: [b, n, D] -> out [b, n, D], and with output_attentions HF's `attentions`
@@ -103,12 +107,7 @@ class LongformerSelfAttention(nn.Module):
         return out.reshape(b, n, D), probs, global_probs
 
 
-class LEDEncoderAttention(nn.Module):
-    config: LEDConfig
-    layer_id: int
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-
+class LEDEncoderAttention(_EncoderPart):
     @nn.compact
     def __call__(self, hidden, masks: EncoderMasks, *, deterministic: bool, output_attentions: bool):
         out, probs, global_probs = LongformerSelfAttention(
@@ -118,12 +117,7 @@ class LEDEncoderAttention(nn.Module):
         return out, probs, global_probs
 
 
-class LEDEncoderLayer(nn.Module):
-    config: LEDConfig
-    layer_id: int
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-
+class LEDEncoderLayer(_EncoderPart):
     @nn.compact
     def __call__(self, hidden, masks: EncoderMasks, *, deterministic: bool, output_attentions: bool):
         """hidden: [b, n, D] -> (hidden [b, n, D], attentions, global attentions)."""
@@ -149,34 +143,19 @@ class LayerOutputs(NamedTuple):
     global_attentions: Any  # [b, h, n, g] or None
 
 
-class LEDEncoder(nn.Module):
-    """The encoder stack. scan_layers: layers run as `nn.scan` over stacked parameters, one scan per
-    run of equal windows (`stacking.py`); else unrolled, one module per layer. remat: what each layer
-    keeps for the backward pass (`layers.REMAT_POLICIES`)."""
-
-    config: LEDConfig
-    shared: Embed | None  # the tied token embeddings; None: the stack's own `embed_tokens` (untied)
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-    remat: str = "none"
-    scan_layers: bool = True
-    # the mesh axis the sequence is sharded over: the module then runs inside `jax.shard_map` on one
-    # device's contiguous slice of the tokens (see `led_flax.sequence`); None: the whole sequence
-    sequence_axis: str | None = None
+class LEDEncoder(Stack):
+    """The encoder stack (settings: `layers.Stack`). scan_layers: layers run as `nn.scan` over stacked
+    parameters, one scan per run of equal windows (`stacking.py`); else unrolled, one module per layer.
+    With `sequence_axis` it runs inside `jax.shard_map` on one device's contiguous slice of the tokens."""
 
     def setup(self):
         cfg = self.config
-        check_remat(self.remat)
-        self.embed_tokens = self.shared if self.shared is not None else Embed(
-            cfg.vocab_size, cfg.d_model, cfg.init_std, cfg.pad_token_id, self.dtype, self.param_dtype)
-        self.embed_positions = Embed(cfg.max_encoder_position_embeddings, cfg.d_model, cfg.init_std,
-                                     dtype=self.dtype, param_dtype=self.param_dtype)
+        self.setup_embeddings(cfg.max_encoder_position_embeddings)
         if self.scan_layers:  # one module per run, its parameters stacked along a leading layer axis
             for start, stop in encoder_runs(cfg):
                 setattr(self, run_name(start, stop), LEDEncoderLayer(cfg, start, self.dtype, self.param_dtype))
         else:
             self.layers = [LEDEncoderLayer(cfg, i, self.dtype, self.param_dtype) for i in range(cfg.encoder_layers)]
-        self.layernorm_embedding = layer_norm(self.dtype, self.param_dtype)
 
     def _run_layers(self, hidden, masks: EncoderMasks, *, deterministic: bool, output_attentions: bool,
                     output_hidden_states: bool):

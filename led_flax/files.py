@@ -17,6 +17,7 @@ raises `WriteError`, an OSError whose message names the path and the fix.
 from __future__ import annotations
 
 import contextlib
+import json
 import dataclasses
 import errno
 import logging
@@ -226,3 +227,43 @@ def atomic_directory(directory: str | os.PathLike, *, overwrite: bool = False) -
         finally:
             if os.path.exists(tmp):
                 shutil.rmtree(tmp, ignore_errors=True)
+
+
+def describe_json(value) -> str:
+    """What kind of JSON value `value` is, for messages: "null", "a number", "a list", ..."""
+    kinds = {type(None): "null", bool: "a boolean", int: "a number", float: "a number", list: "a list",
+             dict: "an object", str: "a string"}
+    return kinds.get(type(value), type(value).__name__)
+
+
+def jsonl_objects(path: str, error: type[Exception], example: str, limit: int | None = None) -> list[tuple[int, dict]]:
+    """The (line number, object) of each non-blank line of a jsonl file, the first `limit` of them.
+
+    Raises `error` naming the file, the line and the fix for a line that is not UTF-8, not JSON or not
+    a JSON object (`example`: what an object should look like, for the message), and for a file that
+    cannot be read."""
+    records = []
+    try:
+        with open(path, "rb") as f:
+            for n, raw in enumerate(f, 1):
+                if not raw.strip():
+                    continue
+                if limit and len(records) >= limit:
+                    break
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise error(f"{path} line {n} is not UTF-8 ({e.reason} at byte {e.start} of the line); convert "
+                                f"the file to UTF-8 (iconv -t UTF-8)") from None
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise error(f"{path} line {n} is not JSON ({e.msg}, column {e.colno}); write one JSON object a "
+                                f"line, or remove the line") from None
+                if not isinstance(record, dict):
+                    raise error(f"{path} line {n} is {describe_json(record)}, not a JSON object; write one object a "
+                                f"line, such as {example}")
+                records.append((n, record))
+    except OSError as e:
+        raise error(f"cannot read {path}: {e.strerror}") from None
+    return records

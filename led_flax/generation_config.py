@@ -21,7 +21,7 @@ import os
 import warnings
 from typing import Any
 
-from .config import ConfigError
+from .config import ConfigError, id_tuple
 
 # bookkeeping: output format, caching and speed; the ids do not depend on them
 _BOOKKEEPING = frozenset((
@@ -168,16 +168,14 @@ class GenerationConfig:
             object.__setattr__(self, "exponential_decay_length_penalty", (int(decay[0]), float(decay[1])))
         for f in ("forced_bos_token_id", "forced_eos_token_id"):  # transformers' validate() refuses these too
             forced = getattr(self, f)
-            forced = set() if forced is None else {forced} if isinstance(forced, int) else set(forced)
+            forced = set(id_tuple(forced))
             if self.suppress_tokens is not None and forced and forced <= set(self.suppress_tokens):
                 raise ValueError(f"GenerationConfig: every token of {f} ({sorted(forced)}) is also in suppress_tokens, "
                                  f"so the forcing step has no token left; remove it from one of the two")
 
     @property
     def eos_ids(self) -> tuple[int, ...]:
-        if self.eos_token_id is None:
-            return ()
-        return self.eos_token_id if isinstance(self.eos_token_id, tuple) else (self.eos_token_id,)
+        return id_tuple(self.eos_token_id)
 
     def replace(self, **changes) -> "GenerationConfig":
         """A copy with `changes`; TypeError naming a setting that is unknown or not implemented."""

@@ -99,6 +99,31 @@ def feed_forward(module: nn.Module, cfg: LEDConfig, hidden, fc1, fc2, final_laye
     return final_layer_norm(residual + h)
 
 
+class Stack(nn.Module):
+    """What the encoder and decoder stacks share: their settings and their embeddings."""
+
+    config: LEDConfig
+    shared: Embed | None  # the tied token embeddings; None: the stack's own `embed_tokens` (untied)
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    remat: str = "none"  # what each layer keeps for the backward pass (`REMAT_POLICIES`)
+    scan_layers: bool = True  # layers as nn.scan over stacked parameters (`stacking.py`); False: unrolled
+    # the mesh axis the encoder's sequence is sharded over (the stack then runs inside `jax.shard_map`,
+    # see `led_flax.sequence`); None: unsharded
+    sequence_axis: str | None = None
+
+    def setup_embeddings(self, max_positions: int) -> None:
+        """Called from `setup`: `embed_tokens` (the shared table, or the stack's own), `embed_positions`
+        with `max_positions` rows and `layernorm_embedding`."""
+        cfg = self.config
+        check_remat(self.remat)
+        self.embed_tokens = self.shared if self.shared is not None else Embed(
+            cfg.vocab_size, cfg.d_model, cfg.init_std, cfg.pad_token_id, self.dtype, self.param_dtype)
+        self.embed_positions = Embed(max_positions, cfg.d_model, cfg.init_std, dtype=self.dtype,
+                                     param_dtype=self.param_dtype)
+        self.layernorm_embedding = layer_norm(self.dtype, self.param_dtype)
+
+
 def input_embeddings(stack: nn.Module, ids, embeds, names: tuple[str, str]):
     """The token embeddings of a stack (encoder or decoder): looked up from ids (checked on the host)
     or given, [b, t, D] in the stack's dtype. Raises ValueError unless exactly one is given."""

@@ -34,11 +34,11 @@ __all__ = ["LEDModel", "LEDForConditionalGeneration", "LEDForSequenceClassificat
 
 
 # ---------------------------------------------------------------------------------------------- models
-class LEDModel(nn.Module):
-    """The bare encoder-decoder (`transformers.LEDModel`); its params sit at the root of the tree."""
+class _Model(nn.Module):
+    """The settings every model and head takes (besides `config`, the architecture)."""
 
     config: LEDConfig
-    dtype: Dtype = jnp.float32
+    dtype: Dtype = jnp.float32  # the compute dtype
     param_dtype: Dtype = jnp.float32
     remat: str = "none"  # what each layer keeps for the backward pass: none | full | save_dots
     scan_layers: bool = True  # layers as nn.scan over stacked parameters (stacking.py); False: unrolled
@@ -46,12 +46,20 @@ class LEDModel(nn.Module):
     # device on its slice of the tokens (`led_flax.sequence` wraps the calls); None: unsharded
     sequence_axis: str | None = None
 
+    def settings(self) -> dict:
+        """The settings above, by keyword, to build a part with the same ones."""
+        return dict(dtype=self.dtype, param_dtype=self.param_dtype, remat=self.remat, scan_layers=self.scan_layers,
+                    sequence_axis=self.sequence_axis)
+
+
+class LEDModel(_Model):
+    """The bare encoder-decoder (`transformers.LEDModel`); its params sit at the root of the tree."""
+
     def setup(self):
         cfg = self.config
         self.shared = Embed(cfg.vocab_size, cfg.d_model, cfg.init_std, cfg.pad_token_id, self.dtype,
                             self.param_dtype)
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, remat=self.remat, scan_layers=self.scan_layers,
-                  sequence_axis=self.sequence_axis)
+        kw = self.settings()
         # tied (the default): both stacks look tokens up in `shared`; untied (tie_word_embeddings false, as
         # transformers 5 saves it): each stack has its own `embed_tokens`, and `shared` is kept unused
         tied = self.shared if cfg.tie_word_embeddings else None
@@ -122,20 +130,11 @@ def _seq2seq_fields(out: LEDSeq2SeqModelOutput) -> dict:
     return {k: getattr(out, k) for k in LEDSeq2SeqModelOutput.__dataclass_fields__}
 
 
-class _LEDHead(nn.Module):
+class _LEDHead(_Model):
     """A model with the body under `led/`, as in every transformers LED head."""
 
-    config: LEDConfig
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-    remat: str = "none"  # what each layer keeps for the backward pass: none | full | save_dots
-    scan_layers: bool = True  # layers as nn.scan over stacked parameters (stacking.py); False: unrolled
-    # the encoder's sequence is sharded over this mesh axis: the module runs inside `jax.shard_map`, each
-    # device on its slice of the tokens (`led_flax.sequence` wraps the calls); None: unsharded
-    sequence_axis: str | None = None
-
     def setup(self):
-        self.led = LEDModel(self.config, self.dtype, self.param_dtype, self.remat, self.scan_layers, self.sequence_axis)
+        self.led = LEDModel(self.config, **self.settings())
         self.setup_head()
 
     def setup_head(self):

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .config import id_tuple
 from .generation_config import GenerationConfig
 from .warpers import apply_warpers
 
@@ -53,7 +54,7 @@ def apply_processors(scores, seqs, cur_len, cfg: GenerationConfig, encoder_ids):
         forced = jnp.where(_is_token(v, (cfg.forced_bos_token_id,)), 0.0, NEG_INF)
         scores = jnp.where(cur_len == 1, forced, scores)
     if cfg.forced_eos_token_id is not None:
-        ids = cfg.forced_eos_token_id if isinstance(cfg.forced_eos_token_id, tuple) else (cfg.forced_eos_token_id,)
+        ids = id_tuple(cfg.forced_eos_token_id)
         scores = jnp.where(cur_len == cfg.max_length - 1, jnp.where(_is_token(v, ids), 0.0, NEG_INF), scores)
     if cfg.exponential_decay_length_penalty is not None and cfg.eos_ids:
         scores = _exponential_decay(scores, cur_len, cfg.exponential_decay_length_penalty, cfg.eos_ids,

@@ -23,6 +23,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from .files import writing
+from .trees import flatten
 
 RECORD = "run"
 VERSION = 1
@@ -103,18 +104,10 @@ class RunRecord:
 
     def differences(self, now: "RunRecord") -> list[str]:
         """What differs from `now`, one entry per setting: "generation.max_length: 12 then, 20 now"."""
-        def flat(tree, prefix=""):
-            out = {}
-            for k, v in tree.items():
-                if isinstance(v, dict):
-                    out.update(flat(v, f"{prefix}{k}."))
-                else:
-                    out[f"{prefix}{k}"] = v
-            return out
         missing = object()
         out = []
         for part in ("model", "settings"):
-            then, current = flat(getattr(self, part)), flat(getattr(now, part))
+            then, current = flatten(getattr(self, part), "."), flatten(getattr(now, part), ".")
             for key in sorted(set(then) | set(current)):
                 a, b = then.get(key, missing), current.get(key, missing)
                 if a != b:

@@ -145,3 +145,16 @@ def make_tokenizer(directory, vocab_size: int = 600, texts=None):
     tok = transformers.LEDTokenizer(vocab=os.path.join(raw, "vocab.json"), merges=os.path.join(raw, "merges.txt"))
     tok.save_pretrained(str(directory))
     return transformers.LEDTokenizer.from_pretrained(str(directory))
+
+
+def run_on_eight_devices(script: str, timeout: int = 900) -> dict:
+    """Runs tests/SCRIPT in a subprocess with 8 fake CPU devices; returns the JSON it prints after RESULT."""
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    out = subprocess.run([sys.executable, os.path.join(root, "tests", script)], env=env, capture_output=True,
+                         text=True, timeout=timeout, cwd=root)
+    assert out.returncode == 0, out.stderr[-3000:]
+    line = next(x for x in out.stdout.splitlines() if x.startswith("RESULT "))
+    return json.loads(line[len("RESULT "):])

@@ -12,7 +12,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from convert.table import flatten  # noqa: E402
+from led_flax.trees import flatten  # noqa: E402
 from led_flax import LEDConfig, init_params, model_for, sequence, sharding as shd  # noqa: E402
 from led_flax.generation import GenerationConfig, generate  # noqa: E402
 from train import step as step_lib  # noqa: E402

@@ -20,7 +20,7 @@ import pytest
 from tqdm import tqdm
 
 import convert
-from led_flax import checkpoint
+from led_flax import checkpoint, trees
 from led_flax.checkpoint import CheckpointError
 from led_flax.files import (HOST, StaleTemporaryWarning, WriteError, atomic_directory, stale_temporaries,
                             write_atomic)
@@ -35,7 +35,7 @@ def tiny(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def saved(tiny):
-    return convert.table.flatten(checkpoint.load(tiny.ours, scan_layers=False).params)
+    return trees.flatten(checkpoint.load(tiny.ours, scan_layers=False).params)
 
 
 def _copy(tiny, tmp_path, name="ckpt"):
@@ -104,7 +104,7 @@ def test_a_damaged_params_file_is_an_error_or_changes_nothing(tiny, tmp_path, sa
             data[len(data) // 2] ^= 0xFF
         open(target, "wb").write(bytes(data))
         try:
-            params = convert.table.flatten(checkpoint.load(d, scan_layers=False).params)
+            params = trees.flatten(checkpoint.load(d, scan_layers=False).params)
         except CheckpointError as e:
             assert f"{d}/params is truncated or corrupt" in str(e) and "convert or export the checkpoint again" in str(e)
             errors += 1
@@ -183,7 +183,7 @@ def test_export_overwrite_swaps_only_a_complete_directory(tiny, tmp_path, monkey
 def test_the_convert_bar_knows_its_total(tiny, tmp_path):
     with tqdm(file=io.StringIO()) as bar:
         convert.convert_checkpoint(tiny.hf, tmp_path / "ours", progress=bar)
-    assert bar.total == bar.n == len(convert.table.flatten(checkpoint.load(tmp_path / "ours", False).params))
+    assert bar.total == bar.n == len(trees.flatten(checkpoint.load(tmp_path / "ours", False).params))
 
 
 # ------------------------------------------------------------------------------------------ temporaries

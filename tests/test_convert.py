@@ -15,7 +15,7 @@ from safetensors.numpy import load_file, save_file
 
 import convert
 from convert import HeadInitialisedWarning, MappingError
-from led_flax import checkpoint, model_for
+from led_flax import checkpoint, model_for, trees
 from led_flax.cli import main as cli_main
 
 from conftest import make_reference
@@ -89,7 +89,7 @@ def test_sharded_safetensors_and_pytorch_bin(checkpoints, tmp_path):
     shutil.copy(os.path.join(directory, "config.json"), tmp_path / "bin")
     for d in ("sharded", "bin"):
         _, params = convert.from_hf(tmp_path / d)
-        flat_a, flat_b = convert.table.flatten(params), convert.table.flatten(expected)
+        flat_a, flat_b = trees.flatten(params), trees.flatten(expected)
         assert sorted(flat_a) == sorted(flat_b)
         for k in flat_a:
             np.testing.assert_array_equal(flat_a[k], flat_b[k], err_msg=f"{d}: {k}")
@@ -111,7 +111,7 @@ def test_loading_into_another_head_initialises_it_and_says_so(checkpoints, tmp_p
     with pytest.warns(HeadInitialisedWarning, match=r"qa_outputs/kernel.*not used: \['final_logits_bias'\]"):
         config, params = convert.from_hf(directory, head="question_answering")
     assert config.head == "question_answering"
-    body_a, body_b = convert.table.flatten(params["led"]), convert.table.flatten(lm_params["led"])
+    body_a, body_b = trees.flatten(params["led"]), trees.flatten(lm_params["led"])
     for k in body_b:
         np.testing.assert_array_equal(body_a[k], body_b[k])
     assert np.abs(params["qa_outputs"]["kernel"]).sum() > 0
@@ -165,8 +165,8 @@ def test_own_checkpoint_round_trip_and_atomic_overwrite(checkpoints, tmp_path, m
     ckpt = checkpoint.load(out)
     cfg2, params2, head = ckpt.config, ckpt.params, ckpt.head
     assert cfg2 == config and head == "conditional_generation"
-    for k, v in convert.table.flatten(params).items():
-        np.testing.assert_array_equal(convert.table.flatten(params2)[k], v)
+    for k, v in trees.flatten(params).items():
+        np.testing.assert_array_equal(trees.flatten(params2)[k], v)
     with pytest.raises(FileExistsError, match="overwrite"):
         checkpoint.save(out, config, params)
 
@@ -195,7 +195,7 @@ def test_convert_checkpoint_writes_a_complete_led_flax_directory(checkpoints, tm
     ckpt = checkpoint.load(done.path)
     assert ckpt.head == "conditional_generation"
     _, expected = convert.from_hf(directory)
-    flat, ref_flat = convert.table.flatten(ckpt.params), convert.table.flatten(expected)
+    flat, ref_flat = trees.flatten(ckpt.params), trees.flatten(expected)
     assert sorted(flat) == sorted(ref_flat)
     for k, v in ref_flat.items():
         assert flat[k].dtype.name == "bfloat16" and flat[k].tobytes() == v.astype(flat[k].dtype).tobytes(), k

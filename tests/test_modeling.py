@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import convert
-from convert.table import flatten
+from led_flax.trees import flatten
 from led_flax import LEDConfig, LEDForConditionalGeneration, init_params, model_for
 
 CFG = LEDConfig(vocab_size=120, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from convert.table import flatten
+from led_flax.trees import flatten
 from led_flax import LEDConfig, init_params, model_for
 from led_flax.stacking import is_stacked, layer_runs, stack_layers, unstack_layers
 

@@ -4,27 +4,16 @@ and a sequence x data mesh (4 x 2). The device work runs once, in a subprocess (
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
+from conftest import run_on_eight_devices
 from led_flax import LEDConfig, sequence
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
 def sharded():
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "TF_CPP_MIN_LOG_LEVEL": "2"}
-    out = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "sequence_worker.py")], env=env,
-                         capture_output=True, text=True, timeout=900, cwd=ROOT)
-    assert out.returncode == 0, out.stderr[-3000:]
-    line = next(x for x in out.stdout.splitlines() if x.startswith("RESULT "))
-    return json.loads(line[len("RESULT "):])
+    return run_on_eight_devices("sequence_worker.py")
 
 
 def test_the_sharded_encoder_equals_the_unsharded_one(sharded):

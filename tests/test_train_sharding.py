@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from conftest import aclsum_texts
+from conftest import aclsum_texts, run_on_eight_devices
 from train_helpers import ROOT, SUBPROCESS_ENV, read_jsonl, tiny_config, write_config
 
 from train import data as data_lib
@@ -20,12 +20,7 @@ from train.loop import run
 
 @pytest.fixture(scope="module")
 def eight_devices():
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "TF_CPP_MIN_LOG_LEVEL": "2"}
-    out = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "train_sharded_worker.py")], env=env,
-                         capture_output=True, text=True, timeout=600, cwd=ROOT)
-    assert out.returncode == 0, out.stderr[-3000:]
-    line = next(x for x in out.stdout.splitlines() if x.startswith("RESULT "))
-    return json.loads(line[len("RESULT "):])
+    return run_on_eight_devices("train_sharded_worker.py")
 
 
 def test_the_2x2x2_step_equals_the_one_device_step(eight_devices):

@@ -28,6 +28,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
 from led_flax.checkpoint import describe_read_error
+from led_flax.trees import flatten
 
 
 class ResumeError(ValueError):
@@ -41,16 +42,6 @@ class UnreadableCheckpoint(Exception):
     def __init__(self, step: int, reason: str):
         super().__init__(f"step {step}: {reason}")
         self.step, self.reason = step, reason
-
-
-def _flat(tree, prefix: str = "") -> dict:
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}/"))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 LAYOUT_VERSION = 2
@@ -115,7 +106,7 @@ class Checkpoints:
             params = metadata["params"] if metadata is not None else None
             if not isinstance(params, dict):
                 raise ValueError("no parameter metadata")
-            return {p: tuple(m.shape) for p, m in _flat(params).items()}
+            return {p: tuple(m.shape) for p, m in flatten(params).items()}
         except Exception as e:  # orbax's and tensorstore's many kinds
             quiet_closed_loop_errors()
             raise UnreadableCheckpoint(step, describe_read_error(e)) from None
@@ -127,7 +118,7 @@ class Checkpoints:
         (the run's parameters, in the layout the step was saved in), UnreadableCheckpoint when the
         step's metadata cannot be read."""
         saved = self.saved_param_shapes(step)
-        expected = {p: tuple(x.shape) for p, x in _flat(abstract_params).items()}
+        expected = {p: tuple(x.shape) for p, x in flatten(abstract_params).items()}
         wrong = [f"{p}: saved {saved[p]}, this config {expected[p]}" for p in sorted(set(saved) & set(expected))
                  if saved[p] != expected[p]]
         missing, extra = sorted(set(expected) - set(saved)), sorted(set(saved) - set(expected))

@@ -28,7 +28,7 @@ import numpy as np
 
 from led_flax.buckets import bucket_for, default_buckets
 from led_flax.config import LEDConfig
-from led_flax.files import atomic_directory
+from led_flax.files import atomic_directory, jsonl_objects
 from led_flax.tokenizer import LEDTokenizer
 
 from .config import DataConfig, TrainConfigError
@@ -92,27 +92,8 @@ def load_examples(cfg: DataConfig, split: str, shard: int = 0, num_shards: int =
     if not os.path.isfile(path):
         raise TrainConfigError(f"data.{split}_file {path} does not exist")
     if cfg.source == "jsonl":
-        records = []
-        with open(path, "rb") as f:
-            for n, raw in enumerate(f, 1):
-                if not raw.strip():
-                    continue
-                if limit and len(records) >= limit:
-                    break
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError as e:
-                    raise TrainConfigError(f"{path} line {n} is not UTF-8 ({e.reason} at byte {e.start} of the line); "
-                                           f"convert the file to UTF-8 (iconv -t UTF-8)") from None
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise TrainConfigError(f"{path} line {n} is not JSON ({e.msg}, column {e.colno}); fix or remove "
-                                           f"the line") from None
-                if not isinstance(record, dict):
-                    raise TrainConfigError(f"{path} line {n} is a JSON {type(record).__name__}, not an object with "
-                                           f"the fields data.document_field and data.summary_field")
-                records.append((n, record))
+        example = f'{{"{cfg.document_field}": "...", "{cfg.summary_field}": "..."}}'
+        records = jsonl_objects(path, TrainConfigError, example, limit)
         records = _shard(records, shard, num_shards, None)
     else:
         try:

@@ -31,6 +31,7 @@ from led_flax.config import LEDConfig
 from led_flax.files import WriteError, as_write_error, write_atomic, writing
 from led_flax.sequence import length_unit
 from led_flax.tokenizer import LEDTokenizer
+from led_flax.trees import flatten
 
 from . import data as data_lib
 from . import step as step_lib
@@ -218,16 +219,6 @@ class Job:
                                 overwrite=True)
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, dict) and v:
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def record_config(out: str, cfg: TrainConfig, resumed_from: int | None) -> str | None:
     """Writes the run's config to OUT/train_config.yaml, once the resume has been checked. When a
     resumed run's config differs from the recorded one, the old record is kept as
@@ -246,7 +237,7 @@ def record_config(out: str, cfg: TrainConfig, resumed_from: int | None) -> str |
             kept = os.path.join(out, f"train_config.until-step-{resumed_from}.yaml")
             write_atomic(kept, old)
             try:
-                before, now = _flat(yaml.safe_load(old) or {}), _flat(yaml.safe_load(text))
+                before, now = flatten(yaml.safe_load(old) or {}, "."), flatten(yaml.safe_load(text), ".")
                 changed = [f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(before) | set(now))
                            if before.get(k) != now.get(k)]
             except yaml.YAMLError:

@@ -1,0 +1,29 @@
+"""Nested dicts of arrays (parameter trees, records) as flat {"a/b/c": leaf} maps and back."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+
+def flatten(tree: Mapping, sep: str = "/", prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": x}} -> {"a/b": x}; a leaf is anything that is not a mapping."""
+    out = {}
+    for k, v in tree.items():
+        path = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flatten(v, sep, path + sep))
+        else:
+            out[path] = v
+    return out
+
+
+def unflatten(flat: Mapping[str, Any], sep: str = "/") -> dict:
+    """{"a/b": x} -> {"a": {"b": x}}."""
+    tree: dict = {}
+    for path, v in flat.items():
+        node = tree
+        *parents, leaf = path.split(sep)
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = v
+    return tree
