@@ -42,6 +42,7 @@ class LEDModel(nn.Module):
     param_dtype: Dtype = jnp.float32
     remat: str = "none"  # what each layer keeps for the backward pass: none | full | save_dots
     scan_layers: bool = True  # layers as nn.scan over stacked parameters (stacking.py); False: unrolled
+    cross_cache: str = "float"  # generation's cross-attention keys and values: float | int8 (cache.CrossKeyValue)
 
     def setup(self):
         cfg = self.config
@@ -52,7 +53,7 @@ class LEDModel(nn.Module):
         # transformers 5 saves it): each stack has its own `embed_tokens`, and `shared` is kept unused
         tied = self.shared if cfg.tie_word_embeddings else None
         self.encoder = LEDEncoder(cfg, tied, **kw)
-        self.decoder = LEDDecoder(cfg, tied, **kw)
+        self.decoder = LEDDecoder(cfg, tied, cross_cache=self.cross_cache, **kw)
 
     def encode(self, input_ids=None, attention_mask=None, global_attention_mask=None, inputs_embeds=None, *,
                num_global_slots=None, deterministic=True, output_attentions=False, output_hidden_states=False):
@@ -123,9 +124,11 @@ class _LEDHead(nn.Module):
     param_dtype: Dtype = jnp.float32
     remat: str = "none"  # what each layer keeps for the backward pass: none | full | save_dots
     scan_layers: bool = True  # layers as nn.scan over stacked parameters (stacking.py); False: unrolled
+    cross_cache: str = "float"  # generation's cross-attention keys and values: float | int8 (cache.CrossKeyValue)
 
     def setup(self):
-        self.led = LEDModel(self.config, self.dtype, self.param_dtype, self.remat, self.scan_layers)
+        self.led = LEDModel(self.config, self.dtype, self.param_dtype, self.remat, self.scan_layers,
+                            self.cross_cache)
         self.setup_head()
 
     def setup_head(self):
