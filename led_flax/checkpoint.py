@@ -2,7 +2,8 @@
 exports to.
 
     DIR/
-      led_flax.json           {"format": "led-flax", "format_version": 1, "head": ..., "param_dtype": ...}
+      led_flax.json           {"format": "led-flax", "format_version": 1, "head": ..., "param_dtype": ...,
+                               "quantization": a quantize.QuantizeSpec (only for quantized params)}
       config.json             the HF LED config (LEDConfig.to_hf), readable by transformers
       generation_config.json  optional, HF's generation settings
       params/                 the parameter tree, saved with orbax (StandardCheckpointer)
@@ -25,6 +26,7 @@ import numpy as np
 
 from .config import LEDConfig
 from .files import atomic_directory, write_atomic
+from .quantize import QuantizeSpec, from_saved, is_quantized, to_saved
 from .stacking import to_layout, unstack_layers
 
 FORMAT = "led-flax"
@@ -78,17 +80,23 @@ def _local_checkpointer(ocp):
         primary_host=me, active_processes={me}, barrier_sync_key_prefix=f"led_flax_local_{me}"))
 
 
-def save(directory: str | os.PathLike, config: LEDConfig, params, *, extra_files=(), overwrite: bool = False) -> str:
+def save(directory: str | os.PathLike, config: LEDConfig, params, *, extra_files=(), overwrite: bool = False,
+         quantization: QuantizeSpec | None = None) -> str:
     """Writes a complete checkpoint directory atomically.
 
     extra_files: paths copied in beside the params (tokenizer files, generation_config.json).
     overwrite: replace an existing checkpoint at `directory` (only once the new one is complete).
+    quantization: how quantized params were made (`quantize.quantize_params`); required with them.
+    Raises ValueError for quantized params without `quantization`, or float params with it.
     """
     import orbax.checkpoint as ocp
 
+    if is_quantized(params) != (quantization is not None):
+        raise ValueError("pass quantization= exactly when the params are quantized (quantize.quantize_params)")
     directory = os.path.abspath(os.fspath(directory))
     with atomic_directory(directory, overwrite=overwrite) as tmp:
-        params = unstack_layers(jax.device_get(params), config)  # the per-layer layout on disk
+        # the per-layer layout on disk; a QuantizedArray as its two arrays, values and scales
+        params = to_saved(unstack_layers(jax.device_get(params), config))
         dtypes = sorted({np.asarray(x).dtype.name for x in jax.tree_util.tree_leaves(params)})
         checkpointer = _local_checkpointer(ocp)
         checkpointer.save(os.path.join(tmp, PARAMS), params)
@@ -99,18 +107,22 @@ def save(directory: str | os.PathLike, config: LEDConfig, params, *, extra_files
             shutil.copy2(f, os.path.join(tmp, os.path.basename(f)))
         marker = {"format": FORMAT, "format_version": FORMAT_VERSION, "head": head_of(params),
                   "param_dtype": dtypes[0] if len(dtypes) == 1 else dtypes}
+        if quantization is not None:
+            marker["quantization"] = quantization.to_json()
         write_atomic(os.path.join(tmp, MARKER), json.dumps(marker, indent=2) + "\n")
     return directory
 
 
 @dataclasses.dataclass(frozen=True)
 class Checkpoint:
-    """What a led-flax checkpoint directory holds: the config, the parameter tree (host arrays) and
-    the head its parameters belong to ('conditional_generation', ...)."""
+    """What a led-flax checkpoint directory holds: the config, the parameter tree (host arrays), the
+    head its parameters belong to ('conditional_generation', ...) and, for quantized params, how they
+    were quantized."""
 
     config: LEDConfig
     params: Any
     head: str
+    quantization: QuantizeSpec | None = None
 
 
 def load(directory: str | os.PathLike, scan_layers: bool = True) -> Checkpoint:
@@ -136,4 +148,8 @@ def load(directory: str | os.PathLike, scan_layers: bool = True) -> Checkpoint:
         params = checkpointer.restore(os.path.join(directory, PARAMS))
     finally:
         checkpointer.close()
-    return Checkpoint(config=config, params=to_layout(params, config, scan_layers), head=marker["head"])
+    quantization = QuantizeSpec.from_json(marker["quantization"]) if marker.get("quantization") else None
+    if quantization is not None:
+        params = from_saved(params, quantization)
+    return Checkpoint(config=config, params=to_layout(params, config, scan_layers), head=marker["head"],
+                      quantization=quantization)

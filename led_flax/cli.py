@@ -21,7 +21,10 @@ from tqdm import tqdm
 
 import convert
 from led_flax import pretrained
+from led_flax.cache import CROSS_CACHES
 from led_flax.config import HEAD_TO_ARCHITECTURE
+from led_flax.pretrained import COMPUTE_DTYPES
+from led_flax.quantize import DEFAULT_GROUP_SIZE, SCHEMES, QuantizeSpec
 from led_flax.summarization import (DEFAULT_CACHE, InputWarning, SummarizeOptions, SummaryReport, format_summaries,
                                     summarize)
 
@@ -30,15 +33,20 @@ DEMO_GENERATION = {"num_beams": 4, "no_repeat_ngram_size": 3, "length_penalty": 
 
 
 def cmd_convert(args) -> int:
+    spec = QuantizeSpec(args.quantize, args.group_size) if args.quantize else None
     with tqdm(desc="convert tensors", unit="tensor", disable=args.quiet) as bar:
         done = convert.convert_checkpoint(args.src, args.dst, head=args.head, dtype=args.dtype,
-                                          overwrite=args.overwrite, progress=bar)
+                                          overwrite=args.overwrite, progress=bar, quantize=spec)
     print(f"wrote {done.path} ({done.head}, {len(done.extra_files)} tokenizer/generation files)")
+    on_disk = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(os.path.join(done.path, "params"))
+                  for f in fs)
+    print(f"params: {done.param_bytes / 1e6:.1f} MB in memory, {on_disk / 1e6:.1f} MB on disk"
+          + (f"; quantized: {spec.describe()}" if spec else ""))
     return 0
 
 
 def cmd_export(args) -> int:
-    path = convert.export_checkpoint(args.src, args.dst, overwrite=args.overwrite)
+    path = convert.export_checkpoint(args.src, args.dst, overwrite=args.overwrite, dequantize=args.dequantize)
     print(f"wrote {path} (loads with transformers' from_pretrained)")
     return 0
 
@@ -86,7 +94,9 @@ def cmd_summarize(args) -> int:
                                          no_repeat_ngram_size=args.no_repeat_ngram_size).items() if v is not None}
     options = SummarizeOptions(batch_size=args.batch_size, truncate=not args.no_truncate, generation=generation,
                                output=args.out, output_format=args.format, progress_bar=not args.quiet,
-                               compilation_cache=None if args.no_cache else args.cache_dir)
+                               compilation_cache=None if args.no_cache else args.cache_dir,
+                               quantize=QuantizeSpec(args.quantize, args.group_size) if args.quantize else None,
+                               compute_dtype=args.compute_dtype, cross_cache=args.cross_cache)
     report = SummaryReport()
     summaries = summarize(texts, convert.load(args.model), options, names=names, report=report)
     if not args.out:
@@ -196,6 +206,12 @@ def _train_cli():
     return train.cli
 
 
+def _quantize_arguments(p, what: str) -> None:
+    p.add_argument("--quantize", choices=list(SCHEMES), help=f"{what}: int8 per channel, int4 or nf4 in groups")
+    p.add_argument("--group-size", type=int, default=DEFAULT_GROUP_SIZE,
+                   help=f"inputs per scale for int4/nf4 (default {DEFAULT_GROUP_SIZE})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="led-flax", description="LED (Longformer-Encoder-Decoder) in JAX/Flax")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -204,9 +220,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src", help="HF checkpoint directory, or a hub id such as allenai/led-base-16384 (online only)")
     p.add_argument("dst", help="the led-flax checkpoint directory to write")
     p.add_argument("--head", choices=list(HEAD_TO_ARCHITECTURE), help="load into this head (default: the checkpoint's)")
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], help="cast the params (default: keep)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"],
+                   help="cast the stored params (default: keep; the compute dtype is summarize's --compute-dtype)")
     p.add_argument("--overwrite", action="store_true", help="replace DST once the new checkpoint is complete")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _quantize_arguments(p, "store the weights quantized")
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("summarize", help="summarize documents with a led-flax or HF LED checkpoint")
@@ -227,6 +245,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true", help="do not use the compilation cache")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--verbose", action="store_true", help="log compilations and buckets")
+    _quantize_arguments(p, "quantize a float checkpoint's weights at load")
+    p.add_argument("--compute-dtype", choices=list(COMPUTE_DTYPES),
+                   help="the dtype the model computes in (default float32; the stored weights stay as they are)")
+    p.add_argument("--cross-cache", choices=list(CROSS_CACHES),
+                   help="how generation caches the cross-attention keys and values (default float)")
     p.set_defaults(func=cmd_summarize)
 
     p = sub.add_parser("demo", help="offline demo: train tiny-aclsum on the CPU, summarize held-out ACLSum "
@@ -247,6 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src")
     p.add_argument("dst")
     p.add_argument("--overwrite", action="store_true", help="replace DST once the new directory is complete")
+    p.add_argument("--dequantize", action="store_true",
+                   help="export a quantized checkpoint as float32 weights (its quantization error stays)")
     p.set_defaults(func=cmd_export)
     return parser
 

@@ -8,6 +8,7 @@ import os
 from led_flax.checkpoint import CheckpointError
 from led_flax.config import LEDConfig
 from led_flax.pretrained import LoadedModel
+from led_flax.quantize import QuantizationError
 from led_flax.tokenizer import LEDTokenizer
 
 from .config import TrainConfig, TrainConfigError
@@ -54,11 +55,11 @@ def load_pretrained(init: str, scan_layers: bool = True) -> LoadedModel:
     fine-tuning, its params in the layout `scan_layers` names."""
     import convert
     try:
-        return convert.load(init, head="conditional_generation", scan_layers=scan_layers).require_head("conditional_generation",
-                                                                              "summarization fine-tuning")
+        return convert.load(init, head="conditional_generation", scan_layers=scan_layers).require_head(
+            "conditional_generation", "summarization fine-tuning").require_float("fine-tuning")
     except convert.HubError as e:
         raise TrainConfigError(f"model.init: {e}; or run `led-flax convert {init} checkpoints/"
                                f"{init.split('/')[1]}` where the hub is reachable and set model.init to that "
                                f"directory") from None
-    except CheckpointError as e:
+    except (CheckpointError, QuantizationError) as e:
         raise TrainConfigError(f"model.init: {e}") from None
