@@ -9,6 +9,15 @@ the encoder, per step), and for led-flax the compile time cold (empty cache) and
 reading JAX's persistent compilation cache). Each implementation runs in its own subprocess.
 
     python bench/generate.py
+
+--variants adds rows for led-flax's inference options on the same weights, each in its own process,
+against the reference's float32 in the same run: compute dtypes (bf16, f16), weight-only quantization
+(int8, int4, nf4; `led_flax.quantize`, its default spec: int8 embedding/LM head, bfloat16 position
+tables) and the int8 cross-attention cache (+kv8). Per variant: seconds, decode ms/step, encoder
+seconds, resident parameter MB, the process's peak RSS, the speed-up, and the share of the generated
+ids equal to our float32's.
+
+    python bench/generate.py --cases a-beam4 --variants f32 int8 int8+kv8 int4 nf4 bf16 f16
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -49,21 +59,29 @@ def _inputs(batch, n):
     return ids, np.ones_like(ids), glob
 
 
-def run_ours(directory, cases, cache_dir, repeats):
+VARIANTS = {  # name: (compute dtype, quantization scheme or None, cross cache)
+    "f32": ("float32", None, "float"), "bf16": ("bfloat16", None, "float"), "f16": ("float16", None, "float"),
+    "int8": ("float32", "int8", "float"), "int8+kv8": ("float32", "int8", "int8"),
+    "int4": ("float32", "int4", "float"), "nf4": ("float32", "nf4", "float"),
+}
+
+
+def run_ours(directory, cases, cache_dir, repeats, variant="f32"):
     t_start = time.perf_counter()
     import jax
 
     import convert
-    from led_flax import model_for
     from led_flax.generation import generate
+    from led_flax.quantize import QuantizeSpec, param_bytes
     jax.config.update("jax_compilation_cache_dir", cache_dir)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    config, params = convert.from_hf(directory)
-    model = model_for(config)
-    params = jax.device_put(params)
+    dtype, scheme, cross_cache = VARIANTS[variant]
+    loaded = convert.load(directory).quantized(QuantizeSpec(scheme) if scheme else None).with_compute(
+        dtype, cross_cache)
+    model, params = loaded.module, jax.device_put(loaded.params)
     encode = jax.jit(lambda p, i, a, g: model.apply({"params": p}, i, a, g, num_global_slots=1,
                                                     method="encode").last_hidden_state)
-    out = {"load_s": time.perf_counter() - t_start}
+    out = {"load_s": time.perf_counter() - t_start, "param_mb": param_bytes(params) / 1e6}
     for name in cases:
         b, n, beams, new = CASES[name]
         ids, am, glob = _inputs(b, n)
@@ -82,8 +100,10 @@ def run_ours(directory, cases, cache_dir, repeats):
         enc_s = time.perf_counter() - t0
         sec = min(times)
         out[name] = {"seconds": sec, "first_call_s": first, "compile_s": first - sec, "encoder_s": enc_s,
-                     "new_tokens": int(seqs.shape[1] - 1), "ids": seqs[:, :12].tolist()}
+                     "new_tokens": int(seqs.shape[1] - 1), "ids": seqs[:, :12].tolist(),
+                     "all_ids": seqs.tolist()}
     out["process_s"] = time.perf_counter() - t_start
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return out
 
 
@@ -109,6 +129,7 @@ def run_reference(directory, cases, repeats):
             enc_s = time.perf_counter() - t0
         out[name] = {"seconds": min(times), "encoder_s": enc_s, "new_tokens": int(seqs.shape[1] - 1),
                      "ids": seqs[:, :12].tolist()}
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return out
 
 
@@ -117,13 +138,13 @@ def _child(args):
     if args.child == "reference":
         result = run_reference(args.ckpt, cases, args.repeats)
     else:
-        result = run_ours(args.ckpt, cases, args.cache, args.repeats)
+        result = run_ours(args.ckpt, cases, args.cache, args.repeats, args.child_variant)
     print(json.dumps(result))
 
 
-def _spawn(kind, ckpt, cache, cases, repeats):
+def _spawn(kind, ckpt, cache, cases, repeats, variant="f32"):
     cmd = [sys.executable, __file__, "--child", kind, "--ckpt", ckpt, "--cache", cache, "--repeats", str(repeats),
-           "--cases", *cases]
+           "--child-variant", variant, "--cases", *cases]
     r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
     if r.returncode:
         sys.exit(f"{kind} failed:\n{r.stderr[-3000:]}")
@@ -134,7 +155,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--variants", nargs="*", default=[], choices=list(VARIANTS),
+                        help="also run these led-flax variants (rows against the reference's float32)")
     parser.add_argument("--child", choices=["ours", "reference"], help=argparse.SUPPRESS)
+    parser.add_argument("--child-variant", default="f32", choices=list(VARIANTS), help=argparse.SUPPRESS)
     parser.add_argument("--ckpt", help=argparse.SUPPRESS)
     parser.add_argument("--cache", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -160,9 +184,36 @@ def main():
         print(f"| {name} | {o['seconds']:.2f} | {r['seconds']:.2f} | {tok_o:.1f} | {tok_r:.1f} | "
               f"{tok_o / tok_r:.2f}x | {lat_o:.1f} | {lat_r:.1f} | {cold[name]['compile_s']:.1f} | "
               f"{warm[name]['compile_s']:.1f} | {o['ids'] == r['ids']} |")
+    if args.variants:
+        _variant_rows(args, ckpt, cache, warm, ref)
     print(f"\nwarm start: a new process loaded the checkpoint in {warm['load_s']:.1f} s and returned its first "
           f"result {warm['load_s'] + warm[args.cases[0]]['first_call_s']:.1f} s after starting; cold: "
           f"{cold['load_s'] + cold[args.cases[0]]['first_call_s']:.1f} s")
+
+
+def _agreement(a, b) -> float:
+    """The share of generated ids (the start token left out) equal at the same place."""
+    import numpy as np
+    a, b = np.asarray(a)[:, 1:], np.asarray(b)[:, 1:]
+    n = min(a.shape[1], b.shape[1])
+    return float((a[:, :n] == b[:, :n]).mean())
+
+
+def _variant_rows(args, ckpt, cache, f32, ref):
+    runs = {v: f32 if v == "f32" else _spawn("ours", ckpt, cache, args.cases, args.repeats, v) for v in args.variants}
+    print("\n| case | variant | s | speed-up vs transformers f32 | decode ms/step | encoder s | params MB | "
+          "peak RSS MB | ids equal to f32 |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name in args.cases:
+        r = ref[name]
+        print(f"| {name} | transformers f32 | {r['seconds']:.2f} | 1.00x | "
+              f"{1000 * (r['seconds'] - r['encoder_s']) / r['new_tokens']:.1f} | {r['encoder_s']:.2f} | | "
+              f"{ref['peak_rss_mb']:.0f} | |")
+        for v, o in runs.items():
+            c = o[name]
+            print(f"| {name} | {v} | {c['seconds']:.2f} | {r['seconds'] / c['seconds']:.2f}x | "
+                  f"{1000 * (c['seconds'] - c['encoder_s']) / c['new_tokens']:.1f} | {c['encoder_s']:.2f} | "
+                  f"{o['param_mb']:.0f} | {o['peak_rss_mb']:.0f} | {_agreement(c['all_ids'], f32[name]['all_ids']):.1%} |")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import os
 import shutil
 import tempfile
 
+import jax
 import ml_dtypes  # noqa: F401 - registers numpy's "bfloat16" dtype name
 import numpy as np
 
@@ -19,6 +20,7 @@ from led_flax.checkpoint import CheckpointError
 from led_flax.config import LEDConfig
 from led_flax.files import atomic_directory, writing
 from led_flax.positions import check_extension, extend_encoder_positions
+from led_flax.quantize import QuantizationError, QuantizeSpec, dequantize_params, param_bytes, quantize_params
 
 from .hf import from_hf, to_hf
 from .loader import resolve_source
@@ -27,11 +29,13 @@ from .loader import resolve_source
 @dataclasses.dataclass(frozen=True)
 class Conversion:
     """What `convert_checkpoint` wrote: the led-flax checkpoint `path`, the `head` its parameters
-    belong to, and the tokenizer and generation files copied in beside them (their names)."""
+    belong to, the tokenizer and generation files copied in beside them (their names), and the bytes
+    its params hold in memory (4-bit values counted as half a byte)."""
 
     path: str
     head: str
     extra_files: tuple[str, ...]
+    param_bytes: float = 0.0
 
 
 def check_destination(dst: str | os.PathLike, *, overwrite: bool, src: str | os.PathLike | None = None) -> str:
@@ -59,7 +63,8 @@ def check_destination(dst: str | os.PathLike, *, overwrite: bool, src: str | os.
 
 def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, head: str | None = None,
                        dtype=None, overwrite: bool = False, progress=None,
-                       max_encoder_positions: int | None = None) -> Conversion:
+                       max_encoder_positions: int | None = None,
+                       quantize: QuantizeSpec | None = None) -> Conversion:
     """An HF LED checkpoint directory or hub id -> a led-flax checkpoint directory at `dst`.
 
     head: load the weights into this head (see `from_hf`; default the checkpoint's own). dtype: cast
@@ -67,7 +72,8 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, head: 
     existing `dst`, only once the new checkpoint is complete. progress: an object with `update(n)`
     (a tqdm bar), advanced once per tensor. max_encoder_positions: extend the encoder's position table
     to this many rows by tiling it (`led_flax.positions`); config.json and the tokenizer's
-    model_max_length say the new length, so transformers reads the result too.
+    model_max_length say the new length, so transformers reads the result too. quantize: store the
+    params quantized (`led_flax.quantize`; led_flax.json records the spec).
     Raises, before any work, what `check_destination` raises (FileExistsError when `dst` exists
     without overwrite, ...) and ConfigError for an extension that cannot work (not longer, not a
     multiple of the window); CheckpointError when `src` is not an HF LED checkpoint, HubError when a
@@ -87,9 +93,11 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, head: 
         if max_encoder_positions is not None:
             config, params = extend_encoder_positions(config, params, max_encoder_positions)
             extra = [_with_max_length(f, max_encoder_positions, scratch) for f in extra]
-        path = checkpoint.save(dst, config, params, extra_files=extra, overwrite=overwrite)
+        if quantize is not None:
+            params = jax.device_get(quantize_params(params, quantize))
+        path = checkpoint.save(dst, config, params, extra_files=extra, overwrite=overwrite, quantization=quantize)
     return Conversion(path=path, head=checkpoint.head_of(params),
-                      extra_files=tuple(os.path.basename(f) for f in extra))
+                      extra_files=tuple(os.path.basename(f) for f in extra), param_bytes=param_bytes(params))
 
 
 def _with_max_length(path: str, n: int, scratch: str) -> str:
@@ -117,12 +125,23 @@ def to_hf_directory(config, params, dst: str | os.PathLike, *, extra_files=(), o
     return os.path.abspath(os.fspath(dst))
 
 
-def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, overwrite: bool = False) -> str:
+def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, overwrite: bool = False,
+                      dequantize: bool = False) -> str:
     """A led-flax checkpoint directory -> an HF directory at `dst`, with the checkpoint's tokenizer and
     generation files. Raises, before reading `src`, what `check_destination` raises (FileExistsError
     when `dst` exists without overwrite, ...); CheckpointError when `src` is not a led-flax
-    checkpoint or its config.json does not fit its params."""
+    checkpoint or its config.json does not fit its params; QuantizationError for a quantized one
+    without `dequantize` (which writes it as float32, its quantization error kept)."""
     dst = check_destination(dst, overwrite=overwrite, src=src)
     ckpt = checkpoint.load(src, scan_layers=False)
-    return to_hf_directory(ckpt.config, ckpt.params, dst, extra_files=checkpoint.companion_files(src),
+    params = ckpt.params
+    if ckpt.quantization is not None:
+        if not dequantize:
+            raise QuantizationError(
+                f"{src} is quantized ({ckpt.quantization.describe()}); an HF checkpoint holds float weights, so "
+                f"exporting it would pass the quantization error off as the original: export the float checkpoint "
+                f"it was made from, or pass dequantize=True (--dequantize) to write the dequantized weights")
+        params = dequantize_params(params)
+    return to_hf_directory(ckpt.config, params, dst, extra_files=checkpoint.companion_files(src),
                            overwrite=overwrite)
+

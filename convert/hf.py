@@ -21,6 +21,7 @@ from led_flax.checkpoint import head_of
 from led_flax.config import HEAD_TO_ARCHITECTURE, LEDConfig
 from led_flax.files import write_atomic
 from led_flax.modeling import init_params, model_for
+from led_flax.quantize import check_not_bitsandbytes
 from led_flax.stacking import to_layout, unstack_layers
 from led_flax.trees import flatten, unflatten
 
@@ -199,6 +200,7 @@ def from_hf(src: str | os.PathLike, head: str | None = None, *, rng=None, dtype=
     """
     src = os.fspath(src)
     config = LEDConfig.from_hf(src)
+    check_not_bitsandbytes({key: json.loads(text) for key, text in config.extra}, src)
     state = read_state_dict(src)
     source = _source_head(config, state)
     target = head or source

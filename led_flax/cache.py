@@ -9,6 +9,11 @@ beams. Beam search only calls `reorder`; it never reads the fields.
 leading layer axis (a scanned decoder); `reorder` and `write_self` work on either, as they address
 axes from the end.
 
+The cross-attention keys are stored transposed, [b, h, d, n]: the scores product of a decoding step
+then runs along contiguous positions, about half the time of the [b, h, n, d] layout at 4,096 inputs
+(BENCHMARKS.md). With `int8` they and the values are int8 with a float32 scale per (row, head,
+position): a quarter of the bytes each step reads.
+
 Shapes: B = batch x beams, b batch, h heads, s cache positions, n encoder length, d head dim.
 """
 
@@ -20,24 +25,93 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from .quantize import quantize_matrix, tie
+
 _BATCH_AXIS = -4  # [..., B, h, s, d]
 _POSITION_AXIS = -2
+CROSS_CACHES = ("float", "int8")
+
+
+@struct.dataclass
+class KeyValue:
+    """Attention keys and values, heads first: what a decoder attention attends to."""
+
+    keys: Any  # [..., b, h, s, d]
+    values: Any  # [..., b, h, s, d]
+
+    @property
+    def batch(self) -> int:
+        return self.values.shape[_BATCH_AXIS]
+
+    def scores(self, q):
+        """q [b, h, t, d] -> scores [b, h, t, s]."""
+        return jnp.einsum("bhqd,bhsd->bhqs", q, self.keys)
+
+    def mix(self, probs):
+        """probs [b, h, t, s] -> [b, h, t, d]: the values weighted by probs."""
+        return jnp.einsum("bhqs,bhsd->bhqd", probs, self.values)
+
+
+@struct.dataclass
+class CrossKeyValue:
+    """The cross-attention keys and values of the encoder output, cached once for a whole generation,
+    in the layout a decoding step reads fastest (the same methods as KeyValue)."""
+
+    keys: Any  # [..., b, h, d, n]: transposed
+    values: Any  # [..., b, h, n, d]
+    key_scales: Any = None  # [..., b, h, n] float32 when int8, else None
+    value_scales: Any = None  # [..., b, h, n]
+
+    @classmethod
+    def build(cls, kv: KeyValue, kind: str = "float") -> "CrossKeyValue":
+        """From keys and values [..., b, h, n, d]; kind 'int8' quantizes each (row, head, position)'s d
+        values with one scale (absmax / 127)."""
+        if kind not in CROSS_CACHES:
+            raise ValueError(f"cross_cache {kind!r} is not one of {', '.join(CROSS_CACHES)}")
+        if kind == "float":
+            return cls(keys=jnp.swapaxes(kv.keys, -1, -2), values=kv.values)
+        k, v = quantize_matrix(kv.keys, "int8"), quantize_matrix(kv.values, "int8")
+        return cls(keys=jnp.swapaxes(k.values, -1, -2), values=v.values, key_scales=k.scales, value_scales=v.scales)
+
+    @property
+    def batch(self) -> int:
+        return self.values.shape[_BATCH_AXIS]
+
+    def scores(self, q):
+        """q [b, h, t, d] -> scores [b, h, t, n] (float32 when int8)."""
+        if self.key_scales is None:
+            return jnp.einsum("bhqd,bhdn->bhqn", q, self.keys)
+        keys, q = tie(self.keys, q)
+        keys = keys.astype(q.dtype)  # converted inside the decoding loop, not hoisted out
+        return jnp.einsum("bhqd,bhdn->bhqn", q, keys).astype(jnp.float32) * self.key_scales[:, :, None, :]
+
+    def mix(self, probs):
+        """probs [b, h, t, n] -> [b, h, t, d]."""
+        if self.value_scales is None:
+            return jnp.einsum("bhqn,bhnd->bhqd", probs, self.values)
+        values, probs = tie(self.values, probs)
+        values = values.astype(probs.dtype)
+        scaled = (probs.astype(jnp.float32) * self.value_scales[:, :, None, :]).astype(probs.dtype)
+        return jnp.einsum("bhqn,bhnd->bhqd", scaled, values)
 
 
 @struct.dataclass
 class LayerCache:
     self_k: Any  # [..., B, h, s, d]: self-attention keys written so far
     self_v: Any  # [..., B, h, s, d]
-    cross_k: Any  # [..., b, h, n, d]: cross-attention keys of the encoder output
-    cross_v: Any  # [..., b, h, n, d]
+    cross: CrossKeyValue  # the cross-attention keys and values of the encoder output, b rows
 
-    def write_self(self, k, v, index) -> "LayerCache":
-        """Writes this step's keys and values k, v [B, h, t, d] at positions index .. index + t."""
+    @property
+    def self_key_value(self) -> KeyValue:
+        return KeyValue(keys=self.self_k, values=self.self_v)
+
+    def write_self(self, kv: KeyValue, index) -> "LayerCache":
+        """Writes this step's keys and values [B, h, t, d] at positions index .. index + t."""
         def put(buf, new):
             at = [jnp.zeros_like(index)] * buf.ndim
             at[_POSITION_AXIS] = index
             return jax.lax.dynamic_update_slice(buf, new.astype(buf.dtype), tuple(at))
-        return self.replace(self_k=put(self.self_k, k), self_v=put(self.self_v, v))
+        return self.replace(self_k=put(self.self_k, kv.keys), self_v=put(self.self_v, kv.values))
 
 
 @struct.dataclass

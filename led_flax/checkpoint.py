@@ -3,7 +3,8 @@ exports to.
 
     DIR/
       led_flax.json           {"format": "led-flax", "format_version": 1, "head": ..., "param_dtype": ...,
-                               "param_crc32": {"led/shared/embedding": CRC-32 of its bytes, ...}}
+                               "param_crc32": {"led/shared/embedding": CRC-32 of its bytes, ...},
+                               "quantization": a quantize.QuantizeSpec (only for quantized params)}
       config.json             the HF LED config (LEDConfig.to_hf), readable by transformers
       generation_config.json  optional, HF's generation settings
       params/                 the parameter tree, saved with orbax (StandardCheckpointer)
@@ -33,6 +34,7 @@ import numpy as np
 
 from .config import LEDConfig
 from .files import atomic_directory, write_atomic
+from .quantize import QuantizeSpec, from_saved, is_quantized, to_saved
 from .stacking import to_layout, unstack_layers
 from .trees import flatten
 
@@ -91,17 +93,23 @@ def _crc32(array) -> int:
     return zlib.crc32(np.ascontiguousarray(np.asarray(array)).reshape(-1).view(np.uint8))
 
 
-def save(directory: str | os.PathLike, config: LEDConfig, params, *, extra_files=(), overwrite: bool = False) -> str:
+def save(directory: str | os.PathLike, config: LEDConfig, params, *, extra_files=(), overwrite: bool = False,
+         quantization: QuantizeSpec | None = None) -> str:
     """Writes a complete checkpoint directory atomically.
 
     extra_files: paths copied in beside the params (tokenizer files, generation_config.json).
     overwrite: replace an existing checkpoint at `directory` (only once the new one is complete).
+    quantization: how quantized params were made (`quantize.quantize_params`); required with them.
+    Raises ValueError for quantized params without `quantization`, or float params with it.
     """
     import orbax.checkpoint as ocp
 
+    if is_quantized(params) != (quantization is not None):
+        raise ValueError("pass quantization= exactly when the params are quantized (quantize.quantize_params)")
     directory = os.path.abspath(os.fspath(directory))
     with atomic_directory(directory, overwrite=overwrite) as tmp:
-        params = unstack_layers(jax.device_get(params), config)  # the per-layer layout on disk
+        # the per-layer layout on disk; a QuantizedArray as its two arrays, values and scales
+        params = to_saved(unstack_layers(jax.device_get(params), config))
         dtypes = sorted({np.asarray(x).dtype.name for x in jax.tree_util.tree_leaves(params)})
         checkpointer = _local_checkpointer(ocp)
         checkpointer.save(os.path.join(tmp, PARAMS), params)
@@ -113,18 +121,22 @@ def save(directory: str | os.PathLike, config: LEDConfig, params, *, extra_files
         marker = {"format": FORMAT, "format_version": FORMAT_VERSION, "head": head_of(params),
                   "param_dtype": dtypes[0] if len(dtypes) == 1 else dtypes,
                   "param_crc32": {path: _crc32(v) for path, v in sorted(flatten(params).items())}}
+        if quantization is not None:
+            marker["quantization"] = quantization.to_json()
         write_atomic(os.path.join(tmp, MARKER), json.dumps(marker, indent=2) + "\n")
     return directory
 
 
 @dataclasses.dataclass(frozen=True)
 class Checkpoint:
-    """What a led-flax checkpoint directory holds: the config, the parameter tree (host arrays) and
-    the head its parameters belong to ('conditional_generation', ...)."""
+    """What a led-flax checkpoint directory holds: the config, the parameter tree (host arrays), the
+    head its parameters belong to ('conditional_generation', ...) and, for quantized params, how they
+    were quantized."""
 
     config: LEDConfig
     params: Any
     head: str
+    quantization: QuantizeSpec | None = None
 
 
 def _read_marker(directory: str) -> dict:
@@ -147,6 +159,20 @@ def _read_marker(directory: str) -> dict:
 
 def _listing(items: list[str], limit: int = 8, sep: str = ", ") -> str:
     return sep.join(items[:limit]) + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def _float_shapes(saved: dict[str, tuple]) -> dict[str, tuple]:
+    """Saved shapes by path, a quantized matrix (`P/values` [O, I] beside `P/scales`) as the float
+    parameter P it stands for (a kernel [I, O])."""
+    out = {}
+    for p, shape in saved.items():
+        base = p.rsplit("/", 1)[0]
+        if p.endswith(("/values", "/scales")) and {f"{base}/values", f"{base}/scales"} <= set(saved):
+            if p.endswith("/values"):
+                out[base] = shape[:-2] + (shape[-1], shape[-2]) if base.endswith("kernel") else shape
+        else:
+            out[p] = shape
+    return out
 
 
 def _check_shapes(directory: str, config: LEDConfig, head: str, saved: dict[str, tuple]) -> None:
@@ -233,6 +259,7 @@ def load(directory: str | os.PathLike, scan_layers: bool = True) -> Checkpoint:
         raise CheckpointError(f"{directory} is not a led-flax checkpoint (no {MARKER}); {hint}")
     marker = _read_marker(directory)
     config = LEDConfig.from_hf(directory)
+    quantization = QuantizeSpec.from_json(marker["quantization"]) if marker.get("quantization") else None
     params_dir = os.path.join(directory, PARAMS)
     damaged = f"{params_dir} is truncated or corrupt"
     again = "convert or export the checkpoint again from its source"
@@ -250,7 +277,7 @@ def load(directory: str | os.PathLike, scan_layers: bool = True) -> Checkpoint:
         if saved is None:
             quiet_closed_loop_errors()
             raise CheckpointError(f"{damaged}: its metadata cannot be read; {again}")
-        _check_shapes(directory, config, marker["head"], saved)
+        _check_shapes(directory, config, marker["head"], _float_shapes(saved))
         try:
             with quiet_logger("absl"):
                 params = checkpointer.restore(params_dir)
@@ -265,4 +292,7 @@ def load(directory: str | os.PathLike, scan_layers: bool = True) -> Checkpoint:
         bad = [p for p, v in sorted(flatten(params).items()) if p in recorded and recorded[p] != _crc32(v)]
         if bad:
             raise CheckpointError(f"{damaged}: tensors that differ from what was saved (CRC-32): {_listing(bad)}; {again}")
-    return Checkpoint(config=config, params=to_layout(params, config, scan_layers), head=marker["head"])
+    if quantization is not None:
+        params = from_saved(params, quantization)
+    return Checkpoint(config=config, params=to_layout(params, config, scan_layers), head=marker["head"],
+                      quantization=quantization)

@@ -32,6 +32,7 @@ import convert
 from convert.loader import check_source
 from led_flax.files import WriteError, describe_json, jsonl_objects
 from led_flax import pretrained
+from led_flax.cache import CROSS_CACHES
 from led_flax.config import HEAD_TO_ARCHITECTURE
 from led_flax.summarization import (DEFAULT_CACHE, InputWarning, SummarizeOptions, SummaryReport, check_output,
                                     describe_generation, format_summaries, generation_settings, summarize)
@@ -39,6 +40,8 @@ from led_flax.summarization import (DEFAULT_CACHE, InputWarning, SummarizeOption
 PROG = "led-flax"
 # exit statuses (README, "Command line")
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+from led_flax.pretrained import COMPUTE_DTYPES
+from led_flax.quantize import DEFAULT_GROUP_SIZE, SCHEMES, QuantizeSpec
 
 # the demo's generation settings; max_length is the tiny model's decoder positions
 DEMO_GENERATION = {"num_beams": 4, "no_repeat_ngram_size": 3, "length_penalty": 2.0, "max_length": 128}
@@ -90,17 +93,22 @@ class Parser(argparse.ArgumentParser):
 
 # ---------------------------------------------------------------------------------------------- convert, export
 def cmd_convert(args) -> int:
+    spec = QuantizeSpec(args.quantize, args.group_size) if args.quantize else None
     # the bar's total is set once the checkpoint's tensors are counted
     with tqdm(desc="convert tensors", unit="tensor", disable=args.quiet) as bar:
         done = convert.convert_checkpoint(args.src, args.dst, head=args.head, dtype=args.dtype,
                                           overwrite=args.overwrite, progress=bar,
-                                          max_encoder_positions=args.max_encoder_positions)
+                                          max_encoder_positions=args.max_encoder_positions, quantize=spec)
     print(f"wrote {done.path} ({done.head}, {len(done.extra_files)} tokenizer/generation files)")
+    on_disk = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(os.path.join(done.path, "params"))
+                  for f in fs)
+    print(f"params: {done.param_bytes / 1e6:.1f} MB in memory, {on_disk / 1e6:.1f} MB on disk"
+          + (f"; quantized: {spec.describe()}" if spec else ""))
     return 0
 
 
 def cmd_export(args) -> int:
-    path = convert.export_checkpoint(args.src, args.dst, overwrite=args.overwrite)
+    path = convert.export_checkpoint(args.src, args.dst, overwrite=args.overwrite, dequantize=args.dequantize)
     print(f"wrote {path} (loads with transformers' from_pretrained)")
     return 0
 
@@ -189,7 +197,9 @@ def cmd_summarize(args) -> int:
     options = SummarizeOptions(batch_size=args.batch_size, truncate=not args.no_truncate, generation=generation,
                                output=args.out, output_format=args.format, progress_bar=not args.quiet,
                                compilation_cache=None if args.no_cache else args.cache_dir, restart=args.restart,
-                               sequence_devices=args.sequence_devices)
+                               sequence_devices=args.sequence_devices,
+                               quantize=QuantizeSpec(args.quantize, args.group_size) if args.quantize else None,
+                               compute_dtype=args.compute_dtype, cross_cache=args.cross_cache)
     check_output(options)  # before anything is read or loaded
     check_source(args.model)
     docs = read_jsonl(args.jsonl, args.field) if args.jsonl else read_files(args.files) if args.files else \
@@ -311,6 +321,12 @@ def _train_cli():
     return train.cli
 
 
+def _quantize_arguments(p, what: str) -> None:
+    p.add_argument("--quantize", choices=list(SCHEMES), help=f"{what}: int8 per channel, int4 or nf4 in groups")
+    p.add_argument("--group-size", type=at_least(1), default=DEFAULT_GROUP_SIZE, metavar="N",
+                   help=f"inputs per scale for int4/nf4 (default {DEFAULT_GROUP_SIZE})")
+
+
 GENERATION_HELP = "(default: the checkpoint's generation_config.json, else transformers' default: {})"
 
 
@@ -326,12 +342,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src", help="HF checkpoint directory, or a hub id such as allenai/led-base-16384 (online only)")
     p.add_argument("dst", help="the led-flax checkpoint directory to write")
     p.add_argument("--head", choices=list(HEAD_TO_ARCHITECTURE), help="load into this head (default: the checkpoint's)")
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], help="cast the params (default: keep)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"],
+                   help="cast the stored params (default: keep; the compute dtype is summarize's --compute-dtype)")
     p.add_argument("--max-encoder-positions", type=int, metavar="N",
                    help="extend the encoder's position table to N rows by tiling it, for inputs longer than the "
                         "checkpoint's (N: larger than the table, a multiple of the largest attention window)")
     p.add_argument("--overwrite", action="store_true", help="replace DST once the new checkpoint is complete")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _quantize_arguments(p, "store the weights quantized")
     p.set_defaults(func=cmd_convert, interrupted=lambda a: f"nothing was written ({a.dst} is as it was)")
 
     p = sub.add_parser("summarize", help="summarize documents with a led-flax or HF LED checkpoint",
@@ -372,6 +390,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true", help="do not use the compilation cache")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--verbose", action="store_true", help="log compilations, cache reads and buckets")
+    _quantize_arguments(p, "quantize a float checkpoint's weights at load")
+    p.add_argument("--compute-dtype", choices=list(COMPUTE_DTYPES),
+                   help="the dtype the model computes in (default float32; the stored weights stay as they are)")
+    p.add_argument("--cross-cache", choices=list(CROSS_CACHES),
+                   help="how generation caches the cross-attention keys and values (default float)")
     p.set_defaults(func=cmd_summarize, interrupted=lambda a: (
         f"rerun the same command to resume (finished batches are kept in {a.out}.progress.jsonl)" if a.out else
         "nothing was saved; pass --out FILE to make a run resumable"))
@@ -403,6 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src", help="the led-flax checkpoint directory")
     p.add_argument("dst", help="the HF directory to write")
     p.add_argument("--overwrite", action="store_true", help="replace DST once the new directory is complete")
+    p.add_argument("--dequantize", action="store_true",
+                   help="export a quantized checkpoint as float32 weights (its quantization error stays)")
     p.set_defaults(func=cmd_export, interrupted=lambda a: f"nothing was written ({a.dst} is as it was)")
     return parser
 

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from .attention import sharded_softmax, softmax_dtype
-from .cache import DecoderCache, LayerCache
+from .cache import CrossKeyValue, DecoderCache, KeyValue, LayerCache
 from .config import LEDConfig
 from .inputs import check_binary_mask, check_decoder_length
 from .layers import (Stack, constrain, dense, dropout, embed_positions, feed_forward, input_embeddings, layer_norm,
@@ -42,26 +42,27 @@ class LEDDecoderAttention(nn.Module):
         h = self.config.decoder_attention_heads
         return x.reshape(x.shape[0], x.shape[1], h, x.shape[2] // h).transpose(0, 2, 1, 3)
 
-    def key_value(self, states):
+    def key_value(self, states) -> KeyValue:
         """states: [b, s, D] -> keys and values [b, h, s, d], heads first: the layout of the decoder
         cache, so that a decoding step reads it without a transpose."""
-        return self._heads(self.k_proj(states)), self._heads(self.v_proj(states))
+        return KeyValue(keys=self._heads(self.k_proj(states)), values=self._heads(self.v_proj(states)))
 
-    def __call__(self, hidden, mask, key_value, *, deterministic: bool, output_attentions: bool):
-        """hidden: [b, t, D]; mask: [b or 1, 1, t, s] bool or None; key_value: ([kb, h, s, d], [kb, h, s, d])
-        where kb divides b (the beams of an input share one row). Returns out [b, t, D] and the
-        probabilities [b, h, t, s] (None without output_attentions)."""
+    def __call__(self, hidden, mask, key_value: KeyValue | CrossKeyValue, *, deterministic: bool,
+                 output_attentions: bool):
+        """hidden: [b, t, D]; mask: [b or 1, 1, t, s] bool or None; key_value: the keys and values of kb
+        rows over s positions (a KeyValue, or the cached CrossKeyValue), where kb divides b (the beams of
+        an input share one row). Returns out [b, t, D] and the probabilities [b, h, t, s] (None without
+        output_attentions)."""
         cfg = self.config
         b, t, D = hidden.shape
         hd = D // cfg.decoder_attention_heads
         q = self._heads(self.q_proj(hidden) * hd ** -0.5)  # [b, h, t, d]
-        k, v = key_value
-        h, kb = q.shape[1], k.shape[0]
+        h, kb = q.shape[1], key_value.batch
         g = b // kb  # > 1 when beams share one cached encoder output
         # the g query rows of one input become one query axis: [kb, h, g*t, d], heads first
         qg = q.reshape(kb, g, h, t, hd).transpose(0, 2, 1, 3, 4).reshape(kb, h, g * t, hd)
         sdt = softmax_dtype(q.dtype)
-        scores = jnp.einsum("bhqd,bhsd->bhqs", qg, k).astype(sdt)  # [kb, h, g*t, s]
+        scores = key_value.scores(qg).astype(sdt)  # [kb, h, g*t, s]
         if mask is not None:  # [b or kb or 1, 1, t or 1, s] -> [kb or 1, 1, g*t, s]
             mask = jnp.broadcast_to(mask, (mask.shape[0], 1, t, mask.shape[-1]))
             if mask.shape[0] == b and g > 1:
@@ -76,7 +77,7 @@ class LEDDecoderAttention(nn.Module):
                 raise ValueError("output_attentions is not available with the sequence sharded over devices")
             probs, denom = sharded_softmax(scores, self.sequence_axis)
         dropped = dropout(self, probs, cfg.attention_dropout, deterministic, self.sequence_axis)
-        out = jnp.einsum("bhqs,bhsd->bhqd", dropped.astype(self.dtype), v)  # [kb, h, g*t, d]
+        out = key_value.mix(dropped.astype(self.dtype))  # [kb, h, g*t, d]
         if self.sequence_axis is not None:
             out = jax.lax.psum(out, self.sequence_axis) / denom[..., None].astype(out.dtype)
         out = out.reshape(kb, h, g, t, hd).transpose(0, 2, 3, 1, 4).reshape(b, t, D)  # [b, t, D]
@@ -101,7 +102,7 @@ class LEDDecoderLayer(nn.Module):
         self.fc2 = ffn(self.config.d_model)
         self.final_layer_norm = layer_norm(self.dtype, self.param_dtype)
 
-    def cross_key_value(self, encoder_hidden_states):
+    def cross_key_value(self, encoder_hidden_states) -> KeyValue:
         """[b, n, D] -> cross-attention keys and values [b, h, n, d]."""
         return self.encoder_attn.key_value(encoder_hidden_states)
 
@@ -114,16 +115,15 @@ class LEDDecoderLayer(nn.Module):
         residual = hidden
         key_value = self.self_attn.key_value(hidden)
         if layer_cache is not None:  # write this step's keys/values into the static cache
-            layer_cache = layer_cache.write_self(*key_value, cache_index)
-            key_value = (layer_cache.self_k, layer_cache.self_v)
+            layer_cache = layer_cache.write_self(key_value, cache_index)
+            key_value = layer_cache.self_key_value
         h, self_probs = self.self_attn(hidden, self_mask, key_value, deterministic=deterministic,
                                        output_attentions=output_attentions)
         h = dropout(self, h, cfg.dropout, deterministic)
         hidden = self.self_attn_layer_norm(residual + h)
 
         residual = hidden
-        cross_kv = ((layer_cache.cross_k, layer_cache.cross_v) if layer_cache is not None
-                    else self.cross_key_value(encoder_hidden_states))
+        cross_kv = layer_cache.cross if layer_cache is not None else self.cross_key_value(encoder_hidden_states)
         h, cross_probs = self.encoder_attn(hidden, cross_mask, cross_kv, deterministic=deterministic,
                                            output_attentions=output_attentions)
         h = dropout(self, h, cfg.dropout, deterministic)
@@ -145,7 +145,10 @@ class LEDDecoder(Stack):
     """The decoder stack (settings: `layers.Stack`). scan_layers: the layers run as one `nn.scan` over
     stacked parameters (and a stacked cache); else unrolled. With `sequence_axis` (the encoder output is
     sharded over it, inside `jax.shard_map`) the decoder runs whole on every device, its
-    cross-attention combined across devices."""
+    cross-attention combined across devices. cross_cache: how `init_cache` stores the cross-attention
+    keys and values ('float', or 'int8' with a scale per row, head and position; `cache.CrossKeyValue`)."""
+
+    cross_cache: str = "float"
 
     def setup(self):
         cfg = self.config
@@ -185,7 +188,7 @@ class LEDDecoder(Stack):
                 cross = module.cross_key_value(states)
                 shape = (b * beams, h, max_length, cfg.d_model // h)  # [B, h, s, d]
             zeros = jnp.zeros(shape, self.dtype)
-            layers.append(LayerCache(self_k=zeros, self_v=zeros, cross_k=cross[0], cross_v=cross[1]))
+            layers.append(LayerCache(self_k=zeros, self_v=zeros, cross=CrossKeyValue.build(cross, self.cross_cache)))
         return DecoderCache(index=jnp.zeros((), jnp.int32), layers=tuple(layers))
 
     def __call__(self, input_ids=None, *, attention_mask=None, encoder_hidden_states=None,

@@ -25,6 +25,7 @@ from .inputs import merged_encoder_mask, token_roles
 from .layers import (Stack, constrain, dense, dropout, embed_positions, feed_forward, input_embeddings, layer_norm,
                      layerdrop, scan_layers, split_layers, with_remat)
 from .outputs import LEDEncoderBaseModelOutput
+from .quantize import kernel_of, quantized_param
 from .stacking import encoder_runs, run_name
 
 Dtype = Any
@@ -55,11 +56,14 @@ class GlobalProjection(nn.Module):
 
     @nn.compact
     def __call__(self):
-        """Returns kernel [D, D] and bias [D] in the compute dtype."""
-        kernel = self.param("kernel", nn.initializers.normal(self.init_std), (self.features, self.features),
-                            self.param_dtype)
+        """Returns kernel [D, D] and bias [D] in the compute dtype (a quantized kernel dequantized: the
+        encoder runs once per input, outside generation's loop)."""
+        kernel = quantized_param(self, "kernel")
+        if kernel is None:
+            kernel = self.param("kernel", nn.initializers.normal(self.init_std), (self.features, self.features),
+                                self.param_dtype)
         bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
-        return jnp.asarray(kernel, self.dtype), jnp.asarray(bias, self.dtype)
+        return kernel_of(kernel, self.dtype), jnp.asarray(bias, self.dtype)
 
 
 class _EncoderPart(nn.Module):

@@ -7,12 +7,14 @@ Shapes: b batch, t length, D d_model, V vocabulary.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from . import quantize
 from .activations import ACTIVATIONS
 from .config import LEDConfig
 from .inputs import check_token_ids
@@ -20,10 +22,37 @@ from .inputs import check_token_ids
 Dtype = Any
 
 
+class Dense(nn.Module):
+    """nn.Dense (kernel [I, O], bias [O], the same names and arithmetic), whose kernel may also be a
+    `quantize.QuantizedArray` (W [O, I]), applied by `quantize.dense`."""
+
+    features: int
+    use_bias: bool = True
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    init_std: float = 0.02
+
+    @nn.compact
+    def __call__(self, x):
+        """x: [..., I] -> [..., O] in the compute dtype."""
+        kernel = quantize.quantized_param(self, "kernel")
+        if kernel is None:
+            kernel = self.param("kernel", nn.initializers.normal(self.init_std), (x.shape[-1], self.features),
+                                self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype) if self.use_bias else None
+        if isinstance(kernel, quantize.QuantizedArray):
+            y = quantize.dense(x, kernel, self.dtype)
+        else:  # nn.Dense's own steps
+            x, kernel = jnp.asarray(x, self.dtype), jnp.asarray(kernel, self.dtype)
+            y = jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
+        if bias is not None:
+            y += jnp.reshape(jnp.asarray(bias, self.dtype), (1,) * (y.ndim - 1) + (-1,))
+        return y
+
+
 def dense(cfg: LEDConfig, features: int, dtype, param_dtype, name: str | None = None, use_bias: bool = True):
-    """An nn.Dense initialised as the reference's Linear: normal(init_std) kernel, zero bias."""
-    return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, name=name,
-                    kernel_init=nn.initializers.normal(cfg.init_std), bias_init=nn.initializers.zeros)
+    """A Dense initialised as the reference's Linear: normal(init_std) kernel, zero bias."""
+    return Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, init_std=cfg.init_std, name=name)
 
 
 def layer_norm(dtype, param_dtype, name: str | None = None):
@@ -61,7 +90,7 @@ def constrain(hidden, tokens_over_sequence: bool = False):
 
 class Embed(nn.Module):
     """An embedding table [num_embeddings, features]; lookups of `padding_idx` give its row no gradient,
-    as torch's do. `attend` is the tied LM head."""
+    as torch's do. `attend` is the tied LM head. The table may be a `quantize.QuantizedArray`."""
 
     num_embeddings: int
     features: int
@@ -75,10 +104,14 @@ class Embed(nn.Module):
             table = jax.random.normal(key, shape, dtype) * self.init_std
             return table if self.padding_idx is None else table.at[self.padding_idx].set(0)
 
-        self.embedding = self.param("embedding", init, (self.num_embeddings, self.features), self.param_dtype)
+        quantized = quantize.quantized_param(self, "embedding")
+        self.embedding = quantized if quantized is not None else self.param(
+            "embedding", init, (self.num_embeddings, self.features), self.param_dtype)
 
     def __call__(self, ids):
         """ids: [...] int -> rows [..., D] in the compute dtype."""
+        if isinstance(self.embedding, quantize.QuantizedArray):
+            return self.embedding.take_rows(ids, self.dtype)  # [..., D]
         rows = jnp.take(jnp.asarray(self.embedding), ids, axis=0)  # [..., D]
         if self.padding_idx is not None:  # no gradient reaches the table through padding lookups
             rows = jnp.where((ids == self.padding_idx)[..., None], jax.lax.stop_gradient(rows), rows)
@@ -86,6 +119,14 @@ class Embed(nn.Module):
 
     def attend(self, x):
         """x: [b, t, D] -> [b, t, V]: scores against every row."""
+        if isinstance(self.embedding, quantize.QuantizedArray):
+            return quantize.dense(x, self.embedding, self.dtype)  # [b, t, V]
+        rows = math.prod(x.shape[:-1])
+        if rows <= quantize.ROW_LIMIT:  # a decoding step: the product as [V, r], transposed apart (fused into
+            # the product, the transpose makes XLA:CPU's product about twice as slow; BENCHMARKS.md)
+            table = self.embedding.astype(self.dtype)
+            logits = jax.lax.optimization_barrier(jnp.einsum("vd,rd->vr", table, x.reshape(rows, x.shape[-1])))
+            return logits.T.reshape(x.shape[:-1] + (self.num_embeddings,))  # [b, t, V]
         return jnp.einsum("btd,vd->btv", x, self.embedding.astype(self.dtype))  # [b, t, V]
 
 

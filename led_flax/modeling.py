@@ -45,11 +45,12 @@ class _Model(nn.Module):
     # the encoder's sequence is sharded over this mesh axis: the module runs inside `jax.shard_map`, each
     # device on its slice of the tokens (`led_flax.sequence` wraps the calls); None: unsharded
     sequence_axis: str | None = None
+    cross_cache: str = "float"  # generation's cross-attention keys and values: float | int8 (cache.CrossKeyValue)
 
     def settings(self) -> dict:
         """The settings above, by keyword, to build a part with the same ones."""
         return dict(dtype=self.dtype, param_dtype=self.param_dtype, remat=self.remat, scan_layers=self.scan_layers,
-                    sequence_axis=self.sequence_axis)
+                    sequence_axis=self.sequence_axis, cross_cache=self.cross_cache)
 
 
 class LEDModel(_Model):
@@ -60,11 +61,12 @@ class LEDModel(_Model):
         self.shared = Embed(cfg.vocab_size, cfg.d_model, cfg.init_std, cfg.pad_token_id, self.dtype,
                             self.param_dtype)
         kw = self.settings()
+        cross_cache = kw.pop("cross_cache")  # the decoder's alone
         # tied (the default): both stacks look tokens up in `shared`; untied (tie_word_embeddings false, as
         # transformers 5 saves it): each stack has its own `embed_tokens`, and `shared` is kept unused
         tied = self.shared if cfg.tie_word_embeddings else None
         self.encoder = LEDEncoder(cfg, tied, **kw)
-        self.decoder = LEDDecoder(cfg, tied, **kw)
+        self.decoder = LEDDecoder(cfg, tied, cross_cache=cross_cache, **kw)
 
     def encode(self, input_ids=None, attention_mask=None, global_attention_mask=None, inputs_embeds=None, *,
                num_global_slots=None, deterministic=True, output_attentions=False, output_hidden_states=False):

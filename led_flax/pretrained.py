@@ -11,10 +11,14 @@ import dataclasses
 import os
 from typing import Any
 
-from . import checkpoint
+from . import checkpoint, quantize
+from .cache import CROSS_CACHES
 from .config import HEAD_TO_ARCHITECTURE, LEDConfig
 from .generation import GenerationConfig
+from .quantize import QuantizeSpec
 from .tokenizer import LEDTokenizer
+
+COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,7 +26,7 @@ class LoadedModel:
     """module: the linen module (its compute dtype set); params: the parameter tree; config: its
     LEDConfig; generation_config: the checkpoint's generation settings (generation_config.json, or the
     old fields of config.json); tokenizer: None when the directory has no tokenizer files; source: the
-    directory it came from."""
+    directory it came from; quantization: how its params were quantized (None: float)."""
 
     module: Any
     params: Any
@@ -30,6 +34,7 @@ class LoadedModel:
     generation_config: GenerationConfig
     tokenizer: LEDTokenizer | None
     source: str
+    quantization: QuantizeSpec | None = None
 
     @property
     def head(self) -> str:
@@ -42,6 +47,41 @@ class LoadedModel:
                 f"{self.source} holds a {HEAD_TO_ARCHITECTURE[self.head]} model; {purpose} needs "
                 f"{HEAD_TO_ARCHITECTURE[head]}")
         return self
+
+    def require_float(self, purpose: str) -> "LoadedModel":
+        """Returns self, or raises QuantizationError when the params are quantized."""
+        if self.quantization is not None:
+            raise quantize.QuantizationError(
+                f"{self.source} is quantized ({self.quantization.describe()}); {purpose} needs float weights: use "
+                f"the float checkpoint it was made from")
+        return self
+
+    def quantized(self, spec: QuantizeSpec | None) -> "LoadedModel":
+        """The model with its params quantized by `spec` (None, or the spec they already have: self).
+        Raises QuantizationError when they were quantized otherwise."""
+        if spec is None or spec == self.quantization:
+            return self
+        if self.quantization is not None:
+            raise quantize.QuantizationError(
+                f"{self.source} is already quantized ({self.quantization.describe()}), not as asked "
+                f"({spec.describe()}); quantize its float original instead")
+        return dataclasses.replace(self, params=quantize.quantize_params(self.params, spec), quantization=spec)
+
+    def with_compute(self, dtype: str | None = None, cross_cache: str | None = None) -> "LoadedModel":
+        """The model computing in `dtype` (float32, bfloat16 or float16; the params keep their storage
+        dtypes) and caching generation's cross-attention keys and values as `cross_cache` (float or
+        int8); None keeps each as it is. Raises ValueError for another value."""
+        changes = {}
+        if dtype is not None:
+            if str(dtype) not in COMPUTE_DTYPES:
+                raise ValueError(f"compute dtype {dtype!r} is not one of {', '.join(COMPUTE_DTYPES)}")
+            import jax.numpy as jnp
+            changes["dtype"] = jnp.dtype(dtype)
+        if cross_cache is not None:
+            if cross_cache not in CROSS_CACHES:
+                raise ValueError(f"cross_cache {cross_cache!r} is not one of {', '.join(CROSS_CACHES)}")
+            changes["cross_cache"] = cross_cache
+        return dataclasses.replace(self, module=self.module.clone(**changes)) if changes else self
 
 
 def check_tokenizer(tokenizer: LEDTokenizer, config: LEDConfig, directory: str | os.PathLike) -> None:
@@ -59,8 +99,8 @@ def check_tokenizer(tokenizer: LEDTokenizer, config: LEDConfig, directory: str |
             f"the tokenizer files belong to another model: copy them from the checkpoint this one was made from")
 
 
-def from_parts(config: LEDConfig, params, directory: str, head: str, dtype=None, scan_layers: bool = True
-               ) -> LoadedModel:
+def from_parts(config: LEDConfig, params, directory: str, head: str, dtype=None, scan_layers: bool = True,
+               quantization: QuantizeSpec | None = None) -> LoadedModel:
     """A LoadedModel from a config and params (in the layout `scan_layers` names) read elsewhere; the
     tokenizer and generation settings come from `directory`.
 
@@ -77,7 +117,7 @@ def from_parts(config: LEDConfig, params, directory: str, head: str, dtype=None,
     module = model_for(config, head, dtype=dtype or jnp.float32, scan_layers=scan_layers)
     return LoadedModel(module=module, params=params, config=config,
                        generation_config=GenerationConfig.from_hf(directory, config), tokenizer=tokenizer,
-                       source=os.fspath(directory))
+                       source=os.fspath(directory), quantization=quantization)
 
 
 def load(directory: str | os.PathLike, dtype=None, scan_layers: bool = True) -> LoadedModel:
@@ -88,4 +128,4 @@ def load(directory: str | os.PathLike, dtype=None, scan_layers: bool = True) -> 
     loads it through `convert`."""
     directory = os.fspath(directory)
     ckpt = checkpoint.load(directory, scan_layers)
-    return from_parts(ckpt.config, ckpt.params, directory, ckpt.head, dtype, scan_layers)
+    return from_parts(ckpt.config, ckpt.params, directory, ckpt.head, dtype, scan_layers, ckpt.quantization)

@@ -102,11 +102,33 @@ def path_of(keys) -> str:
 STACKED = re.compile(r"/scan_\d+_\d+/")  # a scanned run's parameters carry a leading layer axis
 
 
+QUANTIZED = re.compile(r"/(kernel|embedding)/(values|scales)$")  # a quantize.QuantizedArray's two arrays
+
+
+def _quantized_axes(path: str, ndim: int, stacked: bool):
+    """A quantized matrix's values [O, I] and scales [O] or [O, groups] take the axes of the float
+    parameter they stand for (kernel [I, O] transposed; an embedding is already [O, I]); the groups
+    axis stays whole. These rules come before the LayerNorm `scale` rule, which would otherwise match."""
+    parent, kind = path.rsplit("/", 1)
+    for pattern, axes in PARAM_AXES:
+        if re.search(pattern, parent):
+            out_in = axes[::-1] if parent.endswith("kernel") else axes
+            axes = out_in if kind == "values" else (out_in[0],) if ndim - stacked == 1 else (out_in[0], None)
+            return (("layers",) if stacked else ()) + tuple(axes)
+    return None
+
+
 def logical_axes(params):
     """The tree of logical axis tuples for a parameter tree (arrays or ShapeDtypeStructs); a parameter
     of a scanned run (`stacking.py`) gets `layers` first."""
     def one(keys, leaf):
         path = path_of(keys)
+        if QUANTIZED.search(path):
+            axes = _quantized_axes(path, len(leaf.shape), bool(STACKED.search(path)))
+            if axes is not None and len(axes) == len(leaf.shape):
+                return axes
+            raise ShardingError(f"no logical axes for quantized parameter {path} of shape {tuple(leaf.shape)}; add "
+                                f"a rule for its float parameter to led_flax.sharding.PARAM_AXES")
         for pattern, axes in PARAM_AXES:
             if re.search(pattern, path):
                 if STACKED.search(path):

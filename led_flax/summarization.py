@@ -31,9 +31,11 @@ from tqdm import tqdm
 from . import generation, pretrained, progress, sequence
 from . import sharding as sharding_lib
 from .buckets import bucket_for, default_buckets
+from .cache import CROSS_CACHES
 from .checkpoint import CheckpointError
 from .files import TMP_TAG, WriteError, write_atomic, writing
 from .generation import GenerationConfig
+from .quantize import QuantizeSpec
 
 log = logging.getLogger("led_flax.summarization")
 
@@ -72,8 +74,12 @@ class SummarizeOptions:
         the batch goes over the rest). Buckets are then multiples of `sequence.length_unit`: with 8
         devices and led-base's 1,024-token window, 4,096 tokens, so a short document pays for padding
         up to that.
-    Raises ValueError for a batch size below 1, a bucket below 1, an unknown output format or
-    sequence devices that do not divide the local devices.
+    quantize: quantize a float model's weights at load: a scheme ("int8", "int4", "nf4") or a
+        QuantizeSpec (group size, ...); a model already quantized so is used as it is.
+    compute_dtype: "float32", "bfloat16" or "float16" (None: the model's own, float32 by default).
+    cross_cache: "int8" caches generation's cross-attention keys and values as int8 (None: as the model).
+    Raises ValueError for a batch size below 1, a bucket below 1, an unknown output format, scheme,
+    compute dtype or cross cache, or sequence devices that do not divide the local devices.
     """
 
     batch_size: int = 4
@@ -87,10 +93,19 @@ class SummarizeOptions:
     compilation_cache: str | None = DEFAULT_CACHE
     restart: bool = False
     sequence_devices: int = 1
+    quantize: QuantizeSpec | str | None = None
+    compute_dtype: str | None = None
+    cross_cache: str | None = None
 
     def __post_init__(self):
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, (int, np.integer)):
             raise TypeError(f"batch_size must be an integer, got {self.batch_size!r}")
+        if isinstance(self.quantize, str):
+            object.__setattr__(self, "quantize", QuantizeSpec(self.quantize))
+        if self.compute_dtype not in (None,) + pretrained.COMPUTE_DTYPES:
+            raise ValueError(f"compute_dtype must be one of {pretrained.COMPUTE_DTYPES}, got {self.compute_dtype!r}")
+        if self.cross_cache not in (None,) + CROSS_CACHES:
+            raise ValueError(f"cross_cache must be one of {CROSS_CACHES}, got {self.cross_cache!r}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
         if self.buckets is not None:
@@ -350,6 +365,7 @@ def summarize(texts: Sequence[str], model: str | os.PathLike | pretrained.Loaded
     if isinstance(model, (str, os.PathLike)):
         model = pretrained.load(model)
     model.require_head("conditional_generation", "summarization")
+    model = model.quantized(options.quantize).with_compute(options.compute_dtype, options.cross_cache)
     tokenizer, config = model.tokenizer, model.config
     if tokenizer is None:
         raise CheckpointError(f"{model.source} has no tokenizer files (vocab.json and merges.txt, or tokenizer.json); "

@@ -190,9 +190,10 @@ def test_convert_checkpoint_writes_a_complete_led_flax_directory(checkpoints, tm
     (tmp_path / "src" / "vocab.json").write_text("{}")  # tokenizer and generation files travel along
     (tmp_path / "src" / "generation_config.json").write_text('{"num_beams": 4}')
     done = convert.convert_checkpoint(tmp_path / "src", tmp_path / "ours", dtype="bfloat16")
-    assert done == convert.Conversion(path=str(tmp_path / "ours"), head="conditional_generation",
-                                      extra_files=("vocab.json", "generation_config.json"))
     ckpt = checkpoint.load(done.path)
+    assert done == convert.Conversion(path=str(tmp_path / "ours"), head="conditional_generation",
+                                      extra_files=("vocab.json", "generation_config.json"),
+                                      param_bytes=sum(x.nbytes for x in trees.flatten(ckpt.params).values()))
     assert ckpt.head == "conditional_generation"
     _, expected = convert.from_hf(directory)
     flat, ref_flat = trees.flatten(ckpt.params), trees.flatten(expected)

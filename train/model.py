@@ -10,6 +10,7 @@ from led_flax.checkpoint import CheckpointError
 from led_flax.config import ConfigError, LEDConfig
 from led_flax.positions import check_extension, extend_encoder_positions
 from led_flax.pretrained import LoadedModel
+from led_flax.quantize import QuantizationError
 from led_flax.tokenizer import LEDTokenizer
 
 from .config import TrainConfig, TrainConfigError
@@ -76,12 +77,12 @@ def load_pretrained(cfg: TrainConfig) -> LoadedModel:
     init = cfg.model.init
     try:
         loaded = convert.load(init, head="conditional_generation", scan_layers=cfg.model.scan_layers)
-        loaded.require_head("conditional_generation", "summarization fine-tuning")
+        loaded.require_head("conditional_generation", "summarization fine-tuning").require_float("fine-tuning")
     except convert.HubError as e:
         raise TrainConfigError(f"model.init: {e}; or run `led-flax convert {init} checkpoints/"
                                f"{init.split('/')[1]}` where the hub is reachable and set model.init to that "
                                f"directory") from None
-    except CheckpointError as e:
+    except (CheckpointError, QuantizationError) as e:
         raise TrainConfigError(f"model.init: {e}") from None
     config = _positions(loaded.config, cfg)
     if config is loaded.config:
