@@ -23,7 +23,7 @@ BASE = dict(vocab_size=50265, d_model=768, encoder_layers=6, decoder_layers=1, e
             max_encoder_position_embeddings=16384, max_decoder_position_embeddings=1024, dropout=0.0)
 
 
-def _inputs(n):
+def inputs(n):
     import numpy as np
     rng = np.random.default_rng(0)
     ids = rng.integers(3, BASE["vocab_size"], (1, n))
@@ -40,7 +40,7 @@ def run_ours(n, repeats):
     cfg = LEDConfig(**BASE)
     model = LEDModel(cfg)
     params = init_params(model, jax.random.PRNGKey(0))
-    ids, am, glob = _inputs(n)
+    ids, am, glob = inputs(n)
     encode = jax.jit(lambda p, i, a, g: model.apply({"params": p}, i, a, g, num_global_slots=1,
                                                     method="encode").last_hidden_state)
     args = (params, jnp.asarray(ids), jnp.asarray(am), jnp.asarray(glob))
@@ -63,7 +63,13 @@ def run_reference(n, repeats):
     transformers.logging.set_verbosity_error()
     torch.manual_seed(0)
     encoder = LEDEncoder(transformers.LEDConfig(**BASE)).eval()
-    ids, am, glob = (torch.tensor(x) for x in _inputs(n))
+    return {"seconds": time_reference(encoder, n, repeats), "threads": torch.get_num_threads()}
+
+
+def time_reference(encoder, n, repeats) -> float:
+    """The best of `repeats` calls of a transformers LED encoder on `inputs(n)`, after a warm-up."""
+    import torch
+    ids, am, glob = (torch.tensor(x, dtype=torch.long) for x in inputs(n))
     with torch.inference_mode():
         encoder(input_ids=ids, attention_mask=am, global_attention_mask=glob)  # warm-up
         times = []
@@ -71,7 +77,7 @@ def run_reference(n, repeats):
             t0 = time.perf_counter()
             encoder(input_ids=ids, attention_mask=am, global_attention_mask=glob)
             times.append(time.perf_counter() - t0)
-    return {"seconds": min(times), "threads": torch.get_num_threads()}
+    return min(times)
 
 
 def child(impl, n, repeats):

@@ -25,18 +25,27 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-BASE = dict(vocab_size=50265, d_model=768, encoder_layers=6, decoder_layers=1, encoder_attention_heads=12,
-            decoder_attention_heads=12, encoder_ffn_dim=3072, decoder_ffn_dim=3072, attention_window=1024,
-            max_encoder_position_embeddings=16384, max_decoder_position_embeddings=1024, dropout=0.0)
+sys.path.insert(0, HERE)
+from encoder import BASE  # noqa: E402 - bench/encoder.py's shape and document
+from encoder import inputs as _encoder_inputs  # noqa: E402
+from encoder import time_reference  # noqa: E402
 
 
 def _inputs(n):
-    import numpy as np
-    rng = np.random.default_rng(0)
-    ids = rng.integers(3, BASE["vocab_size"], (1, n))
-    glob = np.zeros((1, n), np.int32)
-    glob[0, 0] = 1
-    return ids.astype(np.int32), np.ones((1, n), np.int32), glob
+    return tuple(x.astype("int32") for x in _encoder_inputs(n))
+
+
+def _encode(work, n):
+    """Our 64k-extended checkpoint: (the module, its params, a jitted encoder, its inputs at n tokens)."""
+    import jax
+    import jax.numpy as jnp
+
+    from led_flax import pretrained
+    loaded = pretrained.load(os.path.join(work, "ours-64k"))
+    model, params = loaded.module, loaded.params
+    encode = jax.jit(lambda p, i, a, g: model.apply({"params": p}, i, a, g, num_global_slots=1,
+                                                    method="encode").last_hidden_state)
+    return model, params, encode, tuple(jnp.asarray(x) for x in _inputs(n))
 
 
 def prepare(work):
@@ -54,15 +63,7 @@ def prepare(work):
 
 
 def run_ours(work, n, repeats):
-    import jax
-    import jax.numpy as jnp
-
-    from led_flax import pretrained
-    loaded = pretrained.load(os.path.join(work, "ours-64k"))
-    model, params = loaded.module, loaded.params
-    ids, am, glob = (jnp.asarray(x) for x in _inputs(n))
-    encode = jax.jit(lambda p, i, a, g: model.apply({"params": p}, i, a, g, num_global_slots=1,
-                                                    method="encode").last_hidden_state)
+    _, params, encode, (ids, am, glob) = _encode(work, n)
     t0 = time.perf_counter()
     compiled = encode.lower(params, ids, am, glob).compile()
     compile_s = time.perf_counter() - t0
@@ -82,29 +83,16 @@ def run_reference(work, n, repeats):
     transformers.logging.set_verbosity_error()
     directory = os.path.join(work, "hf" if n <= 16384 else "hf-32k")
     encoder = transformers.LEDModel.from_pretrained(directory).get_encoder().eval()
-    ids, am, glob = (torch.tensor(x, dtype=torch.long) for x in _inputs(n))
-    with torch.inference_mode():
-        encoder(input_ids=ids, attention_mask=am, global_attention_mask=glob)  # warm-up
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            encoder(input_ids=ids, attention_mask=am, global_attention_mask=glob)
-            times.append(time.perf_counter() - t0)
-    return {"seconds": min(times)}
+    return {"seconds": time_reference(encoder, n, repeats), "threads": torch.get_num_threads()}
 
 
 def run_sharded(work, n, devices):
     """Compiled temporary memory per device: the encoder on one device, and split over `devices`."""
     import jax
-    import jax.numpy as jnp
     from jax.sharding import PartitionSpec as P
 
-    from led_flax import pretrained, sequence, sharding
-    loaded = pretrained.load(os.path.join(work, "ours-64k"))
-    model, params = loaded.module, loaded.params
-    ids, am, glob = (jnp.asarray(x) for x in _inputs(n))
-    one = jax.jit(lambda p, i, a, g: model.apply({"params": p}, i, a, g, num_global_slots=1,
-                                                 method="encode").last_hidden_state)
+    from led_flax import sequence, sharding
+    model, params, one, (ids, am, glob) = _encode(work, n)
     single = one.lower(params, ids, am, glob).compile().memory_analysis().temp_size_in_bytes
     mesh = sharding.make_mesh(1, 1, 1, sequence=devices)
     sharded_model = sequence.sharded_model(model, mesh)

@@ -1,8 +1,8 @@
 """Accuracy of quantized weights and half-precision compute, with float32 as the oracle, on small
 trained models (no real pretrained checkpoint can reach this machine):
 
-  (a) the test suite's trained generation checkpoint (tests/test_generation.py's copy-or-noise task,
-      trained here the same way, 400 AdamW steps with transformers): the relative error of the logits
+  (a) the test suite's trained generation checkpoint (tests/generation_helpers.py's copy-or-noise
+      task, trained here by the same code, 400 AdamW steps with transformers): the relative error of the logits
       (teacher forced, ||logits - logits_f32|| / ||logits_f32||), the share of positions whose argmax
       agrees, and the share of greedy generations identical to float32's, per scheme and compute dtype;
   (b) the demo's model (`led-flax demo --workdir DIR` trains it into DIR/tiny-aclsum/final): greedy
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 
 import jax
@@ -25,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # the project's `train` package, not bench/train.py beside this script
 SCHEMES = (None, "int8", "int4", "nf4")
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -39,44 +39,15 @@ def _spec(scheme):
     return None if scheme is None else QuantizeSpec(scheme)
 
 
-def trained_task_checkpoint(directory):
-    """tests/test_generation.py's `trained` fixture, step for step."""
-    sys.path.insert(0, os.path.join(ROOT, "tests"))
-    import torch
-    import transformers
-    from conftest import hf_config
-    from test_generation import VOCAB, _task_batch
-    torch.manual_seed(0)
-    config = hf_config(vocab_size=VOCAB, d_model=64, encoder_ffn_dim=128, decoder_ffn_dim=128,
-                       encoder_attention_heads=4, decoder_attention_heads=4, attention_window=[4, 8],
-                       max_encoder_position_embeddings=64, max_decoder_position_embeddings=32, dropout=0.0)
-    model = transformers.LEDForConditionalGeneration(config)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    rng = np.random.default_rng(0)
-    model.train()
-    for _ in range(400):
-        ids, am, labels = _task_batch(rng, 32)
-        glob = np.zeros_like(ids)
-        glob[:, 0] = 1
-        loss = model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(am),
-                     global_attention_mask=torch.tensor(glob), labels=torch.tensor(labels)).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.save_pretrained(directory)
-    return _task_batch
-
-
 def part_a(rows):
-    import convert
     from led_flax import model_for
     from led_flax.generation import generate
     from led_flax.inputs import shift_tokens_right
     from led_flax.quantize import quantize_params
 
-    work = tempfile.mkdtemp(prefix="led-bench-quant-")
-    task_batch = trained_task_checkpoint(work)
-    config, params = convert.from_hf(work)
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    from generation_helpers import task_batch, trained_checkpoint  # the test suite's checkpoint, step for step
+    _, config, params, _ = trained_checkpoint()
     ids, am, labels = task_batch(np.random.default_rng(7), rows)
     glob = np.zeros_like(ids)
     glob[:, 0] = 1
@@ -173,8 +144,10 @@ def main():
     parser.add_argument("--documents", type=int, default=100, help="held-out test papers for part (b)")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--rows", type=int, default=64, help="task inputs for part (a)")
+    parser.add_argument("--skip-task", action="store_true", help="part (b) only")
     args = parser.parse_args()
-    part_a(args.rows)
+    if not args.skip_task:
+        part_a(args.rows)
     if args.demo:
         part_b(args.demo, args.documents, args.batch_size)
 

@@ -4,11 +4,14 @@ The released led-base-16384 architecture (d_model 768, 6 + 6 layers, 12 heads, f
 vocabulary 50,265, dropout 0.1), random weights, batch 1: 4,096 input tokens (the first global) and
 256 label tokens, float32, AdamW with global-norm clipping. Ours is `train.step`'s jitted step
 (donated state, one-device mesh); the reference is `LEDForConditionalGeneration` + `torch.optim.AdamW`.
-Then the peak memory of our 16,384-token step with gradient checkpointing (`nn.remat` per layer).
-Each case runs in its own subprocess, so its peak resident memory is its own.
+Ours runs its scanned layers (`nn.scan`), with each `model.remat` setting (none | full | save_dots)
+where asked, in float32 or bfloat16 compute (float32 params and AdamW); the reference runs plain or
+with `gradient_checkpointing_enable()`. Each case runs in its own subprocess, so its peak resident
+memory is its own; a case whose resident memory passes --memory-limit GiB is stopped and recorded so
+(the machine has 24 GiB).
 
-    python bench/train.py                    # 4,096-token step both ways, then our 16,384-token step
-    python bench/train.py --skip-16k         # the comparison only
+    python bench/train.py                    # 4k: both, ours in bf16 too; 16k: reference checkpointed, ours per remat
+    python bench/train.py --skip-16k         # the 4k comparison only
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import os
 import resource
 import subprocess
 import sys
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -42,7 +46,7 @@ def _batch(n):
             "labels": labels}
 
 
-def run_ours(n, steps, remat):
+def run_ours(n, steps, remat, dtype):
     from train.cli import configure_xla
     configure_xla()  # as `led-flax train` does
     import jax
@@ -52,7 +56,8 @@ def run_ours(n, steps, remat):
     from train import step as step_lib
     from train.config import OptimizerConfig
 
-    model = model_for(LEDConfig(**BASE), "conditional_generation", gradient_checkpointing=remat)
+    import jax.numpy as jnp
+    model = model_for(LEDConfig(**BASE), "conditional_generation", remat=remat, dtype=jnp.dtype(dtype))
     opt = OptimizerConfig(learning_rate=3e-5, schedule="constant", weight_decay=0.01, max_grad_norm=1.0)
     tx = step_lib.optimizer(opt, 1000)
     mesh = sharding.make_mesh(1, 1, 1, jax.devices()[:1])
@@ -75,13 +80,15 @@ def run_ours(n, steps, remat):
     return {"seconds": min(times), "first_step_s": first, "loss": float(m["loss"])}
 
 
-def run_reference(n, steps, remat):
+def run_reference(n, steps, remat, dtype):
     import torch
     import transformers
     transformers.logging.set_verbosity_error()
     torch.manual_seed(0)
     model = transformers.LEDForConditionalGeneration(transformers.LEDConfig(**BASE))
-    if remat:
+    if dtype != "float32":
+        raise SystemExit("the reference runs in float32 here")
+    if remat != "none":
         model.gradient_checkpointing_enable()
     model.train()
     b = {k: torch.tensor(v, dtype=torch.long) for k, v in _batch(n).items()}
@@ -106,23 +113,61 @@ def run_reference(n, steps, remat):
     return {"seconds": min(times), "first_step_s": first, "loss": loss, "threads": torch.get_num_threads()}
 
 
-def child(impl, n, steps, remat):
-    result = (run_ours if impl == "led-flax" else run_reference)(n, steps, remat)
-    result.update(impl=impl, tokens=n, remat=remat,
+def child(impl, n, steps, remat, dtype):
+    result = (run_ours if impl == "led-flax" else run_reference)(n, steps, remat, dtype)
+    result.update(impl=impl, tokens=n, remat=remat, dtype=dtype,
                   peak_rss_gib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
     result["tokens_per_s"] = (n + LABELS) / result["seconds"]
     print(json.dumps(result))
 
 
-def _run(impl, n, steps, remat):
-    out = subprocess.run([sys.executable, __file__, "--child", impl, str(n), str(int(remat)), "--steps", str(steps)],
-                         capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
-    if out.returncode:
-        sys.exit(f"{impl} at {n} tokens failed:\n{out.stderr[-3000:]}")
-    r = json.loads(out.stdout.strip().splitlines()[-1])
-    print(f"  {impl:12s} {n:6d} tokens{' (remat)' if remat else ''}: {r['seconds']:.2f} s/step, "
-          f"peak {r['peak_rss_gib']:.2f} GiB", file=sys.stderr)
+def _rss_gib(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 2**20
+    except (OSError, StopIteration):
+        return 0.0
+
+
+def _run(impl, n, steps, remat, dtype, limit_gib):
+    """One case in a subprocess; its result, or {"stopped": why} when it passed the memory limit."""
+    proc = subprocess.Popen([sys.executable, __file__, "--child", impl, str(n), remat, dtype, "--steps", str(steps)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    over = []
+
+    def watch():
+        while proc.poll() is None:
+            rss = _rss_gib(proc.pid)
+            if rss > limit_gib:
+                over.append(rss)
+                proc.kill()
+                return
+            time.sleep(0.2)
+    threading.Thread(target=watch, daemon=True).start()
+    out, err = proc.communicate()
+    label = f"{impl} {n} tokens remat={remat} {dtype}"
+    if over:
+        print(f"  {label}: stopped at {over[0]:.1f} GiB resident (limit {limit_gib} GiB)", file=sys.stderr)
+        return {"impl": impl, "tokens": n, "remat": remat, "dtype": dtype, "stopped": f"over {limit_gib} GiB"}
+    if proc.returncode:
+        sys.exit(f"{label} failed:\n{err[-3000:]}")
+    r = json.loads(out.strip().splitlines()[-1])
+    print(f"  {label}: {r['seconds']:.2f} s/step, peak {r['peak_rss_gib']:.2f} GiB", file=sys.stderr)
     return r
+
+
+def _table(rows, ref):
+    print(f"| step at {rows[0]['tokens']} + {LABELS} tokens | remat | compute | s/step | speed-up | tokens/s | "
+          f"peak GiB | first step s | loss |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        if "stopped" in r:
+            print(f"| {r['impl']} | {r['remat']} | {r['dtype']} | {r['stopped']} | | | | | |")
+            continue
+        print(f"| {r['impl']} | {r['remat']} | {r['dtype']} | {r['seconds']:.2f} | "
+              f"{ref['seconds'] / r['seconds']:.2f}x | {r['tokens_per_s']:.0f} | {r['peak_rss_gib']:.2f} | "
+              f"{r['first_step_s']:.1f} | {r['loss']:.3f} |")
 
 
 def main():
@@ -130,24 +175,23 @@ def main():
     parser.add_argument("--tokens", type=int, default=4096)
     parser.add_argument("--steps", type=int, default=2, help="timed steps after the first (best is kept)")
     parser.add_argument("--skip-16k", action="store_true")
-    parser.add_argument("--child", nargs=3, metavar=("IMPL", "TOKENS", "REMAT"), help=argparse.SUPPRESS)
+    parser.add_argument("--remat-16k", nargs="+", default=["full", "save_dots", "none"],
+                        choices=["none", "full", "save_dots"], help="our remat settings at 16k")
+    parser.add_argument("--memory-limit", type=float, default=20.0, help="stop a case past this resident GiB")
+    parser.add_argument("--child", nargs=4, metavar=("IMPL", "TOKENS", "REMAT", "DTYPE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        return child(args.child[0], int(args.child[1]), args.steps, bool(int(args.child[2])))
+        return child(args.child[0], int(args.child[1]), args.steps, args.child[2], args.child[3])
 
-    ours = _run("led-flax", args.tokens, args.steps, False)
-    ref = _run("transformers", args.tokens, args.steps, False)
-    print(f"| step at {args.tokens} + {LABELS} tokens | s/step | tokens/s | peak GiB | first step s | loss |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for r in (ours, ref):
-        print(f"| {r['impl']} | {r['seconds']:.2f} | {r['tokens_per_s']:.0f} | {r['peak_rss_gib']:.2f} | "
-              f"{r['first_step_s']:.1f} | {r['loss']:.3f} |")
-    print(f"\nspeed-up {ref['seconds'] / ours['seconds']:.2f}x; peak memory ratio "
-          f"{ours['peak_rss_gib'] / ref['peak_rss_gib']:.2f}")
+    ref = _run("transformers", args.tokens, args.steps, "none", "float32", args.memory_limit)
+    rows = [_run("led-flax", args.tokens, args.steps, "none", dtype, args.memory_limit)
+            for dtype in ("float32", "bfloat16")]
+    _table([ref] + rows, ref)
     if not args.skip_16k:
-        big = _run("led-flax", 16384, 1, True)
-        print(f"\nled-flax 16384 + {LABELS} tokens with gradient checkpointing: {big['seconds']:.1f} s/step, "
-              f"peak {big['peak_rss_gib']:.2f} GiB (first step with compilation {big['first_step_s']:.1f} s)")
+        ref16 = _run("transformers", 16384, 1, "full", "float32", args.memory_limit)
+        print()
+        _table([ref16] + [_run("led-flax", 16384, 1, remat, "float32", args.memory_limit)
+                          for remat in args.remat_16k], ref16)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ and fails where the run would."""
 from __future__ import annotations
 
 import re
+import time
 
 from dataclasses import dataclass
 
@@ -30,7 +31,8 @@ class Plan:
     batch_shard: tuple[int, ...]  # one device's block of a step's batch [accum, examples, tokens]
     kept_whole: list[str]  # parameter dimensions that a mesh axis does not divide (see sharding.kept_whole)
     step_output: tuple | None  # the train step's abstract (state, metrics), or None when not traced
-    # with compile: XLA's memory_analysis() of the compiled step, bytes per device on this backend
+    # with compile: XLA's memory_analysis() of the compiled step, bytes per device on this backend, and
+    # "compile_s", the seconds that lowering and compiling the step took
     memory: dict | None = None
 
 
@@ -52,8 +54,9 @@ def plan(cfg: TrainConfig, devices=None, step: bool = True, compile: bool = Fals
         with jax.set_mesh(s.mesh), nn.logical_axis_rules(shd.RULES):
             step_output = jax.eval_shape(train_step.jitted, s.state, batch)
             if compile:
+                start = time.perf_counter()
                 m = train_step.jitted.lower(s.state, batch).compile().memory_analysis()
-                memory = {"arguments": m.argument_size_in_bytes, "outputs": m.output_size_in_bytes,
+                memory = {"compile_s": time.perf_counter() - start,"arguments": m.argument_size_in_bytes, "outputs": m.output_size_in_bytes,
                           "aliased": m.alias_size_in_bytes, "temporaries": m.temp_size_in_bytes,
                           "code": m.generated_code_size_in_bytes}
     return Plan(setup=s, params_bytes=shd.bytes_per_device(s.state["params"], s.shardings["params"]),
@@ -91,5 +94,6 @@ def dry_run(cfg: TrainConfig, compile: bool = False) -> str:
         lines.append(f"compiled step, XLA's memory analysis per device on this backend ({jax.default_backend()}, "
                      f"{jax.devices()[0].device_kind}; other backends schedule differently): arguments "
                      f"{m['arguments'] / gib:.3f} GiB, outputs {m['outputs'] / gib:.3f} GiB (aliased with arguments "
-                     f"{m['aliased'] / gib:.3f} GiB), temporaries {m['temporaries'] / gib:.3f} GiB")
+                     f"{m['aliased'] / gib:.3f} GiB), temporaries {m['temporaries'] / gib:.3f} GiB; lowered and compiled in "
+                     f"{m['compile_s']:.1f} s")
     return "\n".join(lines)
