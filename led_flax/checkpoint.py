@@ -26,6 +26,7 @@ import logging
 import os
 import shutil
 import sys
+import threading
 import zlib
 from typing import Any
 
@@ -204,10 +205,21 @@ def _orbax_leftover(unraisable) -> bool:
     return code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
 
 
+def _closed_loop(exc) -> bool:
+    return isinstance(exc, RuntimeError) and "Event loop is closed" in str(exc)
+
+
+class _DropClosedLoop(logging.Filter):
+    def filter(self, record) -> bool:
+        return not (record.exc_info and _closed_loop(record.exc_info[1]))
+
+
 def quiet_closed_loop_errors() -> None:
-    """Call after an orbax read failed: the reads it left in flight finish after orbax closed its
-    event loop, and each would print a traceback (through sys.unraisablehook) long after the error
-    was reported. Chains, once, a hook that drops exactly those and passes everything else on."""
+    """Installed before orbax reads: when a read fails, the reads it left in flight finish after orbax
+    closed its event loop, and each would print a traceback long after (or while) the error is
+    reported: through sys.unraisablehook, threading.excepthook, or the loggers of asyncio and
+    concurrent.futures (a done-callback that fails). Chains, once, hooks and filters that drop exactly
+    those ("Event loop is closed", orbax's unawaited coroutines) and pass everything else on."""
     previous = sys.unraisablehook
     if getattr(previous, "drops_orbax_leftovers", False):
         return
@@ -217,6 +229,15 @@ def quiet_closed_loop_errors() -> None:
             previous(unraisable)
     hook.drops_orbax_leftovers = True
     sys.unraisablehook = hook
+
+    previous_thread_hook = threading.excepthook
+
+    def thread_hook(args) -> None:
+        if not _closed_loop(args.exc_value):
+            previous_thread_hook(args)
+    threading.excepthook = thread_hook
+    for name in ("asyncio", "concurrent.futures"):
+        logging.getLogger(name).addFilter(_DropClosedLoop())
 
 
 @contextlib.contextmanager
@@ -266,23 +287,21 @@ def load(directory: str | os.PathLike, scan_layers: bool = True) -> Checkpoint:
     if not os.path.isdir(params_dir):
         raise CheckpointError(f"{directory} has no {PARAMS}/ folder; {again}")
     checkpointer = _local_checkpointer(ocp)
+    quiet_closed_loop_errors()  # a failed read's leftovers must not print after (or over) its error
     try:
         try:
             with quiet_logger("absl"):  # orbax logs a warning before it returns no metadata
                 metadata = checkpointer.metadata(params_dir).item_metadata
             saved = {p: tuple(m.shape) for p, m in flatten(dict(metadata)).items()} if metadata is not None else None
         except Exception as e:  # orbax's and tensorstore's many kinds: a JSON error, a ValueError, ...
-            quiet_closed_loop_errors()
             raise CheckpointError(f"{damaged}: its metadata cannot be read ({describe_read_error(e)}); {again}") from None
         if saved is None:
-            quiet_closed_loop_errors()
             raise CheckpointError(f"{damaged}: its metadata cannot be read; {again}")
         _check_shapes(directory, config, marker["head"], _float_shapes(saved))
         try:
             with quiet_logger("absl"):
                 params = checkpointer.restore(params_dir)
         except Exception as e:
-            quiet_closed_loop_errors()
             raise CheckpointError(f"{damaged}: {describe_read_error(e)}; {again}") from None
     finally:
         with contextlib.suppress(Exception):

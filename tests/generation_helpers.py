@@ -5,12 +5,15 @@ The checkpoint is trained first, for a few hundred steps on a small task (copy t
 marker token, or emit noise after another; see task_batch), so that its outputs depend on the input,
 vary in length, end with eos before the limit, and leave beam search real choices; a random model
 emits eos at once or repeats one token, and a generation test would pass for the wrong reason. It is
-trained once per process and shared by the generation test modules.
+trained once per test run and shared by the generation test modules: the first worker process to
+need it trains and saves it, the others read it (conftest.built_once).
 """
 
 from __future__ import annotations
 
 import functools
+import json
+import os
 import tempfile
 
 import jax
@@ -23,7 +26,7 @@ import convert
 from led_flax import model_for
 from led_flax.generation import generate
 
-from conftest import hf_config
+from conftest import built_once, hf_config
 
 VOCAB, PAD, BOS, EOS = 24, 1, 0, 2
 
@@ -48,9 +51,8 @@ def task_batch(rng, b, shortest=3, longest=9):
     return ids, am, labels
 
 
-@functools.lru_cache(maxsize=1)
-def trained_checkpoint():
-    """(torch model, our config, our params, final training loss), trained once per process."""
+def _train(directory: str) -> None:
+    """Trains the checkpoint (400 AdamW steps on task_batch) and saves it, with its final loss, in directory."""
     torch.manual_seed(0)
     config = hf_config(vocab_size=VOCAB, d_model=64, encoder_ffn_dim=128, decoder_ffn_dim=128,
                        encoder_attention_heads=4, decoder_attention_heads=4, attention_window=[4, 8],
@@ -68,11 +70,21 @@ def trained_checkpoint():
         opt.zero_grad()
         loss.backward()
         opt.step()
-    model.eval()
-    with tempfile.TemporaryDirectory() as directory:
-        model.save_pretrained(directory)
-        cfg, params = convert.from_hf(directory)
-    return model, cfg, params, float(loss.detach())
+    model.save_pretrained(directory)
+    with open(os.path.join(directory, "final_loss.json"), "w") as f:
+        json.dump(float(loss.detach()), f)
+
+
+@functools.lru_cache(maxsize=1)
+def trained_checkpoint(root: str | None = None):
+    """(torch model, our config, our params, final training loss), trained once per test run: in ROOT
+    (the `shared_dir` fixture), or a new temporary folder."""
+    directory = built_once(root or tempfile.mkdtemp(prefix="led-flax-trained-"), "trained-generation-checkpoint",
+                           _train)
+    model = transformers.LEDForConditionalGeneration.from_pretrained(directory).eval()
+    cfg, params = convert.from_hf(directory)
+    with open(os.path.join(directory, "final_loss.json")) as f:
+        return model, cfg, params, json.load(f)
 
 
 def inputs(seed=1, b=8):

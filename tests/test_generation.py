@@ -17,8 +17,8 @@ from led_flax.generation import GenerationConfig, generate
 
 
 @pytest.fixture(scope="module")
-def trained():
-    return trained_checkpoint()
+def trained(shared_dir):
+    return trained_checkpoint(shared_dir)
 
 
 ARXIV = dict(num_beams=4, length_penalty=2.0, no_repeat_ngram_size=3, min_length=4, early_stopping=True, max_length=20)

@@ -24,8 +24,8 @@ from led_flax.generation import generate
 
 
 @pytest.fixture(scope="module")
-def trained():
-    return trained_checkpoint()
+def trained(shared_dir):
+    return trained_checkpoint(shared_dir)
 
 
 _RUNS: dict[str, tuple] = {}

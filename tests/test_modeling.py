@@ -50,16 +50,16 @@ def test_dropout_and_layerdrop_follow_the_rng():
     params = init_params(model, jax.random.PRNGKey(0))
     inputs = _inputs()
     run = lambda **kw: model.apply({"params": params}, **inputs, **kw).logits
-    det = run()
-    a = run(deterministic=False, rngs={"dropout": jax.random.PRNGKey(1)})
-    b = run(deterministic=False, rngs={"dropout": jax.random.PRNGKey(1)})
-    c = run(deterministic=False, rngs={"dropout": jax.random.PRNGKey(2)})
+    det = jax.jit(run)()
+    with_key = jax.jit(lambda key, deterministic: run(deterministic=deterministic, rngs={"dropout": key}),
+                       static_argnums=1)
+    a, b, c = (with_key(jax.random.PRNGKey(k), False) for k in (1, 1, 2))
     np.testing.assert_array_equal(a, b)
     assert np.all(np.isfinite(a))
     assert np.abs(a - det).max() > 1e-3 and np.abs(a - c).max() > 1e-3
-    np.testing.assert_array_equal(run(rngs={"dropout": jax.random.PRNGKey(3)}), det)  # deterministic ignores it
+    np.testing.assert_array_equal(with_key(jax.random.PRNGKey(3), True), det)  # deterministic ignores it
     with pytest.raises(Exception, match="dropout"):
-        run(deterministic=False)  # no rng given: an error, not a silent no-op
+        jax.eval_shape(lambda: run(deterministic=False))  # no rng given: an error, not a silent no-op
 
 
 @pytest.mark.parametrize("remat", ["full", "save_dots"])
@@ -82,7 +82,7 @@ def test_bfloat16_params_and_compute():
     model = LEDForConditionalGeneration(CFG, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16)
     params = init_params(model)
     assert {v.dtype for v in jax.tree_util.tree_leaves(params)} == {jnp.dtype(jnp.bfloat16)}
-    out = model.apply({"params": params}, **_inputs())
+    out = jax.jit(lambda p: model.apply({"params": p}, **_inputs()))(params)
     assert out.logits.dtype == jnp.float32 and np.isfinite(float(out.loss))
 
 

@@ -16,7 +16,7 @@ import convert
 from led_flax.checkpoint import CheckpointError
 from led_flax.summarization import InputWarning, SummarizeOptions, SummaryReport, format_summaries, summarize
 
-from conftest import aclsum_texts, hf_config, make_tokenizer, randomize
+from conftest import aclsum_texts, hf_config, make_tokenizer, randomize, xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GEN = dict(max_length=10, num_beams=1)
@@ -226,12 +226,12 @@ def test_cli_files_stdin_jsonl_and_eight_devices(model_dir, tmp_path):
     jl = tmp_path / "docs.jsonl"
     jl.write_text("".join(json.dumps({"body": t}) + "\n" for t in texts))
     r = _cli(["summarize", "--jsonl", str(jl), "--field", "body", *common],
-             env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+             env={"XLA_FLAGS": xla_flags("--xla_force_host_platform_device_count=8")})
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == [" ".join(s.split()) for s in expected]  # batch of 8 over 8 devices
     # each document split over 4 devices' sequence axis, two documents at a time: the same summaries
     r = _cli(["summarize", "--jsonl", str(jl), "--field", "body", "--sequence-devices", "4", *common],
-             env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+             env={"XLA_FLAGS": xla_flags("--xla_force_host_platform_device_count=8")})
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == [" ".join(s.split()) for s in expected]
 

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from conftest import aclsum_texts
+from conftest import aclsum_texts, xla_flags
 from train_helpers import ROOT, TINY_LED, tiny_config, train_cli, write_config
 
 from led_flax import LEDConfig
@@ -233,7 +233,7 @@ def test_the_dry_run_fails_where_the_run_would(tmp_path):
     data_lib.train_tokenizer(aclsum_texts(4), str(tok), vocab_size=300)
     # a microbatch of 6 examples over 4 data-parallel devices
     cfg = write_config(tiny_config(tmp_path / "run", tok, data={"batch_size": 6}), tmp_path / "bad.yaml")
-    four = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    four = {"XLA_FLAGS": xla_flags("--xla_force_host_platform_device_count=4")}
     runs = [train_cli(["--config", cfg, *extra], env=four) for extra in (["--dry-run"], [])]
     for out in runs:
         assert out.returncode == 2, out.stderr[-3000:]
