@@ -46,7 +46,7 @@ def _batch(n):
             "labels": labels}
 
 
-def run_ours(n, steps, remat, dtype):
+def run_ours(n, steps, remat, dtype, scan=True):
     from train.cli import configure_xla
     configure_xla()  # as `led-flax train` does
     import jax
@@ -57,7 +57,8 @@ def run_ours(n, steps, remat, dtype):
     from train.config import OptimizerConfig
 
     import jax.numpy as jnp
-    model = model_for(LEDConfig(**BASE), "conditional_generation", remat=remat, dtype=jnp.dtype(dtype))
+    model = model_for(LEDConfig(**BASE), "conditional_generation", remat=remat, dtype=jnp.dtype(dtype),
+                      scan_layers=scan)
     opt = OptimizerConfig(learning_rate=3e-5, schedule="constant", weight_decay=0.01, max_grad_norm=1.0)
     tx = step_lib.optimizer(opt, 1000)
     mesh = sharding.make_mesh(1, 1, 1, jax.devices()[:1])
@@ -80,7 +81,7 @@ def run_ours(n, steps, remat, dtype):
     return {"seconds": min(times), "first_step_s": first, "loss": float(m["loss"])}
 
 
-def run_reference(n, steps, remat, dtype):
+def run_reference(n, steps, remat, dtype, scan=True):
     import torch
     import transformers
     transformers.logging.set_verbosity_error()
@@ -113,9 +114,9 @@ def run_reference(n, steps, remat, dtype):
     return {"seconds": min(times), "first_step_s": first, "loss": loss, "threads": torch.get_num_threads()}
 
 
-def child(impl, n, steps, remat, dtype):
-    result = (run_ours if impl == "led-flax" else run_reference)(n, steps, remat, dtype)
-    result.update(impl=impl, tokens=n, remat=remat, dtype=dtype,
+def child(impl, n, steps, remat, dtype, scan):
+    result = (run_ours if impl == "led-flax" else run_reference)(n, steps, remat, dtype, scan)
+    result.update(impl=impl if scan else f"{impl} (unrolled layers)", tokens=n, remat=remat, dtype=dtype,
                   peak_rss_gib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
     result["tokens_per_s"] = (n + LABELS) / result["seconds"]
     print(json.dumps(result))
@@ -129,9 +130,10 @@ def _rss_gib(pid: int) -> float:
         return 0.0
 
 
-def _run(impl, n, steps, remat, dtype, limit_gib):
+def _run(impl, n, steps, remat, dtype, limit_gib, scan=True):
     """One case in a subprocess; its result, or {"stopped": why} when it passed the memory limit."""
-    proc = subprocess.Popen([sys.executable, __file__, "--child", impl, str(n), remat, dtype, "--steps", str(steps)],
+    proc = subprocess.Popen([sys.executable, __file__, "--child", impl, str(n), remat, dtype, str(int(scan)),
+                             "--steps", str(steps)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     over = []
@@ -178,15 +180,21 @@ def main():
     parser.add_argument("--remat-16k", nargs="+", default=["full", "save_dots", "none"],
                         choices=["none", "full", "save_dots"], help="our remat settings at 16k")
     parser.add_argument("--memory-limit", type=float, default=20.0, help="stop a case past this resident GiB")
-    parser.add_argument("--child", nargs=4, metavar=("IMPL", "TOKENS", "REMAT", "DTYPE"), help=argparse.SUPPRESS)
+    parser.add_argument("--unrolled", action="store_true", help="also our 4k float32 step with unrolled layers")
+    parser.add_argument("--skip-4k", action="store_true")
+    parser.add_argument("--child", nargs=5, metavar=("IMPL", "TOKENS", "REMAT", "DTYPE", "SCAN"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        return child(args.child[0], int(args.child[1]), args.steps, args.child[2], args.child[3])
+        return child(args.child[0], int(args.child[1]), args.steps, args.child[2], args.child[3],
+                     bool(int(args.child[4])))
 
-    ref = _run("transformers", args.tokens, args.steps, "none", "float32", args.memory_limit)
-    rows = [_run("led-flax", args.tokens, args.steps, "none", dtype, args.memory_limit)
-            for dtype in ("float32", "bfloat16")]
-    _table([ref] + rows, ref)
+    if not args.skip_4k:
+        ref = _run("transformers", args.tokens, args.steps, "none", "float32", args.memory_limit)
+        rows = [_run("led-flax", args.tokens, args.steps, "none", dtype, args.memory_limit)
+                for dtype in ("float32", "bfloat16")]
+        if args.unrolled:
+            rows.append(_run("led-flax", args.tokens, args.steps, "none", "float32", args.memory_limit, scan=False))
+        _table([ref] + rows, ref)
     if not args.skip_16k:
         ref16 = _run("transformers", 16384, 1, "full", "float32", args.memory_limit)
         print()
