@@ -46,7 +46,12 @@ def part_a(rows):
     from led_flax.quantize import quantize_params
 
     sys.path.insert(0, os.path.join(ROOT, "tests"))
+    flags = os.environ.get("XLA_FLAGS")
     from generation_helpers import task_batch, trained_checkpoint  # the test suite's checkpoint, step for step
+    if flags is None:  # the tests' conftest sets its fast-compile flags: not for a benchmark
+        os.environ.pop("XLA_FLAGS", None)
+    else:
+        os.environ["XLA_FLAGS"] = flags
     _, config, params, _ = trained_checkpoint()
     ids, am, labels = task_batch(np.random.default_rng(7), rows)
     glob = np.zeros_like(ids)

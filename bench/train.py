@@ -167,9 +167,9 @@ def _table(rows, ref):
         if "stopped" in r:
             print(f"| {r['impl']} | {r['remat']} | {r['dtype']} | {r['stopped']} | | | | | |")
             continue
-        print(f"| {r['impl']} | {r['remat']} | {r['dtype']} | {r['seconds']:.2f} | "
-              f"{ref['seconds'] / r['seconds']:.2f}x | {r['tokens_per_s']:.0f} | {r['peak_rss_gib']:.2f} | "
-              f"{r['first_step_s']:.1f} | {r['loss']:.3f} |")
+        speed_up = f"{ref['seconds'] / r['seconds']:.2f}x" if "seconds" in ref else "(reference stopped)"
+        print(f"| {r['impl']} | {r['remat']} | {r['dtype']} | {r['seconds']:.2f} | {speed_up} | "
+              f"{r['tokens_per_s']:.0f} | {r['peak_rss_gib']:.2f} | {r['first_step_s']:.1f} | {r['loss']:.3f} |")
 
 
 def main():

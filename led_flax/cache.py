@@ -83,7 +83,9 @@ class CrossKeyValue:
             return jnp.einsum("bhqd,bhdn->bhqn", q, self.keys)
         keys, q = tie(self.keys, q)
         keys = keys.astype(q.dtype)  # converted inside the decoding loop, not hoisted out
-        return jnp.einsum("bhqd,bhdn->bhqn", q, keys).astype(jnp.float32) * self.key_scales[:, :, None, :]
+        # accumulated in float32: unscaled int8 keys (up to 127) would overflow a float16 product
+        return jnp.einsum("bhqd,bhdn->bhqn", q, keys, preferred_element_type=jnp.float32) * \
+            self.key_scales[:, :, None, :]
 
     def mix(self, probs):
         """probs [b, h, t, n] -> [b, h, t, d]."""
@@ -91,8 +93,8 @@ class CrossKeyValue:
             return jnp.einsum("bhqn,bhnd->bhqd", probs, self.values)
         values, probs = tie(self.values, probs)
         values = values.astype(probs.dtype)
-        scaled = (probs.astype(jnp.float32) * self.value_scales[:, :, None, :]).astype(probs.dtype)
-        return jnp.einsum("bhqn,bhnd->bhqd", scaled, values)
+        scaled = probs.astype(jnp.float32) * self.value_scales[:, :, None, :]  # float32: no half underflow
+        return jnp.einsum("bhqn,bhnd->bhqd", scaled, values.astype(jnp.float32)).astype(probs.dtype)
 
 
 @struct.dataclass

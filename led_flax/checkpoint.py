@@ -162,13 +162,28 @@ def _listing(items: list[str], limit: int = 8, sep: str = ", ") -> str:
     return sep.join(items[:limit]) + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
+def _quantization(directory: str, marker: dict) -> QuantizeSpec | None:
+    """The QuantizeSpec led_flax.json records (None for float params). Raises CheckpointError naming
+    the marker when the record is not one."""
+    record = marker.get("quantization")
+    if not record:
+        return None
+    try:
+        if not isinstance(record, dict):
+            raise TypeError(f"a {type(record).__name__}, not an object")
+        return QuantizeSpec.from_json(record)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{directory}/{MARKER} has a quantization record that is not one ({e}); the checkpoint "
+                              f"is damaged: convert it again from its float source") from None
+
+
 def _float_shapes(saved: dict[str, tuple]) -> dict[str, tuple]:
     """Saved shapes by path, a quantized matrix (`P/values` [O, I] beside `P/scales`) as the float
     parameter P it stands for (a kernel [I, O])."""
     out = {}
     for p, shape in saved.items():
         base = p.rsplit("/", 1)[0]
-        if p.endswith(("/values", "/scales")) and {f"{base}/values", f"{base}/scales"} <= set(saved):
+        if p.endswith(("/values", "/scales")) and f"{base}/values" in saved and f"{base}/scales" in saved:
             if p.endswith("/values"):
                 out[base] = shape[:-2] + (shape[-1], shape[-2]) if base.endswith("kernel") else shape
         else:
@@ -199,7 +214,7 @@ def _orbax_leftover(unraisable) -> bool:
     """An error that orbax's reads, still in flight when a read failed, raise once orbax has closed
     its event loop: "Event loop is closed" from their callbacks, or the failure of a read coroutine
     that was never awaited."""
-    if isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in str(unraisable.exc_value):
+    if _closed_loop(unraisable.exc_value):
         return True
     code = getattr(unraisable.object, "cr_code", None)
     return code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
@@ -214,30 +229,36 @@ class _DropClosedLoop(logging.Filter):
         return not (record.exc_info and _closed_loop(record.exc_info[1]))
 
 
+_DROP_CLOSED_LOOP = _DropClosedLoop()
+
+
 def quiet_closed_loop_errors() -> None:
-    """Installed before orbax reads: when a read fails, the reads it left in flight finish after orbax
-    closed its event loop, and each would print a traceback long after (or while) the error is
-    reported: through sys.unraisablehook, threading.excepthook, or the loggers of asyncio and
-    concurrent.futures (a done-callback that fails). Chains, once, hooks and filters that drop exactly
-    those ("Event loop is closed", orbax's unawaited coroutines) and pass everything else on."""
-    previous = sys.unraisablehook
-    if getattr(previous, "drops_orbax_leftovers", False):
-        return
+    """Called before orbax reads: when a read fails, the reads it left in flight finish after orbax
+    closed its event loop, and each would print a traceback after (or while) the error is reported:
+    through sys.unraisablehook, threading.excepthook, or the loggers of asyncio and concurrent.futures
+    (a done-callback that fails). Each hook is chained and each filter added once, if not already in
+    place; they drop exactly those errors ("Event loop is closed" RuntimeErrors, orbax's unawaited
+    coroutines) and pass everything else on."""
+    if not getattr(sys.unraisablehook, "drops_orbax_leftovers", False):
+        previous = sys.unraisablehook
 
-    def hook(unraisable) -> None:
-        if not _orbax_leftover(unraisable):
-            previous(unraisable)
-    hook.drops_orbax_leftovers = True
-    sys.unraisablehook = hook
+        def hook(unraisable) -> None:
+            if not _orbax_leftover(unraisable):
+                previous(unraisable)
+        hook.drops_orbax_leftovers = True
+        sys.unraisablehook = hook
+    if not getattr(threading.excepthook, "drops_orbax_leftovers", False):
+        previous_thread_hook = threading.excepthook
 
-    previous_thread_hook = threading.excepthook
-
-    def thread_hook(args) -> None:
-        if not _closed_loop(args.exc_value):
-            previous_thread_hook(args)
-    threading.excepthook = thread_hook
+        def thread_hook(args) -> None:
+            if not _closed_loop(args.exc_value):
+                previous_thread_hook(args)
+        thread_hook.drops_orbax_leftovers = True
+        threading.excepthook = thread_hook
     for name in ("asyncio", "concurrent.futures"):
-        logging.getLogger(name).addFilter(_DropClosedLoop())
+        logger = logging.getLogger(name)
+        if _DROP_CLOSED_LOOP not in logger.filters:
+            logger.addFilter(_DROP_CLOSED_LOOP)
 
 
 @contextlib.contextmanager
@@ -280,7 +301,7 @@ def load(directory: str | os.PathLike, scan_layers: bool = True) -> Checkpoint:
         raise CheckpointError(f"{directory} is not a led-flax checkpoint (no {MARKER}); {hint}")
     marker = _read_marker(directory)
     config = LEDConfig.from_hf(directory)
-    quantization = QuantizeSpec.from_json(marker["quantization"]) if marker.get("quantization") else None
+    quantization = _quantization(directory, marker)
     params_dir = os.path.join(directory, PARAMS)
     damaged = f"{params_dir} is truncated or corrupt"
     again = "convert or export the checkpoint again from its source"
@@ -297,7 +318,7 @@ def load(directory: str | os.PathLike, scan_layers: bool = True) -> Checkpoint:
             raise CheckpointError(f"{damaged}: its metadata cannot be read ({describe_read_error(e)}); {again}") from None
         if saved is None:
             raise CheckpointError(f"{damaged}: its metadata cannot be read; {again}")
-        _check_shapes(directory, config, marker["head"], _float_shapes(saved))
+        _check_shapes(directory, config, marker["head"], saved if quantization is None else _float_shapes(saved))
         try:
             with quiet_logger("absl"):
                 params = checkpointer.restore(params_dir)

@@ -31,17 +31,18 @@ from tqdm import tqdm
 import convert
 from convert.loader import check_source
 from led_flax.files import WriteError, describe_json, jsonl_objects
-from led_flax import pretrained
+from led_flax import checkpoint, pretrained
 from led_flax.cache import CROSS_CACHES
 from led_flax.config import HEAD_TO_ARCHITECTURE
 from led_flax.summarization import (DEFAULT_CACHE, InputWarning, SummarizeOptions, SummaryReport, check_output,
                                     describe_generation, format_summaries, generation_settings, summarize)
 
+from led_flax.pretrained import COMPUTE_DTYPES
+from led_flax.quantize import DEFAULT_GROUP_SIZE, SCHEMES, QuantizeSpec
+
 PROG = "led-flax"
 # exit statuses (README, "Command line")
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-from led_flax.pretrained import COMPUTE_DTYPES
-from led_flax.quantize import DEFAULT_GROUP_SIZE, SCHEMES, QuantizeSpec
 
 # the demo's generation settings; max_length is the tiny model's decoder positions
 DEMO_GENERATION = {"num_beams": 4, "no_repeat_ngram_size": 3, "length_penalty": 2.0, "max_length": 128}
@@ -92,15 +93,26 @@ class Parser(argparse.ArgumentParser):
 
 
 # ---------------------------------------------------------------------------------------------- convert, export
+def quantize_spec(args) -> QuantizeSpec | None:
+    """--quantize and --group-size as a QuantizeSpec (None without --quantize). Raises UsageError for a
+    group size without a scheme that has groups (int4, nf4)."""
+    if args.group_size is not None and args.quantize not in ("int4", "nf4"):
+        raise UsageError(f"--group-size applies to --quantize int4 or nf4 (int8 has one scale per output channel); "
+                         f"{'drop it' if args.quantize else 'add --quantize int4 or nf4'}")
+    if not args.quantize:
+        return None
+    return QuantizeSpec(args.quantize, args.group_size or DEFAULT_GROUP_SIZE)
+
+
 def cmd_convert(args) -> int:
-    spec = QuantizeSpec(args.quantize, args.group_size) if args.quantize else None
+    spec = quantize_spec(args)
     # the bar's total is set once the checkpoint's tensors are counted
     with tqdm(desc="convert tensors", unit="tensor", disable=args.quiet) as bar:
         done = convert.convert_checkpoint(args.src, args.dst, head=args.head, dtype=args.dtype,
                                           overwrite=args.overwrite, progress=bar,
                                           max_encoder_positions=args.max_encoder_positions, quantize=spec)
     print(f"wrote {done.path} ({done.head}, {len(done.extra_files)} tokenizer/generation files)")
-    on_disk = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(os.path.join(done.path, "params"))
+    on_disk = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(os.path.join(done.path, checkpoint.PARAMS))
                   for f in fs)
     print(f"params: {done.param_bytes / 1e6:.1f} MB in memory, {on_disk / 1e6:.1f} MB on disk"
           + (f"; quantized: {spec.describe()}" if spec else ""))
@@ -198,7 +210,7 @@ def cmd_summarize(args) -> int:
                                output=args.out, output_format=args.format, progress_bar=not args.quiet,
                                compilation_cache=None if args.no_cache else args.cache_dir, restart=args.restart,
                                sequence_devices=args.sequence_devices,
-                               quantize=QuantizeSpec(args.quantize, args.group_size) if args.quantize else None,
+                               quantize=quantize_spec(args),
                                compute_dtype=args.compute_dtype, cross_cache=args.cross_cache)
     check_output(options)  # before anything is read or loaded
     check_source(args.model)
@@ -323,7 +335,7 @@ def _train_cli():
 
 def _quantize_arguments(p, what: str) -> None:
     p.add_argument("--quantize", choices=list(SCHEMES), help=f"{what}: int8 per channel, int4 or nf4 in groups")
-    p.add_argument("--group-size", type=at_least(1), default=DEFAULT_GROUP_SIZE, metavar="N",
+    p.add_argument("--group-size", type=at_least(1), metavar="N",
                    help=f"inputs per scale for int4/nf4 (default {DEFAULT_GROUP_SIZE})")
 
 

@@ -43,8 +43,8 @@ class LEDDecoderAttention(nn.Module):
         return x.reshape(x.shape[0], x.shape[1], h, x.shape[2] // h).transpose(0, 2, 1, 3)
 
     def key_value(self, states) -> KeyValue:
-        """states: [b, s, D] -> keys and values [b, h, s, d], heads first: the layout of the decoder
-        cache, so that a decoding step reads it without a transpose."""
+        """states: [b, s, D] -> keys and values [b, h, s, d], heads first: the self-attention cache's
+        layout (the cross-attention cache transposes its keys once, `cache.CrossKeyValue.build`)."""
         return KeyValue(keys=self._heads(self.k_proj(states)), values=self._heads(self.v_proj(states)))
 
     def __call__(self, hidden, mask, key_value: KeyValue | CrossKeyValue, *, deterministic: bool,

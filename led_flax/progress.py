@@ -83,9 +83,12 @@ class RunRecord:
         dtype = getattr(loaded.module, "dtype", None)
         settings = {"generation": dataclasses.asdict(generation), "truncate": bool(truncate),
                     "dtype": np.dtype(dtype).name if dtype is not None else None,
-                    "sequence_devices": int(sequence_devices),
-                    "quantization": loaded.quantization.to_json() if loaded.quantization is not None else None,
-                    "cross_cache": getattr(loaded.module, "cross_cache", "float")}
+                    "sequence_devices": int(sequence_devices)}
+        # recorded only when not the default, so that progress files written before they existed resume
+        if loaded.quantization is not None:
+            settings["quantization"] = loaded.quantization.to_json()
+        if getattr(loaded.module, "cross_cache", "float") != "float":
+            settings["cross_cache"] = loaded.module.cross_cache
         return cls(model=_plain(model), settings=_plain(settings), source=os.fspath(loaded.source))
 
     def to_json(self) -> str:

@@ -204,6 +204,8 @@ class QuantizeSpec:
     def __post_init__(self):
         check_scheme(self.scheme)
         check_scheme(self.embedding)
+        if self.scheme == "int8" and self.embedding == "int8":  # per channel: no groups, so one spec
+            object.__setattr__(self, "group_size", DEFAULT_GROUP_SIZE)
         if self.group_size < 1:
             raise ValueError(f"group_size must be at least 1, got {self.group_size}")
         if self.positions not in ("float32", "bfloat16"):

@@ -213,6 +213,30 @@ def test_checkpoint_holds_quantized_params_and_export_needs_dequantize(checkpoin
     fake = flatten(jax.device_get(Q.dequantize_params(checkpoint.load(done.path, scan_layers=False).params)))
     assert all(np.array_equal(back[k], fake[k]) for k in fake)
 
+    # a damaged quantization record in led_flax.json is named, not a traceback; without the record the
+    # stored values/scales pairs do not pass for the float params they replaced
+    marker_path = os.path.join(done.path, "led_flax.json")
+    with open(marker_path) as f:
+        marker = json.load(f)
+    for record in ("nf4", {**marker["quantization"], "scheme": "int3"}):
+        with open(marker_path, "w") as f:
+            json.dump({**marker, "quantization": record, "param_crc32": None}, f)
+        with pytest.raises(checkpoint.CheckpointError, match="led_flax.json has a quantization record that is not one"):
+            checkpoint.load(done.path)
+    with open(marker_path, "w") as f:
+        json.dump({k: v for k, v in marker.items() if k != "quantization"}, f)
+    with pytest.raises(checkpoint.CheckpointError, match="in params but unused: .*kernel/scales"):
+        checkpoint.load(done.path)
+
+
+def test_group_size_goes_with_the_4_bit_schemes_only(capsys):
+    from cli_helpers import assert_one_line_error, run_main
+    assert Q.QuantizeSpec("int8", group_size=32) == Q.QuantizeSpec("int8")  # per channel: no groups to differ by
+    assert Q.QuantizeSpec("int4", group_size=32) != Q.QuantizeSpec("int4")
+    for argv in (["--quantize", "int8", "--group-size", "32"], ["--group-size", "32"]):
+        r = run_main(capsys, "convert", "src", "dst", *argv)
+        assert_one_line_error(r, 2, "convert", "--group-size applies to --quantize int4 or nf4")
+
 
 def test_refusals(checkpoints, tmp_path):
     hf_dir, _ = checkpoints["conditional_generation"]
