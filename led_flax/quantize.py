@@ -30,6 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from .sharding import path_of
+
 SCHEMES = ("int8", "int4", "nf4")
 DEFAULT_GROUP_SIZE = 64
 ROW_LIMIT = 16  # products over at most this many rows multiply and sum; more rows dequantize and dot
@@ -240,10 +242,6 @@ def role_of(path: str, spec: QuantizeSpec) -> str | None:
     return None
 
 
-def _path(keys) -> str:
-    return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in keys)
-
-
 def quantize_params(params, spec: QuantizeSpec):
     """A float parameter tree (either layer layout) -> the tree with its kernels and embeddings as
     QuantizedArrays and its position tables in `spec.positions`. Traceable: jax.eval_shape of it gives
@@ -252,7 +250,7 @@ def quantize_params(params, spec: QuantizeSpec):
         raise QuantizationError("the parameters are already quantized; quantize a float checkpoint")
 
     def one(keys, leaf):
-        path = _path(keys)
+        path = path_of(keys)
         role = role_of(path, spec)
         if role == "positions":
             return jnp.asarray(leaf).astype(spec.positions)
@@ -272,7 +270,7 @@ def dequantize_params(params, dtype=jnp.float32):
     def one(keys, leaf):
         if isinstance(leaf, QuantizedArray):
             w = leaf.dequantize(dtype)
-            return np.asarray(jnp.swapaxes(w, -1, -2) if _path(keys).endswith("kernel") else w)
+            return np.asarray(jnp.swapaxes(w, -1, -2) if path_of(keys).endswith("kernel") else w)
         return np.asarray(leaf).astype(dtype) if jnp.issubdtype(leaf.dtype, jnp.floating) else leaf
     return jax.tree_util.tree_map_with_path(one, params, is_leaf=lambda x: isinstance(x, QuantizedArray))
 
@@ -309,13 +307,6 @@ def from_saved(params, spec: QuantizeSpec):
 def param_bytes(params) -> float:
     """Bytes a parameter tree holds in memory, 4-bit values counted as half a byte."""
     return sum(array_bytes(x) for x in jax.tree_util.tree_leaves(params))
-
-
-def require_float(params, purpose: str) -> None:
-    """Raises QuantizationError when `params` are quantized: `purpose` needs float weights."""
-    if is_quantized(params):
-        raise QuantizationError(f"{purpose} needs float weights, but the checkpoint is quantized; use the float "
-                                f"checkpoint it was made from (led-flax convert without --quantize)")
 
 
 def check_not_bitsandbytes(hf_config: Mapping[str, Any], source: str) -> None:
