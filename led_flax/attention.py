@@ -220,43 +220,46 @@ def sliding_window_attention(q, k, v, *, one_sided: int, key_mask, query_mask,
         key_mask = jnp.pad(key_mask, [(0, 0), (0, m - n)])
         query_mask = jnp.pad(query_mask, [(0, 0), (0, m - n)])
 
-    def blocks(x):  # [b, m, h, d] -> [b, h, c, w, d]
+    def blocks(x):  # [b, m, h, d] -> [b, h, c_pad, w, d]
         return x.transpose(0, 2, 1, 3).reshape(b, h, c_pad, w, d)
 
-    def neighbours(x):  # [b, h, c_pad, ...] -> previous, own and next block of each block
+    def with_halos(x):  # [b, h, c_pad, ...] -> [b, h, c_pad + 2, ...]: block j's neighbours are j, j + 1, j + 2
         prev, nxt = _halos(x, c, sequence_axis)  # zeros past the ends of the sequence
-        xp = jnp.concatenate([prev, x[:, :, :c], nxt, x[:, :, c:], jnp.zeros_like(prev)], axis=2)  # [b, h, c_pad + 2, ...]
-        return tuple(xp[:, :, i:i + c_pad] for i in range(3))
+        return jnp.concatenate([prev, x[:, :, :c], nxt, x[:, :, c:], jnp.zeros_like(prev)], axis=2)
 
-    qb = blocks(q)  # [b, h, c, q, d]
-    ks, vs = neighbours(blocks(k)), neighbours(blocks(v))  # each [b, h, c, k, d]
-    kms = neighbours(key_mask.reshape(b, 1, c_pad, w))  # each [b, 1, c, k]
-    qmask = query_mask.reshape(b, 1, c_pad, w)  # [b, 1, c, q]
+    qb = blocks(q)  # [b, h, c_pad, q, d]
+    kp, vp = with_halos(blocks(k)), with_halos(blocks(v))  # each [b, h, c_pad + 2, k, d]
+    kmp = with_halos(key_mask.reshape(b, 1, c_pad, w))  # [b, 1, c_pad + 2, k]
+    qmask = query_mask.reshape(b, 1, c_pad, w)  # [b, 1, c_pad, q]
     prev_band, next_band = _band_masks(w)
     bands = (prev_band, None, next_band)
     rate = dropout_rate if dropout_rng is not None else 0.0
 
+    def group(first, rng):
+        """Blocks first .. first + step - 1, sliced out of the whole arrays (no per-group copies of the
+        keys): out [b, h, step, q, d], the exp terms and the row scale."""
+        take = lambda x, size: jax.lax.dynamic_slice_in_dim(x, first, size, axis=2)
+        kw, vw, kmw = take(kp, step + 2), take(vp, step + 2), take(kmp, step + 2)  # [b, h, step + 2, k, d]
+        three = lambda x: tuple(x[:, :, i:i + step] for i in range(3))  # previous, own and next blocks
+        return _blocks_attention(take(qb, step), three(kw), three(vw), three(kmw), take(qmask, step), global_k,
+                                 global_v, global_mask, bands, rate, rng)
+
     if return_probs:
-        out, exps, scale = _blocks_attention(qb, ks, vs, kms, qmask, global_k, global_v, global_mask, bands,
-                                             rate, dropout_rng)
-    elif step == c_pad:
-        # under jax.checkpoint: the backward pass recomputes the [q, 3w] scores instead of keeping them
-        out = jax.checkpoint(lambda *xs: _blocks_attention(*xs, global_k, global_v, global_mask, bands, rate,
-                                                           dropout_rng)[0])(qb, ks, vs, kms, qmask)
-    else:  # loop over groups of `step` blocks: the c axis becomes [c / step, step], the loop axis first
-        def group(x):
-            return jnp.moveaxis(x.reshape(x.shape[:2] + (c_pad // step, step) + x.shape[3:]), 2, 0)
+        out, exps, scale = group(0, dropout_rng)
+    else:
+        def body(i):  # each group's scores are recomputed in the backward pass (jax.checkpoint), so
+            # training, like inference, holds one group of scores at a time rather than all n x 3w
+            r = None if rate == 0.0 or c_pad == step else jax.random.fold_in(dropout_rng, i)
+            out = group(i * step, dropout_rng if c_pad == step else r)[0]  # [b, h, step, q, d]
+            return out.reshape(b, h, step * w, d).transpose(0, 2, 1, 3)  # [b, step * w, h, d]
 
-        def body(xs):
-            i, qg_, ks_, vs_, kms_, qm_ = xs
-            r = None if rate == 0.0 else jax.random.fold_in(dropout_rng, i)
-            return _blocks_attention(qg_, ks_, vs_, kms_, qm_, global_k, global_v, global_mask, bands, rate, r)[0]
-
-        xs = (jnp.arange(c_pad // step), group(qb), tuple(map(group, ks)), tuple(map(group, vs)),
-              tuple(map(group, kms)), group(qmask))
-        # each group's scores are recomputed in the backward pass (jax.checkpoint), so training, like
-        # inference, holds one group of scores at a time rather than all n x 3w of them
-        out = jnp.moveaxis(jax.lax.map(jax.checkpoint(body, prevent_cse=False), xs), 0, 2)  # [b, h, c/step, step, q, d]
+        body = jax.checkpoint(body, prevent_cse=False)
+        if c_pad == step:
+            out = body(0)  # [b, m, h, d]
+        else:  # a loop over the groups; each writes its slice of the output
+            out = jax.lax.map(body, jnp.arange(c_pad // step))  # [groups, b, step * w, h, d]
+            out = jnp.moveaxis(out, 0, 1).reshape(b, m, h, d)
+        return out[:, :n], None, None
     out = out.reshape(b, h, m, d).transpose(0, 2, 1, 3)[:, :n]  # [b, n, h, d]
 
     if not return_probs:

@@ -75,3 +75,22 @@ def test_encoder_input_longer_than_positions_is_an_error():
     params = init_params(model)
     with pytest.raises(ValueError, match="truncate"):
         model.apply({"params": params}, np.ones((1, 65), np.int32), decoder_input_ids=np.ones((1, 2), np.int32))
+
+
+def test_long_inputs_run_the_feed_forward_in_chunks_with_the_same_result(monkeypatch):
+    """Past FFN_BYTES_PER_STEP the feed-forward runs a slice of the sequence at a time (lax.map); the
+    loss and every gradient are those of the whole-sequence products, also when the chunks do not
+    divide the length (24 encoder tokens in chunks of 5, 7 decoder tokens in chunks of 4)."""
+    from led_flax import layers
+    model = LEDForConditionalGeneration(CFG)
+    params = init_params(model, jax.random.PRNGKey(0))
+    loss = lambda p: model.apply({"params": p}, **_inputs()).loss
+    whole = jax.jit(jax.value_and_grad(loss))(params)
+    loops = jax.jit(lambda p: loss(p)).lower(params).as_text().count("stablehlo.while")
+    monkeypatch.setattr(layers, "FFN_BYTES_PER_STEP", 2 * CFG.encoder_ffn_dim * 4 * 5)  # 5 tokens of batch 2
+    # a chunk loop in each scanned run of layers: the encoder's two (windows 4 and 6) and the decoder's
+    assert jax.jit(lambda p: loss(p)).lower(params).as_text().count("stablehlo.while") == loops + 3
+    chunked = jax.jit(jax.value_and_grad(loss))(params)
+    np.testing.assert_allclose(chunked[0], whole[0], rtol=1e-6)
+    for (path, a), b in zip(flatten(chunked[1]).items(), flatten(whole[1]).values()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7, err_msg=path)
