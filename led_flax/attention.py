@@ -133,8 +133,10 @@ def _dropout(x, rate: float, rng):
 
 
 # Scores of this many bytes or fewer are computed in one step; longer inputs loop over groups of
-# blocks (lax.map), so the attention's working memory does not grow with the length.
-SCORE_BYTES_PER_STEP = 64 * 2**20
+# blocks (lax.map), and when one block of every head passes it, over groups of heads too, so the
+# attention's working memory neither grows with the length nor holds more than this of scores
+# (led-base: 12 heads x 512 queries x 1,536 keys in float32 are 38 MB; in 3 groups of 4 heads, 13 MB).
+SCORE_BYTES_PER_STEP = 16 * 2**20
 
 
 def _blocks_attention(qb, ks, vs, kms, qmask, global_k, global_v, global_mask, bands, dropout_rate, rng):
@@ -210,8 +212,12 @@ def sliding_window_attention(q, k, v, *, one_sided: int, key_mask, query_mask,
                          f"pad the input to a multiple of the devices times the attention blocks")
     if global_k is not None and global_k.shape[1] == 0:
         global_k = global_v = global_mask = None
-    per_block = b * h * w * 3 * w * jnp.dtype(softmax_dtype(q.dtype)).itemsize
-    step = c if return_probs else max(1, min(c, SCORE_BYTES_PER_STEP // per_block))  # blocks per step
+    per_head_block = b * w * 3 * w * jnp.dtype(softmax_dtype(q.dtype)).itemsize
+    step, heads = c, h  # blocks and heads per step: all at once for the probabilities, else within the budget
+    if not return_probs:
+        step = max(1, min(c, SCORE_BYTES_PER_STEP // (h * per_head_block)))
+        if h * per_head_block > SCORE_BYTES_PER_STEP:  # one block of every head is too much: fewer heads
+            heads = max([1] + [x for x in range(1, h + 1) if h % x == 0 and x * per_head_block <= SCORE_BYTES_PER_STEP])
     c_pad = -(-c // step) * step
     m = c_pad * w
     if m != n:
@@ -235,30 +241,41 @@ def sliding_window_attention(q, k, v, *, one_sided: int, key_mask, query_mask,
     bands = (prev_band, None, next_band)
     rate = dropout_rate if dropout_rng is not None else 0.0
 
-    def group(first, rng):
-        """Blocks first .. first + step - 1, sliced out of the whole arrays (no per-group copies of the
-        keys): out [b, h, step, q, d], the exp terms and the row scale."""
-        take = lambda x, size: jax.lax.dynamic_slice_in_dim(x, first, size, axis=2)
-        kw, vw, kmw = take(kp, step + 2), take(vp, step + 2), take(kmp, step + 2)  # [b, h, step + 2, k, d]
+    def group(first, head, rng):
+        """Blocks first .. first + step - 1 of heads head .. head + heads - 1, sliced out of the whole
+        arrays (no per-group copies of the keys): out [b, heads, step, q, d], the exp terms and the
+        row scale."""
+        def take(x, size, sliced_heads=True):  # [b, h, c, ...] -> [b, heads, size, ...]
+            x = jax.lax.dynamic_slice_in_dim(x, first, size, axis=2)
+            return jax.lax.dynamic_slice_in_dim(x, head, heads, axis=1) if sliced_heads else x
+        kw, vw, kmw = take(kp, step + 2), take(vp, step + 2), take(kmp, step + 2, False)  # [b, heads, step + 2, k, d]
         three = lambda x: tuple(x[:, :, i:i + step] for i in range(3))  # previous, own and next blocks
-        return _blocks_attention(take(qb, step), three(kw), three(vw), three(kmw), take(qmask, step), global_k,
-                                 global_v, global_mask, bands, rate, rng)
+        gk = gv = None
+        if global_k is not None:  # [b, g, heads, d]
+            gk, gv = (jax.lax.dynamic_slice_in_dim(x, head, heads, axis=2) for x in (global_k, global_v))
+        return _blocks_attention(take(qb, step), three(kw), three(vw), three(kmw), take(qmask, step, False), gk, gv,
+                                 global_mask, bands, rate, rng)
 
     if return_probs:
-        out, exps, scale = group(0, dropout_rng)
+        out, exps, scale = group(0, 0, dropout_rng)
     else:
+        groups, head_groups = c_pad // step, h // heads
+
         def body(i):  # each group's scores are recomputed in the backward pass (jax.checkpoint), so
             # training, like inference, holds one group of scores at a time rather than all n x 3w
-            r = None if rate == 0.0 or c_pad == step else jax.random.fold_in(dropout_rng, i)
-            out = group(i * step, dropout_rng if c_pad == step else r)[0]  # [b, h, step, q, d]
-            return out.reshape(b, h, step * w, d).transpose(0, 2, 1, 3)  # [b, step * w, h, d]
+            one = groups * head_groups == 1
+            r = None if rate == 0.0 or one else jax.random.fold_in(dropout_rng, i)
+            first, head = (i // head_groups) * step, (i % head_groups) * heads
+            out = group(first, head, dropout_rng if one else r)[0]  # [b, heads, step, q, d]
+            return out.reshape(b, heads, step * w, d).transpose(0, 2, 1, 3)  # [b, step * w, heads, d]
 
         body = jax.checkpoint(body, prevent_cse=False)
-        if c_pad == step:
+        if groups * head_groups == 1:
             out = body(0)  # [b, m, h, d]
-        else:  # a loop over the groups; each writes its slice of the output
-            out = jax.lax.map(body, jnp.arange(c_pad // step))  # [groups, b, step * w, h, d]
-            out = jnp.moveaxis(out, 0, 1).reshape(b, m, h, d)
+        else:  # a loop over the groups of blocks and heads; each writes its slice of the output
+            out = jax.lax.map(body, jnp.arange(groups * head_groups))  # [groups * head groups, b, step * w, heads, d]
+            out = out.reshape(groups, head_groups, b, step * w, heads, d).transpose(2, 0, 3, 1, 4, 5)
+            out = out.reshape(b, m, h, d)
         return out[:, :n], None, None
     out = out.reshape(b, h, m, d).transpose(0, 2, 1, 3)[:, :n]  # [b, n, h, d]
 

@@ -134,7 +134,7 @@ class Embed(nn.Module):
 # sequence at a time (lax.map), so a long input's FFN never holds its whole [n, ffn_dim] activations
 # (at 64k tokens and ffn 3072 in float32: 805 MB each). Chunks are rows of the same products: the
 # numbers do not move. Not while dropout draws (training), whose rng cannot be drawn inside the loop.
-FFN_BYTES_PER_STEP = 64 * 2**20
+FFN_BYTES_PER_STEP = 32 * 2**20
 
 
 def feed_forward(module: nn.Module, cfg: LEDConfig, hidden, fc1, fc2, final_layer_norm, deterministic: bool,

@@ -119,10 +119,13 @@ def test_padding_never_changes_real_tokens():
     assert rel(np.asarray(padded)[:, :n][real], np.asarray(base)[real]) <= TOL
 
 
-def test_memory_grows_linearly_with_length():
+def test_memory_grows_linearly_with_length(monkeypatch):
     """No n×n array: the compiled program's temporary memory at 16k tokens is about twice that at 8k
-    (a dense score matrix would make it four times)."""
+    (a dense score matrix would make it four times). The scores of one step are a fixed cost, kept
+    small here (2 blocks a step) so that what grows with the length shows."""
+    import led_flax.attention as attention
     h, d, w = 2, 16, 128
+    monkeypatch.setattr(attention, "SCORE_BYTES_PER_STEP", 2 * h * w * 3 * w * 4)
 
     def temp_bytes(n):
         spec = jax.ShapeDtypeStruct((1, n, h, d), jnp.float32)
@@ -188,8 +191,9 @@ def test_factored_global_projection_equals_projecting_every_token():
 
 
 def test_long_inputs_loop_over_block_groups_with_the_same_result(monkeypatch):
-    """Past SCORE_BYTES_PER_STEP the blocks are processed a group at a time (lax.map); the result
-    is unchanged, also when the block count is not a multiple of the group."""
+    """Past SCORE_BYTES_PER_STEP the blocks are processed a group at a time (lax.map), and a group of
+    heads at a time when one block of every head passes it; the result is unchanged, also when the
+    block count is not a multiple of the group."""
     import led_flax.attention as attention
     b, n, w = 2, 23, 2
     q, k, v, qg, kg, vg = _inputs(5, b, n)
@@ -200,6 +204,18 @@ def test_long_inputs_loop_over_block_groups_with_the_same_result(monkeypatch):
     grouped = run_banded(q, k, v, qg, kg, vg, w, real, glob)
     dense = dense_reference_attention(q, k, v, qg, kg, vg, one_sided=w, attention_mask=real, is_global=glob & real)
     assert rel(grouped, dense) <= TOL and rel(grouped, whole) <= TOL
+    # one block of both heads over the budget: one block and one head a step (24 steps)
+    monkeypatch.setattr(attention, "SCORE_BYTES_PER_STEP", per_block // 2)
+    per_head = run_banded(q, k, v, qg, kg, vg, w, real, glob)
+    assert rel(per_head, dense) <= TOL and rel(per_head, whole) <= TOL
+    # and the gradients through the sliced groups are the whole program's
+    weights = jnp.asarray(np.random.default_rng(2).normal(size=whole.shape).astype(np.float32))
+    grads = lambda: jax.grad(lambda *x: (run_banded(*x, w, real, glob) * weights).sum(), argnums=(0, 1, 2))(
+        q, k, v, qg, kg, vg)
+    sliced = grads()
+    monkeypatch.setattr(attention, "SCORE_BYTES_PER_STEP", 2**30)
+    for a, r in zip(sliced, grads()):
+        assert rel(a, r) <= TOL
 
 
 def test_grouped_attention_memory_does_not_grow_with_the_scores():
