@@ -139,7 +139,10 @@ class DecoderCache:
         search's reordering. Cross-attention keys and values are shared by the beams of an input and
         stay as they are."""
         def take(x):
-            return jnp.take(x, rows, axis=x.ndim + _BATCH_AXIS)
+            # rows come from the search's top-k, always in bounds: no bounds check (a select over the cache)
+            index = [slice(None)] * x.ndim
+            index[x.ndim + _BATCH_AXIS] = rows
+            return x.at[tuple(index)].get(mode="promise_in_bounds")
         def one(layer: LayerCache) -> LayerCache:
             return layer.replace(self_k=take(layer.self_k), self_v=take(layer.self_v))
         layers = tuple(map(one, self.layers)) if isinstance(self.layers, tuple) else one(self.layers)

@@ -85,12 +85,17 @@ def test_long_inputs_run_the_feed_forward_in_chunks_with_the_same_result(monkeyp
     model = LEDForConditionalGeneration(CFG)
     params = init_params(model, jax.random.PRNGKey(0))
     loss = lambda p: model.apply({"params": p}, **_inputs()).loss
-    whole = jax.jit(jax.value_and_grad(loss))(params)
-    loops = jax.jit(lambda p: loss(p)).lower(params).as_text().count("stablehlo.while")
+
+    def run():  # (loops in the program, (loss, gradients))
+        lowered = jax.jit(jax.value_and_grad(loss)).lower(params)
+        return lowered.as_text().count("stablehlo.while"), lowered.compile()(params)
+
+    loops, whole = run()
     monkeypatch.setattr(layers, "FFN_BYTES_PER_STEP", 2 * CFG.encoder_ffn_dim * 4 * 5)  # 5 tokens of batch 2
-    # a chunk loop in each scanned run of layers: the encoder's two (windows 4 and 6) and the decoder's
-    assert jax.jit(lambda p: loss(p)).lower(params).as_text().count("stablehlo.while") == loops + 3
-    chunked = jax.jit(jax.value_and_grad(loss))(params)
+    chunked_loops, chunked = run()
+    # a chunk loop in each scanned run of layers (the encoder's two, windows 4 and 6, and the decoder's),
+    # forward and backward
+    assert chunked_loops == loops + 6
     np.testing.assert_allclose(chunked[0], whole[0], rtol=1e-6)
     for (path, a), b in zip(flatten(chunked[1]).items(), flatten(whole[1]).values()):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7, err_msg=path)

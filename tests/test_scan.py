@@ -143,7 +143,7 @@ def test_memory_follows_layers_not_the_scheduler():
     n, d, ffn = 2048, 32, 1024
     residual, working = n * d * 4, n * ffn * 4  # one layer's saved input; one FFN activation of its working set
     scanned = _step_temp_bytes(4, "full", True) - _step_temp_bytes(2, "full", True)
-    unrolled = _step_temp_bytes(4, "full", False) - _step_temp_bytes(2, "full", False)
-    # two more layers cost their two residuals (plus slack), not two working sets
+    # two more layers cost their two residuals (plus slack), not two working sets (2 x 8 MiB here; the
+    # unrolled stack's growth, 88 MiB, is recorded in BENCHMARKS.md rather than compiled here)
     assert scanned <= 2 * residual + residual // 2, (scanned, residual)
-    assert unrolled > 2 * working  # what the scan removes: the unrolled stack keeps working sets alive
+    assert scanned < working
