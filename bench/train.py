@@ -46,7 +46,8 @@ def _batch(n):
             "labels": labels}
 
 
-def run_ours(n, steps, remat, dtype, scan=True):
+def setup_ours(n, remat, dtype, scan=True):
+    """Our jitted step at n tokens, with its fresh state, the batch and the one-device mesh."""
     from train.cli import configure_xla
     configure_xla()  # as `led-flax train` does
     import jax
@@ -68,6 +69,11 @@ def run_ours(n, steps, remat, dtype, scan=True):
     state = jax.jit(fresh, out_shardings=shardings)(jax.random.PRNGKey(0))
     step = step_lib.make_train_step(model, tx, step_lib.schedule(opt, 1000), mesh, shardings, dropout=True)
     batch = step_lib.global_batch({k: v[None] for k, v in _batch(n).items()}, mesh)
+    return step, state, batch, mesh
+
+
+def run_ours(n, steps, remat, dtype, scan=True):
+    step, state, batch, _ = setup_ours(n, remat, dtype, scan)
     t0 = time.perf_counter()
     state, m = step(state, batch)  # compiles
     float(m["loss"])
