@@ -25,6 +25,12 @@ def xla_flags(*flags: str) -> str:
     return " ".join(f for f in (*flags, FAST_COMPILE) if f)
 
 
+# The XLA:CPU flags `led-flax train` sets (train/cli.py) change how some sums are fused, so a float
+# can differ in its last bit: tests that run training in this process and through the command line
+# (a killed run resumed bit for bit against an uninterrupted one) need the same flags in both.
+from train.cli import configure_xla  # noqa: E402
+
+configure_xla()
 os.environ["XLA_FLAGS"] = xla_flags(os.environ.get("XLA_FLAGS", ""))  # read when JAX starts its backend
 transformers.logging.set_verbosity_error()
 
