@@ -219,7 +219,7 @@ def _grads_match(head, directory, ref_model, loss_ours, loss_ref, float64: bool)
             dtype = jnp.float64 if float64 else jnp.float32
             cast = jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype), params)
             model = model_for(config, dtype=dtype, param_dtype=dtype)
-            grads = jax.grad(lambda p: loss_ours(model, p))(cast)
+            grads = jax.jit(jax.grad(lambda p: loss_ours(model, p)))(cast)
             ours = convert.to_state_dict(config, grads)
         # Each tensor's error is relative to its largest gradient, floored at a fraction of the model's
         # largest (1e-6 in float64, 1e-3 in float32): a key bias has an exactly-zero true gradient

@@ -92,8 +92,10 @@ def test_scanned_outputs_hidden_states_and_attentions_as_unrolled():
     inputs = {k: v for k, v in _inputs().items() if k != "labels"}
     unrolled = init_params(model_for(CFG, scan_layers=False), jax.random.PRNGKey(2))
     kw = dict(output_attentions=True, output_hidden_states=True, num_global_slots=2)
-    a = model_for(CFG, scan_layers=False).apply({"params": unrolled}, **inputs, decoder_input_ids=inputs["input_ids"][:, :5], **kw)
-    b = model_for(CFG).apply({"params": stack_layers(unrolled, CFG)}, **inputs, decoder_input_ids=inputs["input_ids"][:, :5], **kw)
+    run = lambda model, p: jax.jit(lambda p: model.apply({"params": p}, **inputs,
+                                                         decoder_input_ids=inputs["input_ids"][:, :5], **kw))(p)
+    a = run(model_for(CFG, scan_layers=False), unrolled)
+    b = run(model_for(CFG), stack_layers(unrolled, CFG))
     for field in ("encoder_hidden_states", "encoder_attentions", "encoder_global_attentions", "decoder_hidden_states",
                   "decoder_attentions", "cross_attentions"):
         xs, ys = getattr(a, field), getattr(b, field)
