@@ -260,17 +260,17 @@ def sliding_window_attention(q, k, v, *, one_sided: int, key_mask, query_mask,
         out, exps, scale = group(0, 0, dropout_rng)
     else:
         groups, head_groups = c_pad // step, h // heads
+        single = groups * head_groups == 1
 
         def body(i):  # each group's scores are recomputed in the backward pass (jax.checkpoint), so
             # training, like inference, holds one group of scores at a time rather than all n x 3w
-            one = groups * head_groups == 1
-            r = None if rate == 0.0 or one else jax.random.fold_in(dropout_rng, i)
+            rng = dropout_rng if single or rate == 0.0 else jax.random.fold_in(dropout_rng, i)
             first, head = (i // head_groups) * step, (i % head_groups) * heads
-            out = group(first, head, dropout_rng if one else r)[0]  # [b, heads, step, q, d]
+            out = group(first, head, rng)[0]  # [b, heads, step, q, d]
             return out.reshape(b, heads, step * w, d).transpose(0, 2, 1, 3)  # [b, step * w, heads, d]
 
         body = jax.checkpoint(body, prevent_cse=False)
-        if groups * head_groups == 1:
+        if single:
             out = body(0)  # [b, m, h, d]
         else:  # a loop over the groups of blocks and heads; each writes its slice of the output
             out = jax.lax.map(body, jnp.arange(groups * head_groups))  # [groups * head groups, b, step * w, heads, d]
