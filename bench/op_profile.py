@@ -4,6 +4,7 @@ fusions, copies). Used to find the costs behind BENCHMARKS.md's profiles before 
 
     python bench/op_profile.py train --tokens 4096          # bench/train.py's led-base step
     python bench/op_profile.py generate --num-beams 4       # bench/generate.py's case a, per decoding step
+    python bench/op_profile.py generate --variant int8      # ... with one of its --variants
 
 Reading it on XLA:CPU: YNNPACK's fusions (`ynn_fusion.N`) and XLA's own loop fusions are traced, but
 XLA's Eigen dots are not, so "untraced" (time inside the call with no traced op running) is mostly
@@ -138,7 +139,10 @@ def profile_generate(args):
     directory = os.path.join(args.workdir, "hf")
     if not os.path.isdir(directory):
         bench_generate.make_checkpoint(directory)
-    loaded = convert.load(directory)
+    from led_flax.quantize import QuantizeSpec
+    dtype, scheme, cross_cache = bench_generate.VARIANTS[args.variant]
+    loaded = convert.load(directory).quantized(QuantizeSpec(scheme) if scheme else None).with_compute(
+        dtype, cross_cache)
     model, params = loaded.module, jax.device_put(loaded.params)
     ids, am, glob_ = bench_generate._inputs(1, args.tokens)
     kw = dict(num_beams=args.num_beams, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens)
@@ -157,6 +161,7 @@ def main():
     parser.add_argument("--dtype", default="float32", help="train: the compute dtype")
     parser.add_argument("--num-beams", type=int, default=4, help="generate")
     parser.add_argument("--new-tokens", type=int, default=128, help="generate")
+    parser.add_argument("--variant", default="f32", help="generate: a variant of bench/generate.py (int8, bf16, ...)")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--workdir", default=None)
     args = parser.parse_args()

@@ -17,8 +17,8 @@ from .attention import sharded_softmax, softmax_dtype
 from .cache import CrossKeyValue, DecoderCache, KeyValue, LayerCache
 from .config import LEDConfig
 from .inputs import check_binary_mask, check_decoder_length
-from .layers import (Stack, constrain, dense, dropout, embed_positions, feed_forward, input_embeddings, layer_norm,
-                     layerdrop, scan_layers, split_layers, with_remat)
+from .layers import (Stack, constrain, dense, dropout, embed_positions, feed_forward, fused_dense, input_embeddings,
+                     layer_norm, layerdrop, scan_layers, split_layers, with_remat)
 from .outputs import LEDDecoderOutput
 from .stacking import decoder_runs, run_name
 
@@ -47,16 +47,23 @@ class LEDDecoderAttention(nn.Module):
         layout (the cross-attention cache transposes its keys once, `cache.CrossKeyValue.build`)."""
         return KeyValue(keys=self._heads(self.k_proj(states)), values=self._heads(self.v_proj(states)))
 
+    def fused_projections(self, hidden):
+        """hidden: [b, t, D] -> (queries [b, t, D] before scaling, keys and values [b, h, t, d]) from one
+        product over the three kernels (`layers.fused_dense`): a decoding step's self-attention."""
+        q, k, v = fused_dense((self.q_proj, self.k_proj, self.v_proj), hidden)
+        return q, KeyValue(keys=self._heads(k), values=self._heads(v))
+
     def __call__(self, hidden, mask, key_value: KeyValue | CrossKeyValue, *, deterministic: bool,
-                 output_attentions: bool):
+                 output_attentions: bool, queries=None):
         """hidden: [b, t, D]; mask: [b or 1, 1, t, s] bool or None; key_value: the keys and values of kb
         rows over s positions (a KeyValue, or the cached CrossKeyValue), where kb divides b (the beams of
-        an input share one row). Returns out [b, t, D] and the probabilities [b, h, t, s] (None without
+        an input share one row); queries: q_proj(hidden) [b, t, D] when already computed
+        (`fused_projections`). Returns out [b, t, D] and the probabilities [b, h, t, s] (None without
         output_attentions)."""
         cfg = self.config
         b, t, D = hidden.shape
         hd = D // cfg.decoder_attention_heads
-        q = self._heads(self.q_proj(hidden) * hd ** -0.5)  # [b, h, t, d]
+        q = self._heads((self.q_proj(hidden) if queries is None else queries) * hd ** -0.5)  # [b, h, t, d]
         h, kb = q.shape[1], key_value.batch
         g = b // kb  # > 1 when beams share one cached encoder output
         # the g query rows of one input become one query axis: [kb, h, g*t, d], heads first
@@ -113,12 +120,14 @@ class LEDDecoderLayer(nn.Module):
         (hidden [b, t, D], self probs, cross probs, the updated LayerCache or None)."""
         cfg = self.config
         residual = hidden
-        key_value = self.self_attn.key_value(hidden)
         if layer_cache is not None:  # write this step's keys/values into the static cache
+            queries, key_value = self.self_attn.fused_projections(hidden)
             layer_cache = layer_cache.write_self(key_value, cache_index)
             key_value = layer_cache.self_key_value
+        else:
+            queries, key_value = None, self.self_attn.key_value(hidden)
         h, self_probs = self.self_attn(hidden, self_mask, key_value, deterministic=deterministic,
-                                       output_attentions=output_attentions)
+                                       output_attentions=output_attentions, queries=queries)
         h = dropout(self, h, cfg.dropout, deterministic)
         hidden = self.self_attn_layer_norm(residual + h)
 

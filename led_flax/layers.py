@@ -7,6 +7,7 @@ Shapes: b batch, t length, D d_model, V vocabulary.
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
@@ -40,14 +41,41 @@ class Dense(nn.Module):
             kernel = self.param("kernel", nn.initializers.normal(self.init_std), (x.shape[-1], self.features),
                                 self.param_dtype)
         bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype) if self.use_bias else None
-        if isinstance(kernel, quantize.QuantizedArray):
-            y = quantize.dense(x, kernel, self.dtype)
-        else:  # nn.Dense's own steps
-            x, kernel = jnp.asarray(x, self.dtype), jnp.asarray(kernel, self.dtype)
-            y = jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
-        if bias is not None:
-            y += jnp.reshape(jnp.asarray(bias, self.dtype), (1,) * (y.ndim - 1) + (-1,))
-        return y
+        return apply_dense(x, kernel, bias, self.dtype)
+
+
+def apply_dense(x, kernel, bias, dtype):
+    """x [..., I] times kernel [I, O] (or a `quantize.QuantizedArray` W [O, I]) plus bias [O] (or None)
+    -> [..., O] in `dtype`: nn.Dense's arithmetic."""
+    if isinstance(kernel, quantize.QuantizedArray):
+        y = quantize.dense(x, kernel, dtype)
+    else:  # nn.Dense's own steps
+        x, kernel = jnp.asarray(x, dtype), jnp.asarray(kernel, dtype)
+        y = jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
+    if bias is not None:
+        y += jnp.reshape(jnp.asarray(bias, dtype), (1,) * (y.ndim - 1) + (-1,))
+    return y
+
+
+def fused_dense(modules, x):
+    """Several bound `Dense` layers that read the same x [..., I], as one product over their kernels
+    joined along the output axis: [..., sum of O] split back into one [..., O_k] per layer. For a
+    decoding step, whose few rows make each product a pass over its weights: one pass over three
+    kernels costs less than three (BENCHMARKS.md). Inside a loop the join depends on the weights only,
+    so XLA computes it once, before the loop. Every output column is the same dot as the layer's own.
+    The layers' parameters must exist (apply, not init); all share one dtype and kind of kernel."""
+    params = [m.variables["params"] for m in modules]
+    kernels = [p["kernel"] for p in params]
+    if isinstance(kernels[0], quantize.QuantizedArray):
+        kernel = quantize.concatenate_outputs(kernels)
+        sizes = [k.shape[-2] for k in kernels]
+    else:
+        kernel = jnp.concatenate(kernels, axis=-1)  # [I, sum O]
+        sizes = [k.shape[-1] for k in kernels]
+    biases = [p.get("bias") for p in params]
+    bias = None if biases[0] is None else jnp.concatenate(biases)
+    y = apply_dense(x, kernel, bias, modules[0].dtype)
+    return jnp.split(y, list(itertools.accumulate(sizes))[:-1], axis=-1)
 
 
 def dense(cfg: LEDConfig, features: int, dtype, param_dtype, name: str | None = None, use_bias: bool = True):

@@ -170,6 +170,17 @@ def dense(x, w: QuantizedArray, dtype):
     return y.astype(dtype).reshape(lead + (w.shape[-2],))
 
 
+def concatenate_outputs(ws: list[QuantizedArray]) -> QuantizedArray:
+    """Matrices W_k [O_k, I] of one scheme and group size as one [sum O_k, I] (their scales follow
+    the output rows), so one product serves them all (`layers.fused_dense`)."""
+    first = ws[0]
+    if any((w.scheme, w.group_size) != (first.scheme, first.group_size) for w in ws):
+        raise ValueError("matrices of different quantization schemes cannot be joined")
+    return QuantizedArray(values=jnp.concatenate([w.values for w in ws], axis=-2),
+                          scales=jnp.concatenate([w.scales for w in ws], axis=-2 if first.group_size else -1),
+                          scheme=first.scheme, group_size=first.group_size)
+
+
 def kernel_of(w, dtype):
     """A flax kernel [I, O] in `dtype`, from a float kernel or a QuantizedArray (dequantized)."""
     return w.dequantize(dtype).T if isinstance(w, QuantizedArray) else jnp.asarray(w, dtype)

@@ -11,6 +11,7 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+import flax.linen as nn
 import pytest
 
 import convert
@@ -19,6 +20,7 @@ from led_flax import LEDConfig, checkpoint, init_params, model_for
 from led_flax import quantize as Q
 from led_flax.cache import CrossKeyValue, KeyValue
 from led_flax.generation import generate
+from led_flax.layers import Dense, fused_dense
 from led_flax.sharding import logical_axes, make_mesh, param_shardings
 
 CFG = LEDConfig(vocab_size=97, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
@@ -287,3 +289,43 @@ def test_sharding_rules_tell_quantization_scales_from_layer_norm_scales(scan):
     assert flat[f"led/decoder/{stack}/final_layer_norm/scale"] == layer + ("embed",)
     shardings = param_shardings(qparams, make_mesh())
     assert isinstance(shardings["led"]["shared"]["embedding"], Q.QuantizedArray)
+
+
+class _ThreeProjections(nn.Module):
+    """Three Dense layers over one input, called one by one or fused (`layers.fused_dense`)."""
+
+    fused: bool = False
+
+    @nn.compact
+    def __call__(self, x):
+        modules = [Dense(o, name=f"proj_{o}") for o in (24, 32, 40)]
+        if self.fused and not self.is_initializing():
+            return fused_dense(modules, x)
+        return [m(x) for m in modules]
+
+
+@pytest.mark.parametrize("spec", [None] + SPECS, ids=lambda s: s.scheme if s else "float")
+def test_fused_projections_equal_each_layer_and_join_once_outside_the_loop(spec):
+    """A decoding step's q, k and v in one product: every output equals its layer's own product, and
+    inside a loop the kernels are joined once, before it (the loop carries the joined kernel)."""
+    x = jnp.asarray(np.random.default_rng(4).normal(size=(4, 1, 32)), jnp.float32)
+    params = _ThreeProjections().init(jax.random.key(0), x)["params"]
+    if spec is not None:  # W [O, I] from each flax kernel [I, O]
+        params = {name: {"kernel": Q.quantize_matrix(p["kernel"].T, spec.scheme, spec.group_size), "bias": p["bias"]}
+                  for name, p in params.items()}
+    separate = jax.jit(_ThreeProjections().apply)({"params": params}, x)
+    fused = jax.jit(_ThreeProjections(fused=True).apply)({"params": params}, x)
+    for a, b in zip(fused, separate, strict=True):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+    def run(params, x):
+        def step(i, x):
+            q, k, v = _ThreeProjections(fused=True).apply({"params": params}, x)
+            return jnp.tanh(q[..., :24].sum(-1, keepdims=True) + k + v[..., :32])
+        return jax.lax.fori_loop(0, 3, step, x)
+
+    hlo = jax.jit(run).lower(params, x).compile().as_text()
+    joined = "f32[32,96]" if spec is None else "[96,32]"
+    loops = [line for line in hlo.splitlines() if " while(" in line]
+    assert loops and all(joined in line for line in loops)
