@@ -29,13 +29,10 @@ from led_flax.inputs import shift_tokens_right
 from led_flax.modeling import model_for
 
 from .config import OptimizerConfig, TrainConfig, check
+from .dropout_prng import DROPOUT_PRNG  # the masks' generator: XLA's, fast on a CPU (dropout_prng.py)
 
 FROZEN = re.compile(r"final_logits_bias$")  # a buffer in the reference: it never trains
 NO_DECAY = re.compile(r"(bias|scale)$")  # biases and LayerNorms, as transformers' Trainer
-# dropout and layerdrop masks come from XLA's RngBitGenerator, not threefry: on the CPU a led-base
-# step with threefry masks is 9% slower. Masks stay a pure function of (seed, step); they are not
-# guaranteed to be the same across backends or shardings (threefry's are).
-DROPOUT_PRNG = "unsafe_rbg"
 
 
 def _label_tree(params, fn):
