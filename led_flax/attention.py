@@ -30,6 +30,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.ad_checkpoint import checkpoint_name
 
 from .inputs import merged_encoder_mask, token_roles
 
@@ -137,6 +138,7 @@ def _dropout(x, rate: float, rng):
 # attention's working memory neither grows with the length nor holds more than this of scores
 # (led-base: 12 heads x 512 queries x 1,536 keys in float32 are 38 MB; in 3 groups of 4 heads, 13 MB).
 SCORE_BYTES_PER_STEP = 16 * 2**20
+UNNORMALISED_OUT = "banded_attention_unnormalised_out"  # [b, h, c, q, d], kept for the backward pass
 
 
 def _blocks_attention(qb, ks, vs, kms, qmask, global_k, global_v, global_mask, bands, dropout_rate, rng):
@@ -158,6 +160,9 @@ def _blocks_attention(qb, ks, vs, kms, qmask, global_k, global_v, global_mask, b
         gs = jnp.where(global_mask[:, None, None, None, :], gs, neg)
         row_max = jnp.maximum(row_max, gs.max(-1))
         scores.append(gs)
+    # the softmax does not depend on the shift, so no gradient goes through the max (as in
+    # jax.nn.softmax): its backward pass, a compare-and-select over every score, is skipped
+    row_max = jax.lax.stop_gradient(row_max)
     exps = [jnp.exp(s - row_max[..., None]) for s in scores]
     denom = sum(e.sum(-1) for e in exps)  # [b, h, c, q]
     scale = jnp.where(qmask, 1.0 / denom, 0.0)  # padding rows -> 0
@@ -169,6 +174,9 @@ def _blocks_attention(qb, ks, vs, kms, qmask, global_k, global_v, global_mask, b
     out = sum(jnp.einsum("bhcqk,bhckd->bhcqd", e, vb) for e, vb in zip(dropped[:3], vs))  # [b, h, c, q, d]
     if global_k is not None:
         out = out + jnp.einsum("bhcqg,bghd->bhcqd", dropped[3], global_v)
+    # saved by the group's checkpoint (`sliding_window_attention`): the gradient of the normalisation
+    # reads it, so the backward pass recomputes the scores and exp terms but not this product
+    out = checkpoint_name(out, UNNORMALISED_OUT)
     return out * scale[..., None].astype(out.dtype), exps, scale
 
 
@@ -269,7 +277,8 @@ def sliding_window_attention(q, k, v, *, one_sided: int, key_mask, query_mask,
             out = group(first, head, rng)[0]  # [b, heads, step, q, d]
             return out.reshape(b, heads, step * w, d).transpose(0, 2, 1, 3)  # [b, step * w, heads, d]
 
-        body = jax.checkpoint(body, prevent_cse=False)
+        body = jax.checkpoint(body, prevent_cse=False, policy=jax.checkpoint_policies.save_only_these_names(
+            UNNORMALISED_OUT))
         if single:
             out = body(0)  # [b, m, h, d]
         else:  # a loop over the groups of blocks and heads; each writes its slice of the output
