@@ -4,6 +4,7 @@ checked against transformers' LEDEncoderSelfAttention first."""
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -25,11 +26,16 @@ def rel(a, b):
 def run_banded(q, k, v, qg_all, kg, vg, one_sided, attention_mask, is_global, slots=None):
     is_global = jnp.asarray(is_global) & (jnp.asarray(attention_mask) > 0)
     slots = count_global_slots(np.asarray(is_global), None, slots)
+    return _banded(q, k, v, qg_all, kg, vg, jnp.asarray(attention_mask) > 0, is_global, one_sided=one_sided,
+                   slots=slots)
+
+
+@partial(jax.jit, static_argnames=("one_sided", "slots"))  # one program, not op-by-op dispatch
+def _banded(q, k, v, qg_all, kg, vg, real, is_global, *, one_sided, slots):
     idx, valid = global_token_indices(is_global, slots)
     q_global = jnp.take_along_axis(qg_all, jnp.minimum(idx, q.shape[1] - 1)[:, :, None, None], axis=1)
-    out, _, _ = longformer_self_attention(q, k, v, q_global, kg, vg, one_sided=one_sided,
-                                          real=jnp.asarray(attention_mask) > 0, is_global=is_global,
-                                          global_idx=idx, global_valid=valid)
+    out, _, _ = longformer_self_attention(q, k, v, q_global, kg, vg, one_sided=one_sided, real=real,
+                                          is_global=is_global, global_idx=idx, global_valid=valid)
     return out
 
 

@@ -71,8 +71,8 @@ def test_scores_and_softmax_stay_float32(params):
     model = model_for(CFG, dtype=dtype)
     batch = _batch()
     del batch["labels"]
-    out = model.apply({"params": params}, **batch, decoder_input_ids=batch["input_ids"][:, :6],
-                      output_attentions=True, output_hidden_states=True)
+    out = jax.jit(lambda p: model.apply({"params": p}, **batch, decoder_input_ids=batch["input_ids"][:, :6],
+                                        output_attentions=True, output_hidden_states=True))(params)
     assert out.decoder_hidden_states[-1].dtype == dtype  # the model computes in `dtype` ...
     for probs in (out.encoder_attentions + out.encoder_global_attentions + out.decoder_attentions
                   + out.cross_attentions):  # ... and every attention's probabilities in float32
@@ -96,8 +96,8 @@ def test_masks_replace_scores_so_a_fully_masked_row_attends_uniformly(params):
     masked row a uniform softmax, finite outputs and finite gradients."""
     model = model_for(CFG, dtype=jnp.float16)
     batch = _batch()
-    enc = model.apply({"params": params}, batch["input_ids"], batch["attention_mask"],
-                      batch["global_attention_mask"], method="encode").last_hidden_state
+    enc = jax.jit(lambda p: model.apply({"params": p}, batch["input_ids"], batch["attention_mask"],
+                                        batch["global_attention_mask"], method="encode").last_hidden_state)(params)
     cross_mask = np.ones((2, 21), np.int32)
     cross_mask[1] = 0  # example 1 may attend to no encoder position
     dec_mask = np.ones((2, 6), np.int32)
@@ -107,10 +107,10 @@ def test_masks_replace_scores_so_a_fully_masked_row_attends_uniformly(params):
         return model.apply({"params": params}, batch["input_ids"][:, :6], enc, cross_mask,
                            decoder_attention_mask=dec_mask, output_attentions=True, method="decode")
 
-    out = run(enc)
+    out = jax.jit(run)(enc)
     np.testing.assert_allclose(out.cross_attentions[0][1], 1 / 21, rtol=1e-6)
     assert np.isfinite(out.logits).all()
-    grad = jax.grad(lambda e: run(e).logits.sum())(enc)
+    grad = jax.jit(jax.grad(lambda e: run(e).logits.sum()))(enc)
     assert np.isfinite(np.asarray(grad, np.float32)).all()
 
 
