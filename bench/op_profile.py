@@ -148,7 +148,7 @@ def profile_generate(args):
     kw = dict(num_beams=args.num_beams, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens)
     dump = os.path.join(args.workdir, "hlo")
     generate(model, params, ids, am, glob_, **kw)  # compiles (the HLO is dumped, see main)
-    texts = sorted(glob.glob(os.path.join(dump, "*jit__run*after_optimizations.txt")), key=os.path.getsize)
+    texts = sorted(glob.glob(os.path.join(dump, "*jit__program*after_optimizations.txt")), key=os.path.getsize)
     hlo = open(texts[-1]).read() if texts else ""
     return hlo, lambda: generate(model, params, ids, am, glob_, **kw), args.new_tokens, args.new_tokens - 1
 
@@ -168,7 +168,7 @@ def main():
     args.workdir = args.workdir or tempfile.mkdtemp(prefix="led-flax-profile-")
     if args.program == "generate":  # the decoding program's compiled HLO, to name its ops' kinds
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --xla_dump_to={args.workdir}/hlo "
-                                   "--xla_dump_hlo_as_text --xla_dump_hlo_module_re=.*_run.*").strip()
+                                   "--xla_dump_hlo_as_text --xla_dump_hlo_module_re=.*_program.*").strip()
     import jax
     hlo, call, per, min_count = (profile_train if args.program == "train" else profile_generate)(args)
     trace = os.path.join(args.workdir, "trace")

@@ -38,8 +38,7 @@ class GenerateOutput:
     scores: Any  # [b * num_return_sequences]: beam search's length-penalised score, else the summed log-prob
 
 
-@partial(jax.jit, static_argnames=("model", "cfg", "slots", "mesh"))
-def _run(params, input_ids, attention_mask, global_attention_mask, rng, *, model, cfg: GenerationConfig,
+def _program(params, input_ids, attention_mask, global_attention_mask, rng, *, model, cfg: GenerationConfig,
          slots: int, mesh):
     """Encoder once, cache once, then the decoding loop: one compiled program per (model, settings,
     global slots, input shape, mesh), held by jax's own jit cache. With a mesh whose sequence axis has
@@ -52,6 +51,26 @@ def _run(params, input_ids, attention_mask, global_attention_mask, rng, *, model
     return jax.shard_map(search, mesh=mesh, in_specs=(P(), tokens, tokens, tokens, P()), out_specs=P(),
                          axis_names={sequence.SEQUENCE_AXIS})(params, input_ids, attention_mask,
                                                                global_attention_mask, rng)
+
+
+_STATIC = ("model", "cfg", "slots", "mesh")
+_run = jax.jit(_program, static_argnames=_STATIC)
+
+# XLA:CPU options for a program whose cross-attention cache is int8: YNNPACK then fuses each product
+# with the int8 -> float conversion of its keys or values (by default XLA writes a float32 copy of
+# them first, every step), and keeps the int8 weights' multiply-and-sum products (reductions).
+# A whole int8+kv8 beam-4 generation: 6.29 against 7.02 s; a float cache gains nothing from it
+# (BENCHMARKS.md). Experimental in XLA 0.10; jax is pinned to 0.10.x.
+CPU_INT8_CACHE_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
+_run_int8_cache = jax.jit(_program, static_argnames=_STATIC, compiler_options=CPU_INT8_CACHE_OPTIONS)
+
+
+def _compiled_for(model):
+    """The jitted program for `model`: on a CPU with an int8 cross-attention cache, compiled with
+    `CPU_INT8_CACHE_OPTIONS`."""
+    if getattr(model, "cross_cache", "float") == "int8" and jax.default_backend() == "cpu":
+        return _run_int8_cache
+    return _run
 
 
 def _search(params, input_ids, attention_mask, global_attention_mask, rng, *, model, cfg: GenerationConfig,
@@ -119,6 +138,6 @@ def generate(model, params, input_ids, attention_mask=None, global_attention_mas
     arrays = [jnp.asarray(x, jnp.int32) for x in (input_ids, attention_mask, global_attention_mask)]
     if sharding is not None:
         arrays = [jax.device_put(x, sharding) for x in arrays]
-    result = _run(params, *arrays, rng, model=model, cfg=cfg, slots=slots, mesh=mesh)
+    result = _compiled_for(model)(params, *arrays, rng, model=model, cfg=cfg, slots=slots, mesh=mesh)
     length = int(result.length)
     return GenerateOutput(sequences=np.asarray(result.sequences)[:, :length], scores=np.asarray(result.scores))

@@ -6,7 +6,9 @@ quantization error)."""
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +21,9 @@ from led_flax.trees import flatten
 from led_flax import LEDConfig, checkpoint, init_params, model_for
 from led_flax import quantize as Q
 from led_flax.cache import CrossKeyValue, KeyValue
+from led_flax import generation
 from led_flax.generation import generate
+from led_flax.generation_config import GenerationConfig
 from led_flax.layers import Dense, fused_dense
 from led_flax.sharding import logical_axes, make_mesh, param_shardings
 
@@ -329,3 +333,51 @@ def test_fused_projections_equal_each_layer_and_join_once_outside_the_loop(spec)
     joined = "f32[32,96]" if spec is None else "[96,32]"
     loops = [line for line in hlo.splitlines() if " while(" in line]
     assert loops and all(joined in line for line in loops)
+
+
+def _float_copies_of_int8(hlo: str) -> list[str]:
+    """Fused computations of a compiled program that take one int8 array and return a float32 array of
+    as many elements: a float copy of it, written out."""
+    found = []
+    for name, shape_in, shape_out in re.findall(r"^%(\S+) \(\S+: s8\[([\d,]+)\]\) -> f32\[([\d,]+)\]", hlo, re.M):
+        if math.prod(map(int, shape_in.split(","))) == math.prod(map(int, shape_out.split(","))):
+            found.append(name)
+    return found
+
+
+def test_int8_cross_cache_is_read_as_int8_by_the_cpu_program():
+    """With generation's CPU options (`CPU_INT8_CACHE_OPTIONS`) the products over an int8 cross cache
+    convert its keys and values as they read them; XLA's default writes a float32 copy of the values
+    first, at every step of the loop. Shapes of one led-base head group: 12 heads, 1,024 positions."""
+    rng = np.random.default_rng(0)
+    kv = KeyValue(keys=jnp.asarray(rng.normal(size=(1, 12, 1024, 64)), jnp.float32),
+                  values=jnp.asarray(rng.normal(size=(1, 12, 1024, 64)), jnp.float32))
+    cache = CrossKeyValue.build(kv, "int8")
+    q = jnp.asarray(rng.normal(size=(1, 12, 4, 64)), jnp.float32)
+
+    def loop(c, q):  # three decoding steps' cross-attention over the same cache
+        return jax.lax.fori_loop(0, 3, lambda i, q: c.mix(jax.nn.softmax(c.scores(q), -1)), q)
+
+    default = jax.jit(loop).lower(cache, q).compile()
+    tuned = jax.jit(loop, compiler_options=generation.CPU_INT8_CACHE_OPTIONS).lower(cache, q).compile()
+    assert _float_copies_of_int8(default.as_text()), "the oracle: XLA's default copies the cache to float32"
+    assert not _float_copies_of_int8(tuned.as_text())
+    np.testing.assert_allclose(tuned(cache, q), default(cache, q), rtol=1e-4, atol=1e-5)  # summation order
+
+
+def test_generation_with_an_int8_cross_cache_runs_the_tuned_program_and_equals_the_default_one():
+    model = model_for(CFG.replace(init_std=0.5, encoder_layers=1, decoder_layers=1, attention_window=[4]))
+    m8 = model.clone(cross_cache="int8")
+    assert generation._compiled_for(model) is generation._run
+    assert generation._compiled_for(m8) is (generation._run_int8_cache if jax.default_backend() == "cpu"
+                                            else generation._run)
+    params = init_params(model, jax.random.PRNGKey(1))
+    ids, am, glob, _ = _inputs()
+    cfg = GenerationConfig(num_beams=3, max_length=12).resolved(CFG)
+    args = (params, *(jnp.asarray(x, jnp.int32) for x in (ids, am, glob)), jax.random.PRNGKey(0))
+    kw = dict(model=m8, cfg=cfg, slots=1, mesh=None)
+    tuned, default = generation._run_int8_cache(*args, **kw), generation._run(*args, **kw)
+    np.testing.assert_array_equal(tuned.sequences, default.sequences)
+    np.testing.assert_allclose(tuned.scores, default.scores, rtol=1e-5)
+    np.testing.assert_array_equal(generate(m8, params, ids, am, glob, num_beams=3, max_length=12).sequences,
+                                  np.asarray(tuned.sequences)[:, :int(tuned.length)])
