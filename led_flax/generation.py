@@ -39,7 +39,7 @@ class GenerateOutput:
 
 
 def _program(params, input_ids, attention_mask, global_attention_mask, rng, *, model, cfg: GenerationConfig,
-         slots: int, mesh):
+             slots: int, mesh):
     """Encoder once, cache once, then the decoding loop: one compiled program per (model, settings,
     global slots, input shape, mesh), held by jax's own jit cache. With a mesh whose sequence axis has
     several devices, the whole program runs under `jax.shard_map`, each device on its slice of the
@@ -68,7 +68,7 @@ _run_int8_cache = jax.jit(_program, static_argnames=_STATIC, compiler_options=CP
 def _compiled_for(model):
     """The jitted program for `model`: on a CPU with an int8 cross-attention cache, compiled with
     `CPU_INT8_CACHE_OPTIONS`."""
-    if getattr(model, "cross_cache", "float") == "int8" and jax.default_backend() == "cpu":
+    if model.cross_cache == "int8" and jax.default_backend() == "cpu":
         return _run_int8_cache
     return _run
 
