@@ -18,9 +18,9 @@ import subprocess
 import sys
 import time
 
-BASE = dict(vocab_size=50265, d_model=768, encoder_layers=6, decoder_layers=1, encoder_attention_heads=12,
-            decoder_attention_heads=12, encoder_ffn_dim=3072, decoder_ffn_dim=3072, attention_window=1024,
-            max_encoder_position_embeddings=16384, max_decoder_position_embeddings=1024, dropout=0.0)
+from led_flax.model.config import RELEASED  # noqa: E402
+
+BASE = {**RELEASED["allenai/led-base-16384"], "decoder_layers": 1, "dropout": 0.0}
 
 
 def inputs(n):

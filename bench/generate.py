@@ -12,7 +12,7 @@ reading JAX's persistent compilation cache). Each implementation runs in its own
 
 --variants adds rows for led-flax's inference options on the same weights, each in its own process,
 against the reference's float32 in the same run: compute dtypes (bf16, f16), weight-only quantization
-(int8, int4, nf4; `led_flax.quantize`, its default spec: int8 embedding/LM head, bfloat16 position
+(int8, int4, nf4; `led_flax.model.quantize`, its default spec: int8 embedding/LM head, bfloat16 position
 tables) and the int8 cross-attention cache (+kv8). Per variant: seconds, decode ms/step, encoder
 seconds, resident parameter MB, the process's peak RSS, the speed-up, and the share of the generated
 ids equal to our float32's.
@@ -31,9 +31,9 @@ import sys
 import tempfile
 import time
 
-BASE = dict(vocab_size=50265, d_model=768, encoder_layers=6, decoder_layers=6, encoder_attention_heads=12,
-            decoder_attention_heads=12, encoder_ffn_dim=3072, decoder_ffn_dim=3072, attention_window=1024,
-            max_encoder_position_embeddings=16384, max_decoder_position_embeddings=1024, dropout=0.0)
+from led_flax.model.config import RELEASED  # noqa: E402
+
+BASE = {**RELEASED["allenai/led-base-16384"], "dropout": 0.0}
 CASES = {  # name: (batch, tokens, num_beams, new tokens)
     "a-greedy": (1, 4096, 1, 128),
     "a-beam4": (1, 4096, 4, 128),
@@ -70,9 +70,9 @@ def run_ours(directory, cases, cache_dir, repeats, variant="f32"):
     t_start = time.perf_counter()
     import jax
 
-    import convert
-    from led_flax.generation import generate
-    from led_flax.quantize import QuantizeSpec, param_bytes
+    from led_flax import convert
+    from led_flax.decoding.generation import generate
+    from led_flax.model.quantize import QuantizeSpec, param_bytes
     jax.config.update("jax_compilation_cache_dir", cache_dir)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     dtype, scheme, cross_cache = VARIANTS[variant]

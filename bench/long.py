@@ -40,7 +40,7 @@ def _encode(work, n):
     import jax
     import jax.numpy as jnp
 
-    from led_flax import pretrained
+    from led_flax.io import pretrained
     loaded = pretrained.load(os.path.join(work, "ours-64k"))
     model, params = loaded.module, loaded.params
     encode = jax.jit(lambda p, i, a, g: model.apply({"params": p}, i, a, g, num_global_slots=1,
@@ -53,7 +53,7 @@ def prepare(work):
     import torch
     import transformers
 
-    import convert
+    from led_flax import convert
     transformers.logging.set_verbosity_error()
     torch.manual_seed(0)
     transformers.LEDForConditionalGeneration(transformers.LEDConfig(**BASE)).save_pretrained(os.path.join(work, "hf"))
@@ -91,7 +91,7 @@ def run_sharded(work, n, devices):
     import jax
     from jax.sharding import PartitionSpec as P
 
-    from led_flax import sequence, sharding
+    from led_flax.parallel import sequence, sharding
     model, params, one, (ids, am, glob) = _encode(work, n)
     single = one.lower(params, ids, am, glob).compile().memory_analysis().temp_size_in_bytes
     mesh = sharding.make_mesh(1, 1, 1, sequence=devices)
@@ -140,7 +140,6 @@ def main():
         args.workdir = tempfile.mkdtemp(prefix="led-flax-long-")
     work = args.workdir
     if not os.path.isdir(os.path.join(work, "ours-64k")):
-        sys.path.insert(0, os.path.dirname(HERE))
         prepare(work)
 
     rows = {}

@@ -26,7 +26,6 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))  # the repository first: bench/train.py would shadow `train`
 
 
 def _load(name):
@@ -118,7 +117,7 @@ def profile_train(args):
     import flax.linen as nn
     import jax
 
-    from led_flax import sharding
+    from led_flax.parallel import sharding
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
         compiled = step.jitted.lower(state, batch).compile()  # compiled once: its HLO names the ops
 
@@ -134,12 +133,12 @@ def profile_generate(args):
     bench_generate = _load("generate")
     import jax
 
-    import convert
-    from led_flax.generation import generate
+    from led_flax import convert
+    from led_flax.decoding.generation import generate
     directory = os.path.join(args.workdir, "hf")
     if not os.path.isdir(directory):
         bench_generate.make_checkpoint(directory)
-    from led_flax.quantize import QuantizeSpec
+    from led_flax.model.quantize import QuantizeSpec
     dtype, scheme, cross_cache = bench_generate.VARIANTS[args.variant]
     loaded = convert.load(directory).quantized(QuantizeSpec(scheme) if scheme else None).with_compute(
         dtype, cross_cache)

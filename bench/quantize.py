@@ -24,7 +24,6 @@ import jax.numpy as jnp
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)  # the project's `train` package, not bench/train.py beside this script
 SCHEMES = (None, "int8", "int4", "nf4")
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -35,15 +34,15 @@ def _rel(a, b) -> float:
 
 
 def _spec(scheme):
-    from led_flax.quantize import QuantizeSpec
+    from led_flax.model.quantize import QuantizeSpec
     return None if scheme is None else QuantizeSpec(scheme)
 
 
 def part_a(rows):
     from led_flax import model_for
-    from led_flax.generation import generate
-    from led_flax.inputs import shift_tokens_right
-    from led_flax.quantize import quantize_params
+    from led_flax.decoding.generation import generate
+    from led_flax.model.inputs import shift_tokens_right
+    from led_flax.model.quantize import quantize_params
 
     sys.path.insert(0, os.path.join(ROOT, "tests"))
     flags = os.environ.get("XLA_FLAGS")
@@ -82,7 +81,7 @@ def part_a(rows):
 
 
 def _generate_all(loaded, papers, batch: int, max_length: int):
-    from led_flax.generation import generate
+    from led_flax.decoding.generation import generate
     tok, limit = loaded.tokenizer, loaded.config.max_encoder_position_embeddings
     encoded = tok.encode_batch([e.document for e in papers])
     out = []
@@ -101,13 +100,13 @@ def _strip(seq, pad: int):
 
 
 def part_b(demo: str, documents: int, batch: int):
-    from led_flax import pretrained
-    from train import cli as train_cli
-    from train import config as config_lib
-    from train import data as data_lib
-    from train.evaluate import rouge
+    from led_flax.io import pretrained
+    from led_flax.train import cli as train_cli
+    from led_flax.train import config as config_lib
+    from led_flax.train import data as data_lib
+    from led_flax.train.evaluate import rouge
 
-    cfg = config_lib.load(train_cli.DEFAULT_CONFIG, [])
+    cfg = config_lib.load("tiny-aclsum", [])
     papers = data_lib.load_examples(cfg.data, "test", limit=documents)
     abstracts = [e.summary for e in papers]
     base = pretrained.load(demo)

@@ -25,12 +25,10 @@ import sys
 import threading
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from led_flax.model.config import RELEASED  # noqa: E402
 
-BASE = dict(vocab_size=50265, d_model=768, encoder_layers=6, decoder_layers=6, encoder_attention_heads=12,
-            decoder_attention_heads=12, encoder_ffn_dim=3072, decoder_ffn_dim=3072, attention_window=1024,
-            max_encoder_position_embeddings=16384, max_decoder_position_embeddings=1024, dropout=0.1,
-            pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=2)
+BASE = {**RELEASED["allenai/led-base-16384"], "dropout": 0.1, "pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2,
+        "decoder_start_token_id": 2}
 LABELS = 256
 
 
@@ -48,14 +46,15 @@ def _batch(n):
 
 def setup_ours(n, remat, dtype, scan=True):
     """Our jitted step at n tokens, with its fresh state, the batch and the one-device mesh."""
-    from train.cli import configure_xla
+    from led_flax.train.cli import configure_xla
     configure_xla()  # as `led-flax train` does
     import jax
 
-    from led_flax import LEDConfig, sharding
-    from led_flax.modeling import model_for
-    from train import step as step_lib
-    from train.config import OptimizerConfig
+    from led_flax import LEDConfig
+    from led_flax.parallel import sharding
+    from led_flax.model.heads import model_for
+    from led_flax.train import step as step_lib
+    from led_flax.train.config import OptimizerConfig
 
     import jax.numpy as jnp
     model = model_for(LEDConfig(**BASE), "conditional_generation", remat=remat, dtype=jnp.dtype(dtype),

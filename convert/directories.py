@@ -15,12 +15,13 @@ import jax
 import ml_dtypes  # noqa: F401 - registers numpy's "bfloat16" dtype name
 import numpy as np
 
-from led_flax import checkpoint
-from led_flax.checkpoint import CheckpointError
-from led_flax.config import LEDConfig
-from led_flax.files import atomic_directory, writing
-from led_flax.positions import check_extension, extend_encoder_positions
-from led_flax.quantize import QuantizationError, QuantizeSpec, dequantize_params, param_bytes, quantize_params
+from led_flax.io import checkpoint
+from led_flax.io.checkpoint import CheckpointError
+from led_flax.model.config import LEDConfig
+from led_flax.model.heads import head_of
+from led_flax.utils.files import atomic_directory, writing
+from led_flax.model.positions import check_extension, extend_encoder_positions
+from led_flax.model.quantize import QuantizationError, QuantizeSpec, dequantize_params, param_bytes, quantize_params
 
 from .hf import from_hf, to_hf
 from .loader import resolve_source
@@ -71,9 +72,9 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, head: 
     floating params ("float32", "bfloat16" or a numpy dtype; default keep). overwrite: replace an
     existing `dst`, only once the new checkpoint is complete. progress: an object with `update(n)`
     (a tqdm bar), advanced once per tensor. max_encoder_positions: extend the encoder's position table
-    to this many rows by tiling it (`led_flax.positions`); config.json and the tokenizer's
+    to this many rows by tiling it (`led_flax.model.positions`); config.json and the tokenizer's
     model_max_length say the new length, so transformers reads the result too. quantize: store the
-    params quantized (`led_flax.quantize`; led_flax.json records the spec).
+    params quantized (`led_flax.model.quantize`; led_flax.json records the spec).
     Raises, before any work, what `check_destination` raises (FileExistsError when `dst` exists
     without overwrite, ...) and ConfigError for an extension that cannot work (not longer, not a
     multiple of the window); CheckpointError when `src` is not an HF LED checkpoint, HubError when a
@@ -96,7 +97,7 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, head: 
         if quantize is not None:
             params = jax.device_get(quantize_params(params, quantize))
         path = checkpoint.save(dst, config, params, extra_files=extra, overwrite=overwrite, quantization=quantize)
-    return Conversion(path=path, head=checkpoint.head_of(params),
+    return Conversion(path=path, head=head_of(params),
                       extra_files=tuple(os.path.basename(f) for f in extra), param_bytes=param_bytes(params))
 
 

@@ -12,18 +12,18 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from typing import NamedTuple
 
 import jax
 import numpy as np
 import safetensors.numpy
 
-from led_flax.checkpoint import head_of
-from led_flax.config import HEAD_TO_ARCHITECTURE, LEDConfig
-from led_flax.files import write_atomic
-from led_flax.modeling import init_params, model_for
-from led_flax.quantize import check_not_bitsandbytes
-from led_flax.stacking import to_layout, unstack_layers
-from led_flax.trees import flatten, unflatten
+from led_flax.model.config import HEAD_TO_ARCHITECTURE, LEDConfig
+from led_flax.model.heads import expected_shapes, head_of, init_params, model_for
+from led_flax.model.quantize import check_not_bitsandbytes
+from led_flax.model.stacking import to_layout, unstack_layers
+from led_flax.utils.files import write_atomic
+from led_flax.utils.trees import flatten, unflatten
 
 from .table import MappingError, _transpose, dotted, rule_for
 
@@ -185,11 +185,19 @@ def _check(missing, wrong, unused):
         raise MappingError("the checkpoint does not fit its LED config:\n  " + "\n  ".join(problems))
 
 
-def from_hf(src: str | os.PathLike, head: str | None = None, *, rng=None, dtype=None, progress=None,
-            scan_layers: bool = True):
-    """An HF LED directory -> (LEDConfig, params).
+class HFModel(NamedTuple):
+    """What `from_hf` reads: the config and the parameter tree (nested dicts of numpy arrays). It
+    unpacks as `config, params = from_hf(...)`."""
 
-    scan_layers: the parameters in the scanned layout (layers stacked per run, `led_flax.stacking`),
+    config: LEDConfig
+    params: dict
+
+
+def from_hf(src: str | os.PathLike, head: str | None = None, *, rng=None, dtype=None, progress=None,
+            scan_layers: bool = True) -> HFModel:
+    """An HF LED directory -> `HFModel(config, params)`.
+
+    scan_layers: the parameters in the scanned layout (layers stacked per run, `led_flax.model.stacking`),
     for a model built with `scan_layers=True` (the default); False gives the per-layer layout.
     head: load into this head ('base', 'conditional_generation', 'sequence_classification',
     'question_answering'); default the checkpoint's own. Loading into another head keeps the shared
@@ -214,8 +222,7 @@ def from_hf(src: str | os.PathLike, head: str | None = None, *, rng=None, dtype=
         config = config.replace(architectures=(HEAD_TO_ARCHITECTURE[target],),
                                 num_labels=2 if target == "question_answering" else config.num_labels)
     module = model_for(config, target, scan_layers=False)  # the table maps the per-layer layout
-    shapes = jax.eval_shape(lambda: init_params(module))
-    expected = {p: s.shape for p, s in flatten(shapes).items()}
+    expected = expected_shapes(config, target)
     if progress is not None and getattr(progress, "total", 0) is None:  # a tqdm bar: its total, the tensors mapped
         progress.total = sum(p.startswith("" if source == target or target == "base" else "led/") for p in expected)
 
@@ -238,7 +245,7 @@ def from_hf(src: str | os.PathLike, head: str | None = None, *, rng=None, dtype=
     if dtype is not None:
         flat = {p: v.astype(dtype) if np.issubdtype(v.dtype, np.floating) or v.dtype.name == "bfloat16" else v
                 for p, v in flat.items()}
-    return config, to_layout(unflatten(flat), config, scan_layers)
+    return HFModel(config, to_layout(unflatten(flat), config, scan_layers))
 
 
 # ---------------------------------------------------------------------------------------------- writing

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import os
 
-from led_flax import pretrained
-from led_flax.checkpoint import CheckpointError, is_hf_checkpoint, is_led_flax_checkpoint
-from led_flax.pretrained import LoadedModel
+from led_flax.io import pretrained
+from led_flax.io.checkpoint import CheckpointError, is_hf_checkpoint, is_led_flax_checkpoint
+from led_flax.io.pretrained import LoadedModel
 
 from .hf import HubError, fetch_from_hub, from_hf
 
@@ -56,7 +56,7 @@ def load(source: str | os.PathLike, *, dtype=None, head: str | None = None, scan
 
     dtype: the compute dtype (default float32). head: for an HF checkpoint, load its body into this
     head (see `from_hf`); a led-flax checkpoint keeps its own (check it with `require_head`).
-    scan_layers: the module's layer layout (`led_flax.stacking`); the params follow it.
+    scan_layers: the module's layer layout (`led_flax.model.stacking`); the params follow it.
     Raises CheckpointError naming the directory when it is neither kind of checkpoint."""
     directory = resolve_source(source)
     if is_led_flax_checkpoint(directory):

@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import NEUTRAL_CWD
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,7 +22,7 @@ def tiny_summarizer(directory, seed: int = 0) -> Tiny:
     import torch
     import transformers
 
-    import convert
+    from led_flax import convert
     from conftest import hf_config, make_tokenizer, randomize
 
     hf = os.path.join(str(directory), "hf")
@@ -45,7 +45,7 @@ class Result:
 
 
 def run_main(capsys, *argv) -> Result:
-    """`led_flax.cli.main(argv)` in this process."""
+    """`led_flax.cli(argv)` in this process."""
     from led_flax.cli import main
     capsys.readouterr()
     code = main([str(a) for a in argv])
@@ -57,7 +57,7 @@ def run_command(*argv, stdin: str | bytes | None = None, env=None, timeout: int 
     """The real `led-flax` command (`python -m led_flax.cli`) in a subprocess."""
     data = stdin.encode("utf-8") if isinstance(stdin, str) else stdin
     r = subprocess.run([sys.executable, "-m", "led_flax.cli", *map(str, argv)], capture_output=True, input=data,
-                       cwd=ROOT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}, timeout=timeout)
+                       cwd=NEUTRAL_CWD, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}, timeout=timeout)
     return Result(r.returncode, r.stdout.decode("utf-8", "replace"), r.stderr.decode("utf-8", "replace"))
 
 

@@ -6,9 +6,26 @@ import fcntl
 import json
 import os
 import shutil
+import sys
+import tempfile
 
-import numpy as np
-import pytest
+# The suite tests what users install: `led_flax` from site-packages (a wheel in CI, or an editable
+# install while developing), never the checkout's folders put first on the path (by `python -m
+# pytest` from the root, say): installed, `led_flax.train` and `led_flax.convert` exist; in the
+# checkout's `led_flax/` folder they do not. Subprocesses start in NEUTRAL_CWD, so that `python -m`
+# and `python -c` do not put the checkout first either.
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != ROOT]
+_kept = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and os.path.abspath(p) != ROOT]
+if _kept:
+    os.environ["PYTHONPATH"] = os.pathsep.join(_kept)
+else:
+    os.environ.pop("PYTHONPATH", None)
+NEUTRAL_CWD = os.path.join(tempfile.gettempdir(), "led-flax-tests-cwd")  # empty: nothing to import there
+os.makedirs(NEUTRAL_CWD, exist_ok=True)
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -28,7 +45,7 @@ def xla_flags(*flags: str) -> str:
 # The XLA:CPU flags `led-flax train` sets (train/cli.py) change how some sums are fused, so a float
 # can differ in its last bit: tests that run training in this process and through the command line
 # (a killed run resumed bit for bit against an uninterrupted one) need the same flags in both.
-from train.cli import configure_xla  # noqa: E402
+from led_flax.train.cli import configure_xla  # noqa: E402
 
 configure_xla()
 os.environ["XLA_FLAGS"] = xla_flags(os.environ.get("XLA_FLAGS", ""))  # read when JAX starts its backend
@@ -170,11 +187,9 @@ def make_tokenizer(directory, vocab_size: int = 600, texts=None):
 def run_on_eight_devices(script: str, timeout: int = 900) -> dict:
     """Runs tests/SCRIPT in a subprocess with 8 fake CPU devices; returns the JSON it prints after RESULT."""
     import subprocess
-    import sys
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {**os.environ, "XLA_FLAGS": xla_flags("--xla_force_host_platform_device_count=8"), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    out = subprocess.run([sys.executable, os.path.join(root, "tests", script)], env=env, capture_output=True,
-                         text=True, timeout=timeout, cwd=root)
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "tests", script)], env=env, capture_output=True,
+                         text=True, timeout=timeout, cwd=NEUTRAL_CWD)
     assert out.returncode == 0, out.stderr[-3000:]
     line = next(x for x in out.stdout.splitlines() if x.startswith("RESULT "))
     return json.loads(line[len("RESULT "):])

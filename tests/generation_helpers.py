@@ -22,9 +22,9 @@ import numpy as np
 import torch
 import transformers
 
-import convert
+from led_flax import convert
 from led_flax import model_for
-from led_flax.generation import generate
+from led_flax.decoding.generation import generate
 
 from conftest import built_once, hf_config
 

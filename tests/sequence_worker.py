@@ -3,19 +3,16 @@ generation and train-step gradients against the unsharded model, on a sequence-o
 sequence x data mesh (4 x 2). Prints one JSON line of relative errors and ids."""
 
 import json
-import os
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from led_flax.trees import flatten  # noqa: E402
-from led_flax import LEDConfig, init_params, model_for, sequence, sharding as shd  # noqa: E402
-from led_flax.generation import GenerationConfig, generate  # noqa: E402
-from train import step as step_lib  # noqa: E402
+from led_flax import LEDConfig, init_params, model_for
+from led_flax.decoding.generation import GenerationConfig, generate
+from led_flax.parallel import sequence, sharding as shd
+from led_flax.train import step as step_lib
+from led_flax.utils.trees import flatten
 
 MESHES = {"sequence8": dict(sequence=8), "sequence4xdata2": dict(data=2, sequence=4)}
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from dense_oracle import dense_reference_attention
-from led_flax.attention import count_global_slots, global_token_indices, longformer_self_attention
+from led_flax.model.attention import EncoderMasks, count_global_slots, global_token_indices, longformer_self_attention
 
 TOL = 1e-5  # norm-relative, float32
 
@@ -34,8 +34,8 @@ def run_banded(q, k, v, qg_all, kg, vg, one_sided, attention_mask, is_global, sl
 def _banded(q, k, v, qg_all, kg, vg, real, is_global, *, one_sided, slots):
     idx, valid = global_token_indices(is_global, slots)
     q_global = jnp.take_along_axis(qg_all, jnp.minimum(idx, q.shape[1] - 1)[:, :, None, None], axis=1)
-    out, _, _ = longformer_self_attention(q, k, v, q_global, kg, vg, one_sided=one_sided, real=real,
-                                          is_global=is_global, global_idx=idx, global_valid=valid)
+    masks = EncoderMasks(real=real, is_global=is_global, global_idx=idx, global_valid=valid)
+    out, _, _ = longformer_self_attention(q, k, v, q_global, kg, vg, masks, one_sided=one_sided)
     return out
 
 
@@ -129,7 +129,7 @@ def test_memory_grows_linearly_with_length(monkeypatch):
     """No n×n array: the compiled program's temporary memory at 16k tokens is about twice that at 8k
     (a dense score matrix would make it four times). The scores of one step are a fixed cost, kept
     small here (2 blocks a step) so that what grows with the length shows."""
-    import led_flax.attention as attention
+    from led_flax.model import attention
     h, d, w = 2, 16, 128
     monkeypatch.setattr(attention, "SCORE_BYTES_PER_STEP", 2 * h * w * 3 * w * 4)
 
@@ -140,8 +140,8 @@ def test_memory_grows_linearly_with_length(monkeypatch):
 
         def f(q, k, v, qg, kg, vg, real, glob):
             idx, valid = global_token_indices(glob, 1)
-            return longformer_self_attention(q, k, v, qg, kg, vg, one_sided=w, real=real, is_global=glob,
-                                             global_idx=idx, global_valid=valid)[0]
+            masks = EncoderMasks(real=real, is_global=glob, global_idx=idx, global_valid=valid)
+            return longformer_self_attention(q, k, v, qg, kg, vg, masks, one_sided=w)[0]
 
         compiled = jax.jit(f).lower(spec, spec, spec, gq, spec, spec, mask, mask).compile()
         return compiled.memory_analysis().temp_size_in_bytes
@@ -178,7 +178,7 @@ def test_global_token_indices_in_order_with_empty_slots():
 
 def test_factored_global_projection_equals_projecting_every_token():
     """With few global slots the key/value_global projection is folded into the global queries."""
-    from led_flax.attention import FactoredProjection, global_rows_attention
+    from led_flax.model.attention import FactoredProjection, global_rows_attention
     rng = np.random.default_rng(0)
     b, n, D, h, g = 2, 9, 12, 3, 2
     hidden = jnp.asarray(rng.normal(size=(b, n, D)), jnp.float32)
@@ -200,7 +200,7 @@ def test_long_inputs_loop_over_block_groups_with_the_same_result(monkeypatch):
     """Past SCORE_BYTES_PER_STEP the blocks are processed a group at a time (lax.map), and a group of
     heads at a time when one block of every head passes it; the result is unchanged, also when the
     block count is not a multiple of the group."""
-    import led_flax.attention as attention
+    from led_flax.model import attention
     b, n, w = 2, 23, 2
     q, k, v, qg, kg, vg = _inputs(5, b, n)
     real, glob = _masks("many", b, n, np.random.default_rng(1))
@@ -235,7 +235,7 @@ def test_grouped_attention_memory_does_not_grow_with_the_scores():
     mask = jax.ShapeDtypeStruct((1, n), jnp.bool_)
 
     def f(q, k, v, real):
-        from led_flax.attention import sliding_window_attention
+        from led_flax.model.attention import sliding_window_attention
         return sliding_window_attention(q, k, v, one_sided=w, key_mask=real, query_mask=real)[0]
 
     temp = lambda fn: fn.lower(spec, spec, spec, mask).compile().memory_analysis().temp_size_in_bytes

@@ -19,13 +19,15 @@ import numpy as np
 import pytest
 from tqdm import tqdm
 
-import convert
-from led_flax import checkpoint, trees
-from led_flax.checkpoint import CheckpointError
-from led_flax.files import (HOST, StaleTemporaryWarning, WriteError, atomic_directory, stale_temporaries,
-                            write_atomic)
+from led_flax import convert
+from led_flax.io import checkpoint
+from led_flax.utils import trees
+from led_flax.io.checkpoint import CheckpointError
+from led_flax.utils.files import (HOST, StaleTemporaryWarning, WriteError, atomic_directory, stale_temporaries,
+                                  write_atomic)
 
-from cli_helpers import ROOT, assert_one_line_error, run_command, run_main, tiny_summarizer
+from conftest import NEUTRAL_CWD
+from cli_helpers import assert_one_line_error, run_command, run_main, tiny_summarizer
 
 
 @pytest.fixture(scope="module")
@@ -172,7 +174,7 @@ def test_export_overwrite_swaps_only_a_complete_directory(tiny, tmp_path, monkey
 
     def broken(*a, **k):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    from convert import directories
+    from led_flax.convert import directories
     monkeypatch.setattr(directories, "to_hf", broken)
     with pytest.raises(WriteError, match=f"cannot write {out}: No space left on device; free some space"):
         convert.export_checkpoint(tiny.ours, out, overwrite=True)
@@ -225,10 +227,10 @@ def test_stale_temporaries_are_removed_and_the_others_named(tiny, tmp_path):
 
 def test_a_killed_writer_leaves_a_temporary_the_next_writer_removes(tmp_path):
     target = tmp_path / "ckpt"
-    code = ("import os, signal, sys; from led_flax.files import atomic_directory\n"
+    code = ("import os, signal, sys; from led_flax.utils.files import atomic_directory\n"
             "with atomic_directory(sys.argv[1]) as tmp:\n"
             "    open(os.path.join(tmp, 'half'), 'w').close(); os.kill(os.getpid(), signal.SIGKILL)\n")
-    r = subprocess.run([sys.executable, "-c", code, str(target)], cwd=ROOT, capture_output=True)
+    r = subprocess.run([sys.executable, "-c", code, str(target)], cwd=NEUTRAL_CWD, capture_output=True)
     assert r.returncode == -9
     left = stale_temporaries(target)
     assert len(left) == 1 and left[0].stale and left[0].host == HOST and os.path.basename(left[0].path).startswith(

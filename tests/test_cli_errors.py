@@ -14,9 +14,9 @@ import warnings
 
 import pytest
 
-import convert
+from led_flax import convert
 from led_flax import cli
-from led_flax.checkpoint import MARKER
+from led_flax.io.checkpoint import MARKER
 
 from cli_helpers import assert_one_line_error, run_command, run_main
 
@@ -92,7 +92,8 @@ def test_numeric_summarize_options_are_checked_before_any_work(capsys, fake_mode
     (["train", "--set", "steps=[1"], "--set 'steps=[1': the value is not valid YAML"),
 ])
 def test_demo_and_train_options_are_checked_before_any_work(capsys, monkeypatch, argv, fragment):
-    import train.loop
+    import led_flax.train.loop
+    from led_flax import train
     monkeypatch.setattr(train.loop, "run", lambda *a, **k: pytest.fail("the job started"))
     r = run_main(capsys, *argv)
     assert_one_line_error(r, 2, argv[0], fragment)
@@ -245,14 +246,16 @@ def test_an_interrupt_exits_130_and_says_what_to_do(capsys, monkeypatch, argv, t
         raise KeyboardInterrupt
     for name in ("cmd_summarize", "cmd_convert", "cmd_export"):
         monkeypatch.setattr(cli, name, interrupted)
-    import train.cli
+    import led_flax.train.cli
+    from led_flax import train
     monkeypatch.setattr(train.cli, "main", interrupted)
     r = run_main(capsys, *argv)
     assert r.code == 130 and r.err == f"led-flax {argv[0]}: {then}\n"
 
 
 def test_a_nan_stop_exits_3_in_one_line(capsys, monkeypatch):
-    import train.loop
+    import led_flax.train.loop
+    from led_flax import train
 
     def nan(*a, **k):
         raise train.loop.TrainingError("loss nan at step 2: training stopped without saving")

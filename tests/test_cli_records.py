@@ -17,10 +17,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import convert
-import led_flax.generation as generation
-from led_flax.progress import ResumeError, RunRecord
-from led_flax.summarization import SummarizeOptions, SummaryReport, summarize
+from led_flax import convert
+from led_flax.decoding import generation
+from led_flax.summarization.progress import ResumeError, RunRecord
+from led_flax.summarization.batch import SummarizeOptions, SummaryReport, summarize
 
 from cli_helpers import assert_one_line_error, run_main, tiny_summarizer
 
@@ -219,7 +219,7 @@ def test_verbose_tells_compiled_programs_from_cache_reads(tiny, monkeypatch, cap
         return original(*args, **kwargs)
     monkeypatch.setattr(generation, "generate", generate)
     report = SummaryReport()
-    with caplog.at_level(logging.INFO, logger="led_flax.summarization"):
+    with caplog.at_level(logging.INFO, logger="led_flax.summarization.batch"):
         summarize(DOCS[:2], tiny.ours, SummarizeOptions(batch_size=1, progress_bar=False, compilation_cache=None,
                                                         generation={"max_length": 7}), report=report)
     messages = [r.getMessage() for r in caplog.records]

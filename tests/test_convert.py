@@ -13,9 +13,11 @@ import torch
 import transformers
 from safetensors.numpy import load_file, save_file
 
-import convert
-from convert import HeadInitialisedWarning, MappingError
-from led_flax import checkpoint, model_for, trees
+from led_flax import convert
+from led_flax.convert import HeadInitialisedWarning, MappingError
+from led_flax.io import checkpoint
+from led_flax import model_for
+from led_flax.utils import trees
 from led_flax.cli import main as cli_main
 
 from conftest import make_reference
@@ -260,7 +262,7 @@ def test_cli_convert_and_export(checkpoints, tmp_path, capsys):
 
 def test_cli_head_choices_are_the_configs_heads():
     from led_flax.cli import build_parser
-    from led_flax.config import HEAD_TO_ARCHITECTURE
+    from led_flax.model.config import HEAD_TO_ARCHITECTURE
     convert_parser = build_parser()._subparsers._group_actions[0].choices["convert"]
     head = next(a for a in convert_parser._actions if a.dest == "head")
     assert list(head.choices) == list(HEAD_TO_ARCHITECTURE)

@@ -13,7 +13,7 @@ import torch
 
 from generation_helpers import EOS, assert_same, both, ends, inputs, trained_checkpoint
 from led_flax import model_for
-from led_flax.generation import GenerationConfig, generate
+from led_flax.decoding.generation import GenerationConfig, generate
 
 
 @pytest.fixture(scope="module")

@@ -11,11 +11,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import convert
+from led_flax import convert
 from conftest import hf_config, make_reference
 from led_flax import LEDConfig, model_for
-from led_flax.config import ConfigError
-from led_flax.generation import GenerationConfig, GenerationSettingWarning, generate
+from led_flax.model.config import ConfigError
+from led_flax.decoding.generation import GenerationConfig, GenerationSettingWarning, generate
 
 NEW_SETTINGS = {"encoder_no_repeat_ngram_size": 3, "encoder_repetition_penalty": 1.2, "bad_words_ids": [[5], [6, 7]],
                 "suppress_tokens": [8, 9], "begin_suppress_tokens": [10],

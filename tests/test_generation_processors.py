@@ -18,9 +18,9 @@ from transformers.generation.logits_process import (EpsilonLogitsWarper, EtaLogi
                                                     TopPLogitsWarper, TypicalLogitsWarper)
 
 from conftest import hf_config
-from led_flax.generation import GenerationConfig
-from led_flax.processors import process
-from led_flax.warpers import epsilon_filter, eta_filter, top_k_filter, top_p_filter, typical_filter
+from led_flax.decoding.generation import GenerationConfig
+from led_flax.decoding.processors import process
+from led_flax.decoding.warpers import epsilon_filter, eta_filter, top_k_filter, top_p_filter, typical_filter
 
 V, EOS, L = 40, 2, 12
 

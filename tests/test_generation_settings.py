@@ -17,10 +17,10 @@ import transformers
 from transformers.generation.logits_process import (LogitsProcessorList, TemperatureLogitsWarper,
                                                     TopKLogitsWarper, TypicalLogitsWarper)
 
-import convert
+from led_flax import convert
 from generation_helpers import EOS, assert_same, both_with_scores, differs, inputs, trained_checkpoint
 from led_flax import model_for
-from led_flax.generation import generate
+from led_flax.decoding.generation import generate
 
 
 @pytest.fixture(scope="module")

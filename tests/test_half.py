@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from led_flax import LEDConfig, init_params, model_for
-from led_flax.generation import generate
-from led_flax.layers import layer_norm
-from led_flax.summarization import SummarizeOptions
+from led_flax.decoding.generation import generate
+from led_flax.model.layers import layer_norm
+from led_flax.summarization.batch import SummarizeOptions
 
 CFG = LEDConfig(vocab_size=97, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
                 decoder_attention_heads=4, encoder_ffn_dim=48, decoder_ffn_dim=40, attention_window=[4, 8],
@@ -126,7 +126,7 @@ def test_generate_in_half_precision_follows_float32(params):
 
 def test_summarize_options_name_the_compute_dtype_apart_from_the_storage_dtype():
     from led_flax.cli import build_parser
-    from led_flax.quantize import QuantizeSpec
+    from led_flax.model.quantize import QuantizeSpec
     args = build_parser().parse_args(["summarize", "--model", "m", "--compute-dtype", "float16", "--quantize", "nf4",
                                       "--group-size", "32", "--cross-cache", "int8"])
     assert (args.compute_dtype, args.quantize, args.group_size, args.cross_cache) == ("float16", "nf4", 32, "int8")

@@ -10,9 +10,9 @@ import pytest
 import torch
 import transformers
 
-import convert
+from led_flax import convert
 from led_flax import ConfigError, LEDConfig, model_for
-from led_flax.attention import count_global_slots
+from led_flax.model.attention import count_global_slots
 
 from conftest import VOCAB, make_reference, rel_err
 
@@ -201,9 +201,10 @@ def test_untied_embeddings_match_the_reference_and_round_trip_bit_for_bit(tmp_pa
 
 
 def test_untied_embeddings_shard_and_decay_like_the_shared_table():
-    from led_flax import init_params, sharding
-    from train import step as step_lib
-    from train.config import OptimizerConfig
+    from led_flax import init_params
+    from led_flax.parallel import sharding
+    from led_flax.train import step as step_lib
+    from led_flax.train.config import OptimizerConfig
     config = LEDConfig(vocab_size=96, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
                        decoder_attention_heads=2, encoder_ffn_dim=8, decoder_ffn_dim=8, attention_window=4,
                        max_encoder_position_embeddings=16, max_decoder_position_embeddings=8,

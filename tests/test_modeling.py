@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import convert
-from led_flax.trees import flatten
+from led_flax import convert
+from led_flax.utils.trees import flatten
 from led_flax import LEDConfig, LEDForConditionalGeneration, init_params
 
 CFG = LEDConfig(vocab_size=120, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
@@ -81,7 +81,7 @@ def test_long_inputs_run_the_feed_forward_in_chunks_with_the_same_result(monkeyp
     """Past FFN_BYTES_PER_STEP the feed-forward runs a slice of the sequence at a time (lax.map); the
     loss and every gradient are those of the whole-sequence products, also when the chunks do not
     divide the length (24 encoder tokens in chunks of 5, 7 decoder tokens in chunks of 4)."""
-    from led_flax import layers
+    from led_flax.model import layers
     model = LEDForConditionalGeneration(CFG)
     params = init_params(model, jax.random.PRNGKey(0))
     loss = lambda p: model.apply({"params": p}, **_inputs()).loss

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-import convert
+from led_flax import convert
 from led_flax import model_for
-from led_flax.attention import count_global_slots
+from led_flax.model.attention import count_global_slots
 
 from conftest import VOCAB, rel_err
 

@@ -12,10 +12,11 @@ import pytest
 import torch
 import transformers
 
-import convert
-from led_flax import ConfigError, checkpoint, model_for
+from led_flax import convert
+from led_flax import ConfigError, model_for
+from led_flax.io import checkpoint
 from led_flax.cli import main as cli_main
-from led_flax.positions import extend_encoder_positions
+from led_flax.model.positions import extend_encoder_positions
 
 from conftest import VOCAB, make_reference, rel_err
 
@@ -96,9 +97,9 @@ def test_extensions_that_cannot_work_are_refused_before_any_work(source, tmp_pat
 
 
 def test_training_configs_extend_the_model_they_fine_tune(source):
-    from train import config as config_lib
-    from train.config import TrainConfigError
-    from train.model import architecture, load_pretrained
+    from led_flax.train import config as config_lib
+    from led_flax.train.config import TrainConfigError
+    from led_flax.train.model import architecture, load_pretrained
     cfg = config_lib.from_dict({"model": {"init": str(source), "max_encoder_positions": 128}})
     assert architecture(cfg).max_encoder_position_embeddings == 128
     loaded = load_pretrained(cfg)

@@ -16,16 +16,17 @@ import numpy as np
 import flax.linen as nn
 import pytest
 
-import convert
-from led_flax.trees import flatten
-from led_flax import LEDConfig, checkpoint, init_params, model_for
-from led_flax import quantize as Q
-from led_flax.cache import CrossKeyValue, KeyValue
-from led_flax import generation
-from led_flax.generation import generate
-from led_flax.generation_config import GenerationConfig
-from led_flax.layers import Dense, fused_dense
-from led_flax.sharding import logical_axes, make_mesh, param_shardings
+from led_flax import convert
+from led_flax.utils.trees import flatten
+from led_flax import LEDConfig, init_params, model_for
+from led_flax.io import checkpoint
+from led_flax.model import quantize as Q
+from led_flax.model.cache import CrossKeyValue, KeyValue
+from led_flax.decoding import generation
+from led_flax.decoding.generation import generate
+from led_flax.decoding.generation_config import GenerationConfig
+from led_flax.model.layers import Dense, fused_dense
+from led_flax.parallel.sharding import logical_axes, make_mesh, param_shardings
 
 CFG = LEDConfig(vocab_size=97, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
                 decoder_attention_heads=4, encoder_ffn_dim=48, decoder_ffn_dim=40, attention_window=[4, 8],
@@ -272,9 +273,9 @@ def test_refusals(checkpoints, tmp_path):
     loaded = convert.load(done.path)
     with pytest.raises(Q.QuantizationError, match="fine-tuning needs float weights"):
         loaded.require_float("fine-tuning")
-    from train import config as config_lib
-    from train.config import TrainConfigError
-    from train.model import load_pretrained
+    from led_flax.train import config as config_lib
+    from led_flax.train.config import TrainConfigError
+    from led_flax.train.model import load_pretrained
     with pytest.raises(TrainConfigError, match="is quantized"):
         load_pretrained(config_lib.from_dict({"model": {"init": done.path}}))
     assert loaded.quantized(Q.QuantizeSpec("int8")) is loaded

@@ -50,7 +50,7 @@ def test_the_readme_says_which_snippets_this_test_runs():
 def test_every_python_block_runs_as_written(tiny_hf, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     # JAX's compilation cache in the scratch folder, not the user's ~/.cache
-    from led_flax import summarization
+    from led_flax.summarization import batch as summarization
     enable = summarization.enable_compilation_cache
     monkeypatch.setattr(summarization, "enable_compilation_cache",
                         lambda path=None: enable(str(tmp_path / "jax-cache") if path else None))

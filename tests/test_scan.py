@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from led_flax.trees import flatten
+from led_flax.utils.trees import flatten
 from led_flax import LEDConfig, init_params, model_for
-from led_flax.stacking import is_stacked, layer_runs, stack_layers, unstack_layers
+from led_flax.model.stacking import is_stacked, layer_runs, stack_layers, unstack_layers
 
 # windows 4, 4, 8: two scanned runs in the encoder (layers 0-1 and 2), one in the decoder
 CFG = LEDConfig(vocab_size=120, d_model=32, encoder_layers=3, decoder_layers=2, encoder_attention_heads=4,

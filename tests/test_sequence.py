@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from conftest import run_on_eight_devices
-from led_flax import LEDConfig, sequence
+from led_flax import LEDConfig
+from led_flax.parallel import sequence
 
 
 @pytest.fixture(scope="module")

@@ -11,14 +11,14 @@ import pytest
 import torch
 import transformers
 
-import convert
+from led_flax import convert
 
-from led_flax.checkpoint import CheckpointError
-from led_flax.summarization import InputWarning, SummarizeOptions, SummaryReport, format_summaries, summarize
+from led_flax.io.checkpoint import CheckpointError
+from led_flax.summarization.batch import InputWarning, SummarizeOptions, SummaryReport, format_summaries, summarize
 
 from conftest import aclsum_texts, hf_config, make_tokenizer, randomize, xla_flags
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import NEUTRAL_CWD
 GEN = dict(max_length=10, num_beams=1)
 
 
@@ -117,7 +117,7 @@ def test_an_hf_directory_is_refused_with_the_line_that_loads_it(model_dir):
 def test_an_interrupted_run_resumes_where_it_stopped(model_dir, tmp_path, monkeypatch):
     directory, _, _ = model_dir
     texts = _docs()
-    import led_flax.generation as generation
+    from led_flax.decoding import generation
     original = generation.generate
     calls = []
 
@@ -164,7 +164,7 @@ def test_an_interrupted_run_resumes_where_it_stopped(model_dir, tmp_path, monkey
 
 _COUNT = """
 import json, sys
-from led_flax.summarization import SummarizeOptions, SummaryReport, summarize
+from led_flax.summarization.batch import SummarizeOptions, SummaryReport, summarize
 model, cache, docs = sys.argv[1:]
 report = SummaryReport()
 options = SummarizeOptions(batch_size=2, buckets=(64, 256), progress_bar=False, compilation_cache=cache,
@@ -185,7 +185,7 @@ def test_report_tells_compiled_programs_from_cache_reads(model_dir, tmp_path):
     runs = []
     for _ in range(2):
         r = subprocess.run([sys.executable, "-c", _COUNT, done.path, str(tmp_path / "cache"), str(docs)],
-                           capture_output=True, text=True, cwd=ROOT, timeout=600)
+                           capture_output=True, text=True, cwd=NEUTRAL_CWD, timeout=600)
         assert r.returncode == 0, r.stderr
         runs.append(json.loads(r.stdout.splitlines()[-1]))
     (compiled, hits, buckets, first), (compiled_again, hits_again, _, second) = runs
@@ -196,7 +196,7 @@ def test_report_tells_compiled_programs_from_cache_reads(model_dir, tmp_path):
 
 def _cli(args, env=None, stdin=None):
     return subprocess.run([sys.executable, "-m", "led_flax.cli", *args], capture_output=True, text=True,
-                          cwd=ROOT, env={**os.environ, **(env or {})}, input=stdin, timeout=600)
+                          cwd=NEUTRAL_CWD, env={**os.environ, **(env or {})}, input=stdin, timeout=600)
 
 
 def test_cli_files_stdin_jsonl_and_eight_devices(model_dir, tmp_path):

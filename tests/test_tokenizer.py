@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import transformers
 
-from led_flax.tokenizer import LEDTokenizer, TokenizerError
+from led_flax.io.tokenizer import LEDTokenizer, TokenizerError
 
 from conftest import aclsum_texts, make_tokenizer
 
@@ -157,8 +157,8 @@ def test_special_ids_that_differ_from_the_models_config_are_refused(tokenizers, 
 
     import torch
 
-    import convert
-    from led_flax.checkpoint import CheckpointError
+    from led_flax import convert
+    from led_flax.io.checkpoint import CheckpointError
     from led_flax.cli import main
     from conftest import hf_config, randomize
     ref, _, src = tokenizers

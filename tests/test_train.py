@@ -13,10 +13,10 @@ import pytest
 from conftest import aclsum_texts, torch, transformers
 from train_helpers import read_jsonl, tiny_config, train_cli, write_config
 
-from led_flax import checkpoint
-from train import data as data_lib
-from train.checkpoints import Checkpoints
-from train.loop import FAULT_ENV, Job, TrainingError, run
+from led_flax.io import checkpoint
+from led_flax.train import data as data_lib
+from led_flax.train.checkpoints import Checkpoints
+from led_flax.train.loop import FAULT_ENV, Job, TrainingError, run
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,7 @@ def test_killed_runs_resume_on_the_same_curve(tmp_path, tokenizer_dir, uninterru
 
 
 def test_the_export_loads_in_transformers_with_the_same_logits(uninterrupted):
-    from led_flax.modeling import model_for
+    from led_flax.model.heads import model_for
     ckpt = checkpoint.load(os.path.join(uninterrupted, "final"))
     config, params = ckpt.config, ckpt.params
     hf = transformers.LEDForConditionalGeneration.from_pretrained(os.path.join(uninterrupted, "hf")).eval()
@@ -138,7 +138,7 @@ def test_a_checkpoint_from_before_scanned_layers_restores_restacked(tmp_path, to
     new_cfg = tiny_config(tmp_path, tokenizer_dir, steps=3, model={"remat": "full"}, eval={"every_steps": -1})
     job = Job(new_cfg)
     new = jax.device_get(job.restore(ckpts, 2))
-    from train.checkpoints import relayout
+    from led_flax.train.checkpoints import relayout
     expected = relayout(old, job.setup.config, True)
     assert jax.tree_util.tree_structure(new) == jax.tree_util.tree_structure(expected)
     assert "scan_0_0" in new["params"]["led"]["encoder"]

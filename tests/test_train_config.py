@@ -14,20 +14,21 @@ import numpy as np
 import pytest
 
 from conftest import aclsum_texts, xla_flags
-from train_helpers import ROOT, TINY_LED, tiny_config, train_cli, write_config
+from led_flax import configs
+from train_helpers import TINY_LED, tiny_config, train_cli, write_config
 
 from led_flax import LEDConfig
-from led_flax.buckets import bucket_for
+from led_flax.summarization.buckets import bucket_for
 from led_flax.cli import main as cli_main
-from led_flax.sharding import ShardingError, make_mesh
-from train import config as config_lib
-from train import data as data_lib
-from train.config import TrainConfigError
+from led_flax.parallel.sharding import ShardingError, make_mesh
+from led_flax.train import config as config_lib
+from led_flax.train import data as data_lib
+from led_flax.train.config import TrainConfigError
 
 
 @pytest.mark.parametrize("name", ["tiny-aclsum", "led-base-16384", "led-large-16384"])
 def test_the_shipped_configs_load_and_list_every_field(name):
-    path = os.path.join(ROOT, "configs", f"{name}.yaml")
+    path = str(configs.path(name))  # the installed package data
     cfg = config_lib.load(path)
     import yaml
     with open(path) as f:
@@ -245,13 +246,13 @@ def test_the_dry_run_fails_where_the_run_would(tmp_path):
 
 
 def test_the_dry_run_prints_the_mesh_shardings_and_bytes(capsys):
-    assert cli_main(["train", "--config", os.path.join(ROOT, "configs", "tiny-aclsum.yaml"), "--dry-run"]) == 0
+    assert cli_main(["train", "--config", "tiny-aclsum", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "mesh: {'data': 1, 'fsdp': 1, 'sequence': 1, 'tensor': 1} over 1 devices" in out
     assert "train state (params + AdamW moments):" in out and "GiB per device" in out
     # the scanned layout: one stacked run per stack, its leading layer axis kept whole
     assert "led/encoder/scan_0_1/fc1/kernel" in out and "(2, 128, 512)    P(None, None, None)" in out
-    assert cli_main(["train", "--config", os.path.join(ROOT, "configs", "tiny-aclsum.yaml"), "--dry-run",
+    assert cli_main(["train", "--config", "tiny-aclsum", "--dry-run",
                      "--set", "model.scan_layers=false", "--compile"]) == 0
     out = capsys.readouterr().out
     assert "led/encoder/layers_0/fc1/kernel" in out and "led/encoder/layers_1/" not in out

@@ -16,9 +16,9 @@ import pytest
 from conftest import aclsum_texts
 from train_helpers import TINY_LED, tiny_config, write_config
 
-from train import data as data_lib
-from train.checkpoints import Checkpoints, ResumeError
-from train.loop import run
+from led_flax.train import data as data_lib
+from led_flax.train.checkpoints import Checkpoints, ResumeError
+from led_flax.train.loop import run
 
 from cli_helpers import assert_one_line_error, run_main
 
@@ -146,7 +146,8 @@ def test_a_full_or_read_only_disk_is_one_line_and_the_rerun_resumes(trained, tmp
 
 def test_an_interrupt_and_a_file_as_output_dir_are_one_line(trained, tmp_path, capsys, monkeypatch):
     out = _copy(trained, tmp_path)
-    import train.step
+    import led_flax.train.step
+    from led_flax import train
 
     def interrupted(*a, **k):
         def step(*a, **k):

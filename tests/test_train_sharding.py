@@ -12,10 +12,11 @@ import sys
 import pytest
 
 from conftest import aclsum_texts, run_on_eight_devices
-from train_helpers import ROOT, SUBPROCESS_ENV, read_jsonl, tiny_config, write_config
+from conftest import NEUTRAL_CWD
+from train_helpers import SUBPROCESS_ENV, read_jsonl, tiny_config, write_config
 
-from train import data as data_lib
-from train.loop import run
+from led_flax.train import data as data_lib
+from led_flax.train.loop import run
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +83,7 @@ def test_two_processes_train_as_one(tmp_path):
     env = {**os.environ, **SUBPROCESS_ENV}
     procs = [subprocess.Popen([sys.executable, "-m", "led_flax.cli", "train", "--quiet", "--config", cfg,
                                "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)],
-                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                              cwd=NEUTRAL_CWD, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for i in range(2)]
     outs = [p.communicate(timeout=400) for p in procs]
     for p, (_, err) in zip(procs, outs):

@@ -9,10 +9,10 @@ import pytest
 
 from conftest import rel_err, torch
 
-import convert
-from led_flax.modeling import model_for
-from train import step as step_lib
-from train.config import OptimizerConfig
+from led_flax import convert
+from led_flax.model.heads import model_for
+from led_flax.train import step as step_lib
+from led_flax.train.config import OptimizerConfig
 
 
 def _batch(seed: int = 0):
@@ -95,7 +95,7 @@ def test_one_adamw_update_equals_the_reference(reference_step):
     model = model_for(config, "conditional_generation")
     opt = OptimizerConfig(learning_rate=lr, schedule="constant", warmup_steps=0, weight_decay=wd, max_grad_norm=clip)
     tx = step_lib.optimizer(opt, 10)
-    from led_flax import sharding as shd
+    from led_flax.parallel import sharding as shd
     mesh = shd.make_mesh(1, 1, 1, jax.devices()[:1])
     state = step_lib.init_state(params, tx, 0)
     shapes = jax.eval_shape(lambda: state)
@@ -146,7 +146,7 @@ def test_dropout_masks_come_from_xla_threefry_and_follow_the_key():
     """Training's dropout generator (`train.dropout_prng`): the compiled mask is XLA's ThreeFry
     RngBitGenerator; the same key gives the same mask, a folded-in step another; the drop rate is the
     asked one (binomial: 0.1 of 10^6 draws, standard deviation 3e-4)."""
-    from train.dropout_prng import DROPOUT_PRNG
+    from led_flax.train.dropout_prng import DROPOUT_PRNG
     key = jax.random.key(7, impl=DROPOUT_PRNG)
 
     def keep(key):

@@ -8,9 +8,9 @@ import subprocess
 import sys
 import tempfile
 
-from train import config as config_lib
+from led_flax.train import config as config_lib
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import NEUTRAL_CWD
 # the training subprocesses of a session share JAX's persistent compilation cache: the same step
 # compiles once, not once per process
 SUBPROCESS_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "JAX_COMPILATION_CACHE_DIR": tempfile.mkdtemp(prefix="led-flax-jit-"),
@@ -49,7 +49,7 @@ def write_config(cfg, path) -> str:
 def train_cli(args, env=None, timeout=300):
     """`python -m led_flax.cli train ARGS` in a subprocess; returns the CompletedProcess."""
     full = {**os.environ, **SUBPROCESS_ENV, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "led_flax.cli", "train", "--quiet", *args], cwd=ROOT, env=full,
+    return subprocess.run([sys.executable, "-m", "led_flax.cli", "train", "--quiet", *args], cwd=NEUTRAL_CWD, env=full,
                           capture_output=True, text=True, timeout=timeout)
 
 

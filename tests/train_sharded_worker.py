@@ -1,18 +1,15 @@
 """Run in a subprocess with 8 fake CPU devices (XLA_FLAGS) by test_train_sharding.py: prints JSON."""
 
 import json
-import os
-import sys
 
 import jax
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from led_flax import LEDConfig, sharding as shd  # noqa: E402
-from led_flax.modeling import model_for  # noqa: E402
-from train import config as config_lib, step as step_lib  # noqa: E402
-from train.dry_run import plan  # noqa: E402
+from led_flax import LEDConfig
+from led_flax.model.heads import model_for
+from led_flax.parallel import sharding as shd
+from led_flax.train import config as config_lib, step as step_lib
+from led_flax.train.dry_run import plan
 
 out = {"devices": len(jax.devices())}
 config = LEDConfig(vocab_size=96, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
@@ -69,9 +66,8 @@ out["moment_shards"] = mu
 b = step_lib.global_batch(batches[0], mesh)
 out["batch_shard"] = list(b["input_ids"].addressable_shards[0].data.shape)
 
-here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-for name in ("led-base-16384", "led-large-16384"):
-    cfg = config_lib.load(os.path.join(here, "configs", f"{name}.yaml"))
+for name in ("led-base-16384", "led-large-16384"):  # the shipped configs, by name
+    cfg = config_lib.load(name)
     p = plan(cfg, step=name == "led-base-16384")  # the step's eval_shape once: it traces the whole model
     encoder = p.setup.state["params"]["led"]["encoder"]
     fc1 = encoder[next(k for k in encoder if k.startswith("scan_"))]["fc1"]["kernel"]  # the one scanned run

@@ -8,7 +8,7 @@ leftover temporary directory is removed when the next job opens the folder.
 Each step also records its parameter layout (`layout`: {"layout_version": 2, "scan_layers": ...}).
 Checkpoints written before layers could scan have no such record: they hold the per-layer layout
 (version 1). A checkpoint in the other layout than the run's is restored in its own layout and its
-parameters and AdamW moments converted (`led_flax.stacking`), so older runs resume.
+parameters and AdamW moments converted (`led_flax.model.stacking`), so older runs resume.
 
 Before a step is restored, the shapes its parameters were saved with are compared with the run's
 config: a config that does not fit is a ResumeError naming the tensors, not orbax's traceback. A
@@ -27,8 +27,8 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
-from led_flax.checkpoint import describe_read_error
-from led_flax.trees import flatten
+from led_flax.io.orbax_logs import describe_read_error, quiet_closed_loop_errors, quiet_logger
+from led_flax.utils.trees import flatten
 
 
 class ResumeError(ValueError):
@@ -51,7 +51,7 @@ LAYOUT_ITEM = "layout"
 def relayout(state: dict, config, scanned: bool) -> dict:
     """A train state with its params and every parameter-shaped tree of its optimizer state (AdamW's
     moments) in the `scanned` layout."""
-    from led_flax.stacking import to_layout
+    from led_flax.model.stacking import to_layout
 
     def params_like(x):
         return isinstance(x, dict) and ("led" in x or "encoder" in x)
@@ -98,7 +98,6 @@ class Checkpoints:
     def saved_param_shapes(self, step: int) -> dict[str, tuple]:
         """{"led/encoder/...": shape} of the params saved at `step`, read from its metadata alone.
         Raises UnreadableCheckpoint when that cannot be read."""
-        from led_flax.checkpoint import quiet_closed_loop_errors, quiet_logger
         checkpointer = ocp.StandardCheckpointer()
         try:
             with quiet_logger("absl"):  # orbax warns of the step-level metadata a manager's items lack
@@ -168,7 +167,6 @@ class Checkpoints:
             out = self.manager.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(target), data=grain.checkpoint.CheckpointRestore(data_iterator)))
         except Exception as e:  # the shapes fit (checked above): the files are damaged
-            from led_flax.checkpoint import quiet_closed_loop_errors
             quiet_closed_loop_errors()
             raise UnreadableCheckpoint(step, describe_read_error(e)) from None
         state = out["state"]

@@ -1,4 +1,4 @@
-"""`led-flax train`: the command-line face of the training job (registered by `led_flax.cli`)."""
+"""`led-flax train`: the command-line face of the training job (registered by `led_flax.cli.main`)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,6 @@ import contextlib
 import logging
 import os
 import sys
-
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
-                              "tiny-aclsum.yaml")
-
 
 # XLA:CPU settings for a training step (GPU and TPU ignore them), each measured with bench/train.py:
 # - the concurrency-optimized scheduler keeps more buffers alive to run independent ops side by side;
@@ -30,26 +26,6 @@ def configure_xla() -> None:
     flags = os.environ.get("XLA_FLAGS", "")
     extra = [f"--{name}={value}" for name, value in XLA_CPU_FLAGS.items() if name not in flags]
     os.environ["XLA_FLAGS"] = " ".join([flags, *extra]).strip()
-
-
-def add_arguments(p) -> None:
-    p.add_argument("--config", default=DEFAULT_CONFIG, help="a YAML config (default: configs/tiny-aclsum.yaml)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config field, e.g. --set optimizer.learning_rate=1e-4 (repeatable)")
-    p.add_argument("--dry-run", action="store_true",
-                   help="build the mesh and the sharded train state abstractly (eval_shape): shapes, "
-                        "shardings and bytes per device, no data, no weights")
-    p.add_argument("--compile", action="store_true",
-                   help="with --dry-run: also compile the train step for this backend and print XLA's memory "
-                        "analysis per device (minutes for a large model; no data, no weights)")
-    p.add_argument("--coordinator", help="multi-process: the coordinator's host:port (jax.distributed)")
-    p.add_argument("--num-processes", type=int, metavar="N", help="multi-process: the number of processes (with "
-                                                                    "--coordinator)")
-    p.add_argument("--process-id", type=int, metavar="I", help="multi-process: this process's index, 0 to N-1 (with "
-                                                                "--coordinator)")
-    p.add_argument("--distributed", action="store_true",
-                   help="call jax.distributed.initialize() with no arguments (TPU pods, SLURM: auto-detected)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def check_arguments(args) -> None:
@@ -120,7 +96,7 @@ def _main(args) -> int:
     if args.compile and not args.dry_run:
         raise config_lib.TrainConfigError("--compile goes with --dry-run: it compiles the step to report its memory")
     if args.dry_run:
-        from led_flax.sharding import ShardingError
+        from led_flax.parallel.sharding import ShardingError
 
         from .dry_run import dry_run
         try:

@@ -17,10 +17,12 @@ from typing import TYPE_CHECKING
 
 import yaml
 
+from led_flax import configs
+
 if TYPE_CHECKING:
     from jax.sharding import Mesh
 
-    from led_flax.config import LEDConfig
+    from led_flax.model.config import LEDConfig
 
 
 class TrainConfigError(ValueError):
@@ -89,7 +91,7 @@ class MeshConfig:
     data: int = -1  # -1: all devices not used by the other axes
     fsdp: int = 1
     tensor: int = 1
-    sequence: int = 1  # one document's tokens split over this many devices (led_flax/sequence.py)
+    sequence: int = 1  # one document's tokens split over this many devices (led_flax.parallel.sequence)
 
 
 @dataclass(frozen=True)
@@ -229,10 +231,25 @@ def _read_aliases(data: dict) -> None:
         "model.gradient_checkpointing is now model.remat: read as model.remat: %s", new)
 
 
+def find(name: str | os.PathLike) -> str:
+    """The config file `name` names: a path to a file, else the shipped config of that name
+    (`tiny-aclsum`, `led-base-16384`, `led-large-16384`, with or without `.yaml`: package data in
+    `led_flax.configs`). A path wins over a shipped config of the same name. Raises
+    TrainConfigError naming the shipped configs when neither exists."""
+    if os.path.isfile(name):
+        return os.fspath(name)
+    shipped = configs.path(os.fspath(name))
+    if shipped is not None:
+        return str(shipped)
+    raise TrainConfigError(f"no config file {name}; give a path to a YAML file, or the name of a shipped config: "
+                           f"{', '.join(configs.names())}")
+
+
 def load(path: str | os.PathLike, overrides=()) -> TrainConfig:
-    if not os.path.isfile(path):
-        raise TrainConfigError(f"no config file {path}; the shipped ones are in configs/ (tiny-aclsum.yaml, "
-                               f"led-base-16384.yaml, led-large-16384.yaml)")
+    """The training config in the YAML file `path` (or the shipped config of that name: `find`), with
+    `overrides` ("key.sub=value" strings) applied. Raises TrainConfigError naming the file, the field
+    and the fix."""
+    path = find(path)
     try:
         with open(path, encoding="utf-8") as f:
             data = yaml.safe_load(f) or {}
@@ -332,7 +349,7 @@ def check(c: TrainConfig, led: LEDConfig, mesh: Mesh, process_count: int) -> Non
     if data.max_target_length > led.max_decoder_position_embeddings:
         raise TrainConfigError(f"data.max_target_length {data.max_target_length} exceeds the model's "
                                f"{led.max_decoder_position_embeddings} decoder positions")
-    from led_flax.sequence import length_unit
+    from led_flax.parallel.sequence import length_unit
     unit = length_unit(led, mesh.shape.get("sequence", 1))
     if data.buckets:  # the default buckets are multiples of the unit up to max_source_length
         bad = [b for b in sorted(data.buckets) if b % unit]

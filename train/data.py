@@ -26,10 +26,10 @@ from typing import Callable, Iterator, NamedTuple
 
 import numpy as np
 
-from led_flax.buckets import bucket_for, default_buckets
-from led_flax.config import LEDConfig
-from led_flax.files import atomic_directory, jsonl_objects
-from led_flax.tokenizer import LEDTokenizer
+from led_flax.summarization.buckets import bucket_for, default_buckets
+from led_flax.model.config import LEDConfig
+from led_flax.utils.files import atomic_directory, jsonl_objects
+from led_flax.io.tokenizer import LEDTokenizer
 
 from .config import DataConfig, TrainConfigError
 
@@ -155,14 +155,13 @@ def tokenize(examples, tokenizer: LEDTokenizer, cfg: DataConfig) -> Tokenized:
                      cut(tokenizer.encode_batch([e.summary for e in examples]), cfg.max_target_length))
 
 
-def source_buckets(cfg: DataConfig, led_config: LEDConfig, unit: int | None = None) -> tuple[int, ...]:
+def source_buckets(cfg: DataConfig, led_config: LEDConfig, devices: int = 1) -> tuple[int, ...]:
     """The source lengths batches are padded to, ascending: `data.buckets`, or powers of two times
-    `unit` (default the largest attention window; with the sequence split over devices,
-    `led_flax.sequence.length_unit`) up to `max_source_length` rounded up to a unit (`config.check` has
-    vetted them)."""
+    the padding unit for `devices` sequence devices (`led_flax.parallel.sequence.length_unit`) up to
+    `max_source_length` rounded up to a unit (`config.check` has vetted them)."""
     if cfg.buckets:
         return tuple(sorted(cfg.buckets))
-    return tuple(default_buckets(led_config, top=cfg.max_source_length, unit=unit))
+    return tuple(default_buckets(led_config, top=cfg.max_source_length, devices=devices))
 
 
 def collate(source_rows, label_rows, length: int, target_length: int, pad_id: int, accum: int) -> dict:

@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from led_flax import sharding as shd
+from led_flax.parallel import sharding as shd
 
 from . import step as step_lib
 from .config import TrainConfig

@@ -6,9 +6,9 @@ from __future__ import annotations
 import re
 import warnings
 
-from led_flax.generation import GenerationConfig
-from led_flax.pretrained import LoadedModel
-from led_flax.summarization import InputWarning, SummarizeOptions, summarize
+from led_flax.decoding.generation import GenerationConfig
+from led_flax.io.pretrained import LoadedModel
+from led_flax.summarization.batch import InputWarning, SummarizeOptions, summarize
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 

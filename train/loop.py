@@ -25,13 +25,12 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from led_flax import checkpoint as ckpt_format
-from led_flax import sharding as shd
-from led_flax.config import LEDConfig
-from led_flax.files import WriteError, as_write_error, write_atomic, writing
-from led_flax.sequence import length_unit
-from led_flax.tokenizer import LEDTokenizer
-from led_flax.trees import flatten
+from led_flax.io import checkpoint as ckpt_format
+from led_flax.parallel import sharding as shd
+from led_flax.model.config import LEDConfig
+from led_flax.utils.files import WriteError, as_write_error, write_atomic, writing
+from led_flax.io.tokenizer import LEDTokenizer
+from led_flax.utils.trees import flatten
 
 from . import data as data_lib
 from . import step as step_lib
@@ -141,8 +140,7 @@ class Job:
 
     def _data(self):
         cfg = self.cfg
-        self.buckets = data_lib.source_buckets(cfg.data, self.setup.config,
-                                               length_unit(self.setup.config, self.setup.mesh.shape["sequence"]))
+        self.buckets = data_lib.source_buckets(cfg.data, self.setup.config, self.setup.mesh.shape["sequence"])
         # processes holding the same batch rows (a sequence group across processes) read the same shards
         pi, (gi, gc) = jax.process_index(), shd.data_group(self.setup.mesh)
         shards = cfg.data.shards or gc  # config.check: a multiple of the groups that splits the batch
@@ -203,7 +201,7 @@ class Job:
         host = _host(params)
         if not self.is_main:
             return
-        import convert
+        from led_flax import convert
         config = self.setup.config
         gen = {"decoder_start_token_id": config.decoder_start_token_id, "bos_token_id": config.bos_token_id,
                "eos_token_id": config.eos_token_id, "pad_token_id": config.pad_token_id,

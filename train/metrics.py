@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 
-from led_flax.files import write_atomic, writing
+from led_flax.utils.files import write_atomic, writing
 
 
 class MetricsLog:

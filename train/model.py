@@ -6,26 +6,15 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from led_flax.checkpoint import CheckpointError
-from led_flax.config import ConfigError, LEDConfig
-from led_flax.positions import check_extension, extend_encoder_positions
-from led_flax.pretrained import LoadedModel
-from led_flax.quantize import QuantizationError
-from led_flax.tokenizer import LEDTokenizer
+from led_flax.io.checkpoint import CheckpointError
+from led_flax.model.config import RELEASED, ConfigError, LEDConfig
+from led_flax.model.positions import check_extension, extend_encoder_positions
+from led_flax.io.pretrained import LoadedModel
+from led_flax.model.quantize import QuantizationError
+from led_flax.io.tokenizer import LEDTokenizer
 
 from .config import TrainConfig, TrainConfigError
 
-# the released checkpoints' architectures, for dry runs on a machine that has not converted them
-PRESETS = {
-    "allenai/led-base-16384": dict(vocab_size=50265, d_model=768, encoder_layers=6, decoder_layers=6,
-                                   encoder_attention_heads=12, decoder_attention_heads=12, encoder_ffn_dim=3072,
-                                   decoder_ffn_dim=3072, attention_window=1024,
-                                   max_encoder_position_embeddings=16384, max_decoder_position_embeddings=1024),
-    "allenai/led-large-16384": dict(vocab_size=50265, d_model=1024, encoder_layers=12, decoder_layers=12,
-                                    encoder_attention_heads=16, decoder_attention_heads=16, encoder_ffn_dim=4096,
-                                    decoder_ffn_dim=4096, attention_window=1024,
-                                    max_encoder_position_embeddings=16384, max_decoder_position_embeddings=1024),
-}
 
 
 def _positions(config: LEDConfig, cfg: TrainConfig) -> LEDConfig:
@@ -63,8 +52,8 @@ def architecture(cfg: TrainConfig) -> LEDConfig:
         return LEDConfig(**fields)
     if os.path.isdir(init):
         return _positions(LEDConfig.from_hf(os.path.join(init, "config.json")), cfg)
-    if init in PRESETS:
-        return _positions(LEDConfig(**PRESETS[init]), cfg)
+    if init in RELEASED:  # a dry run on a machine that has not converted the checkpoint
+        return _positions(LEDConfig(**RELEASED[init]), cfg)
     raise TrainConfigError(f"model.init {init} is not a directory; convert the checkpoint first "
                            f"(led-flax convert {init} DIR) and point model.init at DIR")
 
@@ -73,7 +62,7 @@ def load_pretrained(cfg: TrainConfig) -> LoadedModel:
     """`model.init`, a led-flax checkpoint, an HF LED directory or a hub id, loaded for summarization
     fine-tuning, its params in the layout `model.scan_layers` names, its encoder positions extended to
     `model.max_encoder_positions` when that is set."""
-    import convert
+    from led_flax import convert
     init = cfg.model.init
     try:
         loaded = convert.load(init, head="conditional_generation", scan_layers=cfg.model.scan_layers)

@@ -21,12 +21,12 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from led_flax import sequence
-from led_flax import sharding as shd
-from led_flax.config import LEDConfig
-from led_flax.losses import token_cross_entropy
-from led_flax.inputs import shift_tokens_right
-from led_flax.modeling import model_for
+from led_flax.parallel import sequence
+from led_flax.parallel import sharding as shd
+from led_flax.model.config import LEDConfig
+from led_flax.model.losses import token_cross_entropy
+from led_flax.model.inputs import shift_tokens_right
+from led_flax.model.heads import model_for
 
 from .config import OptimizerConfig, TrainConfig, check
 from .dropout_prng import DROPOUT_PRNG  # the masks' generator: XLA's, fast on a CPU (dropout_prng.py)
@@ -67,7 +67,7 @@ def optimizer(cfg: OptimizerConfig, steps: int) -> optax.GradientTransformation:
 def batch_loss(model, params, batch, key, label_smoothing: float = 0.0, deterministic: bool = True, mesh=None):
     """(summed token cross entropy, token count) of one microbatch: arrays [b, ...]. With a mesh whose
     sequence axis has several devices, under `jax.shard_map` each device runs the encoder on its slice
-    of the tokens (`led_flax.sequence`); the loss is the same on every device."""
+    of the tokens (`led_flax.parallel.sequence`); the loss is the same on every device."""
     if sequence.devices_of(mesh) > 1:
         tokens = sequence.TOKENS
         specs = {k: PartitionSpec() if k == "labels" else tokens for k in batch}

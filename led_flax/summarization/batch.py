@@ -5,7 +5,7 @@ one program per bucket; batches are padded to a fixed size and sharded over ever
 through a `Mesh`; compiled programs persist in JAX's compilation cache, so a second run starts
 fast. With an output file, results are appended to a progress file as batches finish (an
 interrupted run, started again with the same model and settings, resumes where it stopped;
-`led_flax.progress` records what the summaries depend on), the output is written atomically in
+`led_flax.summarization.progress` records what the summaries depend on), the output is written atomically in
 input order at the end, and the progress file is removed.
 """
 
@@ -28,16 +28,19 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 from tqdm import tqdm
 
-from . import generation, pretrained, progress, sequence
-from . import sharding as sharding_lib
+from led_flax.decoding import generation
+from led_flax.io import pretrained
+from . import progress
+from led_flax.parallel import sequence
+from led_flax.parallel import sharding as sharding_lib
 from .buckets import bucket_for, default_buckets
-from .cache import CROSS_CACHES
-from .checkpoint import CheckpointError
-from .files import TMP_TAG, WriteError, write_atomic, writing
-from .generation import GenerationConfig
-from .quantize import QuantizeSpec
+from led_flax.model.cache import CROSS_CACHES
+from led_flax.io.checkpoint import CheckpointError
+from led_flax.utils.files import TMP_TAG, WriteError, write_atomic, writing
+from led_flax.decoding.generation import GenerationConfig
+from led_flax.model.quantize import QuantizeSpec
 
-log = logging.getLogger("led_flax.summarization")
+log = logging.getLogger("led_flax.summarization.batch")
 
 DEFAULT_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "led-flax", "jax")
 OUTPUT_FORMATS = ("text", "jsonl")
@@ -52,7 +55,7 @@ class SummarizeOptions:
     """How `summarize` runs. Every field has a default; later features add fields here.
 
     batch_size: documents per batch, rounded up to a whole number per local device.
-    buckets: the padded input lengths in tokens (default `led_flax.buckets.default_buckets`); the
+    buckets: the padded input lengths in tokens (default `led_flax.summarization.buckets.default_buckets`); the
         encoder's positions are always the last bucket.
     truncate: documents longer than the encoder's positions are cut to them with an InputWarning
         naming each; with False they are a ValueError raised before any work.
@@ -64,13 +67,13 @@ class SummarizeOptions:
     progress_file: finished batches are appended here and read back by a rerun, which skips the
         documents already done (same index, same text). Default: OUTPUT.progress.jsonl when
         `output` is set, removed once the output is written; one given without `output` is kept.
-        Its first line records the model and every setting (`led_flax.progress.RunRecord`): a rerun
+        Its first line records the model and every setting (`led_flax.summarization.progress.RunRecord`): a rerun
         with another model or other settings raises ResumeError naming the differences.
     restart: discard what the progress file holds and start afresh.
     progress_bar: a tqdm bar on stderr.
     compilation_cache: the folder of JAX's persistent compilation cache; None leaves JAX's own
         setting as it is.
-    sequence_devices: split each document's tokens over this many local devices (`led_flax.sequence`;
+    sequence_devices: split each document's tokens over this many local devices (`led_flax.parallel.sequence`;
         the batch goes over the rest). Buckets are then multiples of `sequence.length_unit`: with 8
         devices and led-base's 1,024-token window, 4,096 tokens, so a short document pays for padding
         up to that.
@@ -390,10 +393,10 @@ def summarize(texts: Sequence[str], model: str | os.PathLike | pretrained.Loaded
         raise ValueError(f"sequence_devices {split} does not divide the {len(devices)} local devices; use a divisor")
     unit = sequence.length_unit(config, split)
     top = -(-limit // unit) * unit  # the positions, rounded up to whole blocks on every device
-    buckets = list(options.buckets or default_buckets(config, unit=unit))
+    buckets = list(options.buckets or default_buckets(config, devices=split))
     if split > 1 and [b for b in buckets if b % unit]:
         raise ValueError(f"buckets {[b for b in buckets if b % unit]} are not multiples of {unit}, the unit over "
-                         f"{split} sequence devices (led_flax.sequence.length_unit)")
+                         f"{split} sequence devices (led_flax.parallel.sequence.length_unit)")
     if buckets[-1] < limit:
         buckets.append(top if split > 1 else limit)
 

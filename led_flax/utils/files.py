@@ -30,7 +30,7 @@ import uuid
 import warnings
 from typing import Iterable, Iterator
 
-log = logging.getLogger("led_flax.files")
+log = logging.getLogger("led_flax.utils.files")
 
 TMP_TAG = ".tmp-"
 OLD_TAG = ".old-"

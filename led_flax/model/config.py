@@ -24,6 +24,19 @@ ARCHITECTURE_TO_HEAD = {
     "LEDForQuestionAnswering": "question_answering",
 }
 HEAD_TO_ARCHITECTURE = {v: k for k, v in ARCHITECTURE_TO_HEAD.items()}
+# The released checkpoints' architectures (the shape fields of their config.json): what dry runs and
+# the benchmarks build when the checkpoint itself is not on the machine.
+RELEASED = {
+    "allenai/led-base-16384": dict(vocab_size=50265, d_model=768, encoder_layers=6, decoder_layers=6,
+                                   encoder_attention_heads=12, decoder_attention_heads=12, encoder_ffn_dim=3072,
+                                   decoder_ffn_dim=3072, attention_window=1024,
+                                   max_encoder_position_embeddings=16384, max_decoder_position_embeddings=1024),
+    "allenai/led-large-16384": dict(vocab_size=50265, d_model=1024, encoder_layers=12, decoder_layers=12,
+                                    encoder_attention_heads=16, decoder_attention_heads=16, encoder_ffn_dim=4096,
+                                    decoder_ffn_dim=4096, attention_window=1024,
+                                    max_encoder_position_embeddings=16384, max_decoder_position_embeddings=1024),
+}
+
 PROBLEM_TYPES = (None, "regression", "single_label_classification", "multi_label_classification")
 
 # HF aliases (`attribute_map` in transformers' LEDConfig) accepted on input.
@@ -226,5 +239,5 @@ class LEDConfig:
         return dict(sorted(out.items()))
 
     def save(self, directory: str | os.PathLike) -> str:
-        from .files import write_atomic
+        from led_flax.utils.files import write_atomic
         return write_atomic(os.path.join(os.fspath(directory), "config.json"), json.dumps(self.to_hf(), indent=2) + "\n")

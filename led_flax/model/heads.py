@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from led_flax.utils.trees import flatten
+
 from . import losses
 from .attention import softmax_dtype
 from .config import LEDConfig
@@ -30,7 +32,7 @@ from .outputs import (LEDEncoderBaseModelOutput, LEDSeq2SeqLMOutput, LEDSeq2SeqM
 Dtype = Any
 
 __all__ = ["LEDModel", "LEDForConditionalGeneration", "LEDForSequenceClassification", "LEDForQuestionAnswering",
-           "LEDClassificationHead", "MODEL_CLASSES", "model_for", "init_params", "shift_tokens_right"]
+           "LEDClassificationHead", "MODEL_CLASSES", "model_for", "init_params", "expected_shapes", "head_of", "shift_tokens_right"]
 
 
 # ---------------------------------------------------------------------------------------------- models
@@ -43,7 +45,7 @@ class _Model(nn.Module):
     remat: str = "none"  # what each layer keeps for the backward pass: none | full | save_dots
     scan_layers: bool = True  # layers as nn.scan over stacked parameters (stacking.py); False: unrolled
     # the encoder's sequence is sharded over this mesh axis: the module runs inside `jax.shard_map`, each
-    # device on its slice of the tokens (`led_flax.sequence` wraps the calls); None: unsharded
+    # device on its slice of the tokens (`led_flax.parallel.sequence` wraps the calls); None: unsharded
     sequence_axis: str | None = None
     cross_cache: str = "float"  # generation's cross-attention keys and values: float | int8 (cache.CrossKeyValue)
 
@@ -306,3 +308,23 @@ def init_params(module: nn.Module, rng=None):
     rng = jax.random.PRNGKey(0) if rng is None else rng
     ids = jnp.full((1, 2), cfg.eos_token_ids[0] if cfg.eos_token_ids else cfg.pad_token_id, jnp.int32)
     return jax.jit(lambda r: module.init(r, ids, decoder_input_ids=ids)["params"])(rng)
+
+
+def expected_shapes(config: LEDConfig, head: str) -> dict[str, tuple[int, ...]]:
+    """The shape of every parameter `config` implies for `head`, by '/'-joined path in the per-layer
+    layout that checkpoints store (`layers_0/...`, not the scanned one); traced with `jax.eval_shape`,
+    so nothing is allocated."""
+    module = model_for(config, head, scan_layers=False)
+    return {p: tuple(s.shape) for p, s in flatten(jax.eval_shape(lambda: init_params(module))).items()}
+
+
+def head_of(params) -> str:
+    """Which of the four heads a param tree belongs to: 'base', 'conditional_generation',
+    'sequence_classification' or 'question_answering' (the keys of `MODEL_CLASSES`)."""
+    if "led" not in params:
+        return "base"
+    if "qa_outputs" in params:
+        return "question_answering"
+    if "classification_head" in params:
+        return "sequence_classification"
+    return "conditional_generation"

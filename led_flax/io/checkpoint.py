@@ -22,22 +22,22 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import logging
 import os
 import shutil
-import sys
-import threading
 import zlib
 from typing import Any
 
 import jax
 import numpy as np
 
-from .config import LEDConfig
-from .files import atomic_directory, write_atomic
-from .quantize import QuantizeSpec, from_saved, is_quantized, to_saved
-from .stacking import to_layout, unstack_layers
-from .trees import flatten
+from led_flax.model.config import LEDConfig
+from led_flax.model.heads import expected_shapes, head_of
+from led_flax.model.quantize import QuantizeSpec, from_saved, is_quantized, to_saved
+from led_flax.model.stacking import to_layout, unstack_layers
+from led_flax.utils.files import atomic_directory, write_atomic
+from led_flax.utils.trees import flatten
+
+from .orbax_logs import describe_read_error, quiet_closed_loop_errors, quiet_logger
 
 FORMAT = "led-flax"
 FORMAT_VERSION = 1
@@ -69,17 +69,6 @@ def companion_files(directory: str | os.PathLike) -> list[str]:
     directory = os.fspath(directory)
     return [os.path.join(directory, f) for f in TOKENIZER_FILES + (GENERATION_CONFIG,)
             if os.path.isfile(os.path.join(directory, f))]
-
-
-def head_of(params) -> str:
-    """Which of the four heads a param tree belongs to."""
-    if "led" not in params:
-        return "base"
-    if "qa_outputs" in params:
-        return "question_answering"
-    if "classification_head" in params:
-        return "sequence_classification"
-    return "conditional_generation"
 
 
 def _local_checkpointer(ocp):
@@ -193,10 +182,7 @@ def _float_shapes(saved: dict[str, tuple]) -> dict[str, tuple]:
 
 def _check_shapes(directory: str, config: LEDConfig, head: str, saved: dict[str, tuple]) -> None:
     """Raises CheckpointError listing every tensor that config.json does not imply as saved."""
-    from .modeling import init_params, model_for
-
-    module = model_for(config, head, scan_layers=False)  # the per-layer layout, as saved
-    expected = {p: tuple(s.shape) for p, s in flatten(jax.eval_shape(lambda: init_params(module))).items()}
+    expected = expected_shapes(config, head)  # the per-layer layout, as saved
     missing = sorted(set(expected) - set(saved))
     unused = sorted(set(saved) - set(expected))
     wrong = [f"{p}: params {saved[p]}, config.json implies {expected[p]}" for p in sorted(set(saved) & set(expected))
@@ -210,82 +196,8 @@ def _check_shapes(directory: str, config: LEDConfig, head: str, saved: dict[str,
                               f"them, or convert the checkpoint again")
 
 
-def _orbax_leftover(unraisable) -> bool:
-    """An error that orbax's reads, still in flight when a read failed, raise once orbax has closed
-    its event loop: "Event loop is closed" from their callbacks, or the failure of a read coroutine
-    that was never awaited."""
-    if _closed_loop(unraisable.exc_value):
-        return True
-    code = getattr(unraisable.object, "cr_code", None)
-    return code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
-
-
-def _closed_loop(exc) -> bool:
-    return isinstance(exc, RuntimeError) and "Event loop is closed" in str(exc)
-
-
-class _DropClosedLoop(logging.Filter):
-    def filter(self, record) -> bool:
-        return not (record.exc_info and _closed_loop(record.exc_info[1]))
-
-
-_DROP_CLOSED_LOOP = _DropClosedLoop()
-
-
-def quiet_closed_loop_errors() -> None:
-    """Called before orbax reads: when a read fails, the reads it left in flight finish after orbax
-    closed its event loop, and each would print a traceback after (or while) the error is reported:
-    through sys.unraisablehook, threading.excepthook, or the loggers of asyncio and concurrent.futures
-    (a done-callback that fails). Each hook is chained and each filter added once, if not already in
-    place; they drop exactly those errors ("Event loop is closed" RuntimeErrors, orbax's unawaited
-    coroutines) and pass everything else on."""
-    if not getattr(sys.unraisablehook, "drops_orbax_leftovers", False):
-        previous = sys.unraisablehook
-
-        def hook(unraisable) -> None:
-            if not _orbax_leftover(unraisable):
-                previous(unraisable)
-        hook.drops_orbax_leftovers = True
-        sys.unraisablehook = hook
-    if not getattr(threading.excepthook, "drops_orbax_leftovers", False):
-        previous_thread_hook = threading.excepthook
-
-        def thread_hook(args) -> None:
-            if not _closed_loop(args.exc_value):
-                previous_thread_hook(args)
-        thread_hook.drops_orbax_leftovers = True
-        threading.excepthook = thread_hook
-    for name in ("asyncio", "concurrent.futures"):
-        logger = logging.getLogger(name)
-        if _DROP_CLOSED_LOOP not in logger.filters:
-            logger.addFilter(_DROP_CLOSED_LOOP)
-
-
-@contextlib.contextmanager
-def quiet_logger(name: str):
-    """Only errors of the logger `name` show inside the block (orbax logs warnings through absl
-    before it returns an answer or raises)."""
-    logger = logging.getLogger(name)
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
-def describe_read_error(e: BaseException, limit: int = 300) -> str:
-    """One line for a failed orbax or tensorstore read: the innermost cause's first line (which
-    names the file and what is wrong with it), without tensorstore's spec."""
-    while e.__cause__ is not None:
-        e = e.__cause__
-    text = str(e).split("\n")[0].split(" [tensorstore_spec=")[0].split(". See full TensorStore details")[0]
-    text = text or type(e).__name__
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
 def load(directory: str | os.PathLike, scan_layers: bool = True) -> Checkpoint:
-    """Reads our checkpoint directory; the params in the scanned layout (`led_flax.stacking`) unless
+    """Reads our checkpoint directory; the params in the scanned layout (`led_flax.model.stacking`) unless
     `scan_layers` is False.
 
     Raises CheckpointError for a directory that is not one, a config.json that does not fit the

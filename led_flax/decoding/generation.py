@@ -22,12 +22,12 @@ from flax import struct
 
 from jax.sharding import PartitionSpec as P
 
-from . import sequence
-from .attention import count_global_slots
+from led_flax.parallel import sequence
+from led_flax.model.attention import count_global_slots
 from .generation_config import GenerationConfig, GenerationSettingWarning
-from .inputs import check_token_ids
+from led_flax.model.inputs import check_token_ids
 from .search import beam_search, greedy_or_sample
-from .stacking import unstack_layers
+from led_flax.model.stacking import unstack_layers
 
 __all__ = ["GenerationConfig", "GenerationSettingWarning", "GenerateOutput", "generate"]
 
@@ -43,7 +43,7 @@ def _program(params, input_ids, attention_mask, global_attention_mask, rng, *, m
     """Encoder once, cache once, then the decoding loop: one compiled program per (model, settings,
     global slots, input shape, mesh), held by jax's own jit cache. With a mesh whose sequence axis has
     several devices, the whole program runs under `jax.shard_map`, each device on its slice of the
-    input (`led_flax.sequence`); the loop runs the same on every device."""
+    input (`led_flax.parallel.sequence`); the loop runs the same on every device."""
     search = partial(_search, model=sequence.sharded_model(model, mesh), cfg=cfg, slots=slots)
     if sequence.devices_of(mesh) == 1:
         return search(params, input_ids, attention_mask, global_attention_mask, rng)
@@ -108,7 +108,7 @@ def generate(model, params, input_ids, attention_mask=None, global_attention_mas
     (default: the first token, as LED's summarization checkpoints expect; transformers puts none).
     sharding: where to put the batch (a NamedSharding over the batch axis spreads it over devices).
     mesh: a mesh with a `sequence` axis of several devices splits each document over them
-    (`led_flax.sequence`; n must be a multiple of `sequence.length_unit`); the batch goes over the
+    (`led_flax.parallel.sequence`; n must be a multiple of `sequence.length_unit`); the batch goes over the
     other axes as `sharding` says. overrides: GenerationConfig fields. Returns the sequences (decoder
     start token first, padded with pad_token_id, trimmed to the longest) and their scores.
     Raises TypeError for an override that is not a GenerationConfig field (or a transformers setting

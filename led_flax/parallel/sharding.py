@@ -16,6 +16,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from led_flax.utils.trees import path_of
+
 MESH_AXES = ("data", "fsdp", "sequence", "tensor")
 
 # logical axis -> mesh axes (None: replicated). The one table; flax's `nn.logical_axis_rules` takes it
@@ -94,11 +96,6 @@ def data_group(mesh: Mesh) -> tuple[int, int]:
     return groups.index(tuple(sorted(rows_of[jax.process_index()]))), len(groups)
 
 
-def path_of(keys) -> str:
-    """A key path (from `jax.tree_util.tree_leaves_with_path`) as a '/'-joined string: 'led/shared/embedding'."""
-    return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in keys)
-
-
 STACKED = re.compile(r"/scan_\d+_\d+/")  # a scanned run's parameters carry a leading layer axis
 
 
@@ -128,7 +125,7 @@ def logical_axes(params):
             if axes is not None and len(axes) == len(leaf.shape):
                 return axes
             raise ShardingError(f"no logical axes for quantized parameter {path} of shape {tuple(leaf.shape)}; add "
-                                f"a rule for its float parameter to led_flax.sharding.PARAM_AXES")
+                                f"a rule for its float parameter to led_flax.parallel.sharding.PARAM_AXES")
         for pattern, axes in PARAM_AXES:
             if re.search(pattern, path):
                 if STACKED.search(path):
@@ -137,7 +134,7 @@ def logical_axes(params):
                     break
                 return axes
         raise ShardingError(f"no logical axes for parameter {path} of shape {tuple(leaf.shape)}; add a rule "
-                            f"to led_flax.sharding.PARAM_AXES")
+                            f"to led_flax.parallel.sharding.PARAM_AXES")
     return jax.tree_util.tree_map_with_path(one, params)
 
 
@@ -147,7 +144,7 @@ def _mesh_axes(name: str | None):
     for logical, mesh_axes in RULES:
         if logical == name:
             return mesh_axes
-    raise ShardingError(f"logical axis {name!r} is not in led_flax.sharding.RULES")
+    raise ShardingError(f"logical axis {name!r} is not in led_flax.parallel.sharding.RULES")
 
 
 def _split_axes(name: str | None, mesh: Mesh) -> tuple[str, ...]:

@@ -199,7 +199,7 @@ class Stack(nn.Module):
     remat: str = "none"  # what each layer keeps for the backward pass (`REMAT_POLICIES`)
     scan_layers: bool = True  # layers as nn.scan over stacked parameters (`stacking.py`); False: unrolled
     # the mesh axis the encoder's sequence is sharded over (the stack then runs inside `jax.shard_map`,
-    # see `led_flax.sequence`); None: unsharded
+    # see `led_flax.parallel.sequence`); None: unsharded
     sequence_axis: str | None = None
 
     def setup_embeddings(self, max_positions: int) -> None:

@@ -22,8 +22,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .files import writing
-from .trees import flatten
+from led_flax.utils.files import writing
+from led_flax.utils.trees import flatten
 
 RECORD = "run"
 VERSION = 1

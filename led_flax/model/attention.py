@@ -30,6 +30,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import struct
 from jax.ad_checkpoint import checkpoint_name
 
 from .inputs import merged_encoder_mask, token_roles
@@ -369,19 +370,33 @@ def gather_rows(x, idx, sequence_axis: str | None = None):
     return jax.lax.psum(jnp.where(expand(owned), rows, 0).astype(x.dtype), sequence_axis)
 
 
-def longformer_self_attention(q, k, v, q_global, k_global, v_global, *, one_sided: int, real, is_global,
-                              global_idx, global_valid, dropout_rate: float = 0.0, dropout_rng=None,
-                              return_probs: bool = False, sequence_axis: str | None = None):
+@struct.dataclass
+class EncoderMasks:
+    """Per-batch masks computed once and shared by every encoder layer."""
+
+    real: Any  # [b, n] bool: not padding
+    is_global: Any  # [b, n] bool
+    global_idx: Any  # [b, g] int32: positions of the global tokens, n in empty slots
+    global_valid: Any  # [b, g] bool
+    # the mesh axis the sequence is sharded over (the arrays above hold this device's tokens), or None
+    sequence_axis: str | None = struct.field(pytree_node=False, default=None)
+
+
+def longformer_self_attention(q, k, v, q_global, k_global, v_global, masks: EncoderMasks, *, one_sided: int,
+                              dropout_rate: float = 0.0, dropout_rng=None, return_probs: bool = False):
     """The whole encoder self-attention of one layer, from projected inputs.
 
     q, k, v: [b, n, h, d] (q scaled); q_global: [b, g, h, d] `query_global` of the global tokens
-    (scaled, in slot order); k_global, v_global: [b, n, h, d] or FactoredProjection; real, is_global:
-    [b, n] bool;
-    global_idx, global_valid: [b, g] from `global_token_indices`.
+    (scaled, in slot order); k_global, v_global: [b, n, h, d] or FactoredProjection; masks: the
+    batch's `EncoderMasks` (real and is_global [b, n]; global_idx and global_valid [b, g] from
+    `global_token_indices`; the sequence axis).
     Returns out [b, n, h, d] and, with return_probs, HF's `attentions` [b, h, n, g + 2w + 1] and
     `global_attentions` [b, h, n, g] (None without global slots).
-    sequence_axis: sharded over this mesh axis (n is this device's tokens); return_probs is then refused.
+    With `masks.sequence_axis`, sharded over that mesh axis (n is this device's tokens); return_probs
+    is then refused.
     """
+    real, is_global, global_idx, global_valid = masks.real, masks.is_global, masks.global_idx, masks.global_valid
+    sequence_axis = masks.sequence_axis
     b, n = q.shape[:2]
     g = global_idx.shape[1]
     if sequence_axis is not None and return_probs:

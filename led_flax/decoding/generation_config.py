@@ -21,7 +21,7 @@ import os
 import warnings
 from typing import Any
 
-from .config import ConfigError, id_tuple
+from led_flax.model.config import ConfigError, id_tuple
 
 # bookkeeping: output format, caching and speed; the ids do not depend on them
 _BOOKKEEPING = frozenset((

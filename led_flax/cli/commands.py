@@ -1,8 +1,10 @@
 """The `led-flax` command: the composition root.
 
-This is the one module that wires the model core (`led_flax`), `convert` and `train` together.
-Nothing imports it, and `import led_flax` never loads it; every command is a call into the
-libraries (`convert.convert_checkpoint`, `led_flax.summarize`, `train.loop.run`, ...).
+This is the one package that wires the core (`led_flax.model`, `decoding`, `io`, ...) and the
+applications (`led_flax.summarization`, `led_flax.convert`, `led_flax.train`) together. Nothing
+imports it, and `import led_flax` never loads it; every command is a call into the libraries
+(`convert.convert_checkpoint`, `led_flax.summarize`, `led_flax.train.loop.run`, ...). The training
+package loads only when `train` or `demo` runs.
 
 Every command speaks one way (README, "Command line"): options are checked before any work,
 messages read `led-flax COMMAND: error: ...` (or `warning:`) on one line that names the fix, and the
@@ -15,67 +17,32 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import logging
-import math
 import os
 import sys
-import tempfile
-import textwrap
-import time
 import traceback
 import warnings
 
 from tqdm import tqdm
 
-import convert
-from convert.loader import check_source
-from led_flax.files import WriteError, describe_json, jsonl_objects
-from led_flax import checkpoint, pretrained
-from led_flax.cache import CROSS_CACHES
-from led_flax.config import HEAD_TO_ARCHITECTURE
-from led_flax.summarization import (DEFAULT_CACHE, InputWarning, SummarizeOptions, SummaryReport, check_output,
-                                    describe_generation, format_summaries, generation_settings, summarize)
+from led_flax import convert
+from led_flax.convert.loader import check_source
+from led_flax.io import checkpoint
+from led_flax.io.pretrained import COMPUTE_DTYPES
+from led_flax.model.cache import CROSS_CACHES
+from led_flax.model.config import HEAD_TO_ARCHITECTURE
+from led_flax.model.quantize import DEFAULT_GROUP_SIZE, SCHEMES, QuantizeSpec
+from led_flax.summarization import (DEFAULT_CACHE, SummarizeOptions, SummaryReport, check_output, describe_generation,
+                                    format_summaries, generation_settings, summarize)
+from led_flax.utils.files import WriteError
 
-from led_flax.pretrained import COMPUTE_DTYPES
-from led_flax.quantize import DEFAULT_GROUP_SIZE, SCHEMES, QuantizeSpec
+from .demo import DEMO_CONFIG, cmd_demo
+from .documents import read_files, read_jsonl, read_stdin
+from .usage import UsageError, at_least, finite
 
 PROG = "led-flax"
 # exit statuses (README, "Command line")
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-
-# the demo's generation settings; max_length is the tiny model's decoder positions
-DEMO_GENERATION = {"num_beams": 4, "no_repeat_ngram_size": 3, "length_penalty": 2.0, "max_length": 128}
-
-
-class UsageError(ValueError):
-    """A command line or an input file the user must fix; the message names it and the fix."""
-
-
-# ---------------------------------------------------------------------------------------------- options
-def at_least(low: int):
-    """An argparse type: a whole number >= `low`."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
-        return value
-    parse.__name__ = f"whole number >= {low}"
-    return parse
-
-
-def finite(text: str) -> float:
-    """An argparse type: a finite number."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
-    return value
 
 
 class _ParseError(Exception):
@@ -125,72 +92,6 @@ def cmd_export(args) -> int:
     return 0
 
 
-# ---------------------------------------------------------------------------------------------- summarize
-@dataclasses.dataclass(frozen=True)
-class Documents:
-    """What `summarize` reads: each document's name (for messages and the jsonl output) and text."""
-
-    names: list[str]
-    texts: list[str]
-
-
-def _decode(data: bytes, source: str, fix: str) -> str:
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data[:e.start].count(b"\n") + 1
-        raise UsageError(f"{source} line {line} is not UTF-8 ({e.reason} at byte {e.start} of the file); {fix}") from None
-
-
-def read_jsonl(path: str, field: str) -> Documents:
-    """One document per line of a jsonl file: the string `field` of each JSON object; the name is
-    the record's own `id` when it has one (a string or a number), else PATH:LINE.
-    Raises UsageError naming the file, the line and the fix."""
-    names, texts = [], []
-    for n, record in jsonl_objects(path, UsageError, f'{{"{field}": "..."}}'):
-        if field not in record:
-            raise UsageError(f"{path} line {n} has no field {field!r} (it has {sorted(record)[:8]}); name the text "
-                             f"field with --field")
-        if not isinstance(record[field], str):
-            raise UsageError(f"{path} line {n}: field {field!r} is {describe_json(record[field])}, not a string; "
-                             f"name the text field with --field, or fix the line")
-        rid = record.get("id")
-        names.append(str(rid) if isinstance(rid, (str, int)) and not isinstance(rid, bool) else f"{path}:{n}")
-        texts.append(record[field])
-    return Documents(names, texts)
-
-
-def read_files(paths) -> Documents:
-    """One document per text file; a file that is not UTF-8 is skipped (an empty document) with an
-    InputWarning. Raises UsageError for a file that is missing or cannot be read."""
-    names, texts = [], []
-    for path in paths:
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except OSError as e:
-            raise UsageError(f"cannot read {path}: {e.strerror}") from None
-        try:
-            texts.append(data.decode("utf-8"))
-        except UnicodeDecodeError as e:
-            warnings.warn(f"{path} is not UTF-8 ({e.reason} at byte {e.start}); skipped: convert it with "
-                          f"iconv -t UTF-8", InputWarning)
-            texts.append("")
-        names.append(path)
-    return Documents(names, texts)
-
-
-def read_stdin(prefix: str) -> Documents:
-    """One document from stdin; on a terminal, says first what it waits for."""
-    if sys.stdin is None:
-        raise UsageError("no documents: pass FILES or --jsonl FILE")
-    if sys.stdin.isatty():
-        print(f"{prefix}: reading one document from the terminal; end it with Ctrl-D (or pass FILES or "
-              f"--jsonl FILE)", file=sys.stderr)
-    data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode("utf-8")
-    return Documents(["<stdin>"], [_decode(data, "<stdin>", "pipe UTF-8 text (iconv -t UTF-8)")])
-
-
 def cmd_summarize(args) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     prefix = f"{PROG} summarize"
@@ -228,109 +129,31 @@ def cmd_summarize(args) -> int:
     return 0
 
 
-def cmd_demo(args) -> int:
-    """The offline main job on the embedded default: train `configs/tiny-aclsum.yaml` (a small LED from
-    scratch on the ACLSum papers) on the CPU, summarize held-out papers with `led_flax.summarize`, and
-    score them with ROUGE against the lead-3 baseline."""
-    if args.convert:
-        return cmd_demo_convert(args)
-    from train import cli as train_cli
-    from train import config as config_lib
-    from train import data as data_lib
-    from train import loop
-    from train.evaluate import lead_sentences, rouge
-
-    if args.workdir and os.path.exists(args.workdir) and not os.path.isdir(args.workdir):
-        raise UsageError(f"--workdir {args.workdir} is a file; name a folder")
-    work = args.workdir or tempfile.mkdtemp(prefix="led-flax-demo-")
-    out = os.path.join(work, "tiny-aclsum")
-    cfg = config_lib.load(train_cli.DEFAULT_CONFIG, [f"output_dir={out}"] + ([f"steps={args.steps}"] if args.steps else []))
-    print(f"1. training configs/tiny-aclsum.yaml into {out} (a few minutes on a laptop CPU)", flush=True)
-    train_cli.configure_xla()
-    start = time.perf_counter()
-    last = loop.run(cfg, progress=not args.quiet)
-    losses = "".join(f", {name} {last[k]:.3f}" for k, name in (("loss", "training loss"), ("val_loss", "validation loss"))
-                     if k in last)
-    print(f"   trained to step {cfg.steps} in {time.perf_counter() - start:.0f} s{losses}", flush=True)
-
-    papers = data_lib.load_examples(cfg.data, "test", limit=args.documents)
-    final = os.path.join(out, "final")
-    summaries_path = os.path.join(work, "summaries.jsonl")
-    settings = ", ".join(f"{k}={v}" for k, v in DEMO_GENERATION.items())
-    print(f"2. summarizing {len(papers)} held-out ACLSum test papers with {final} ({settings}) into "
-          f"{summaries_path}", flush=True)
-    options = SummarizeOptions(generation=DEMO_GENERATION, output=summaries_path, output_format="jsonl",
-                               progress_bar=not args.quiet, compilation_cache=None)
-    report = SummaryReport()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", InputWarning)  # papers are longer than the tiny model's 2,048 positions
-        summaries = summarize([e.document for e in papers], pretrained.load(final), options,
-                              names=[e.id for e in papers], report=report)
-    print(f"   {report.describe()}")
-
-    abstracts = [e.summary for e in papers]
-    ours = rouge(summaries, abstracts)
-    lead = rouge([lead_sentences(e.document) for e in papers], abstracts)
-    print(f"3. ROUGE F1 on {len(papers)} held-out ACLSum test papers (reference: the abstract)")
-    print(f"   {'':22s} {'ROUGE-1':>8s} {'ROUGE-2':>8s} {'ROUGE-L':>8s}")
-    for name, r in (("tiny-aclsum (ours)", ours), ("lead-3 baseline", lead)):
-        print(f"   {name:22s} {r['rouge1']:8.2f} {r['rouge2']:8.2f} {r['rougeL']:8.2f}")
-    print(f"4. held-out paper {papers[0].id}")
-    for label, text in (("our summary", summaries[0]), ("its abstract", abstracts[0])):
-        print(textwrap.fill(" ".join(text.split()), width=100, initial_indent=f"   {label + ':':14s}",
-                            subsequent_indent=" " * 17))
-    print(f"   the model: {final} (led-flax), {os.path.join(out, 'hf')} (transformers); "
-          f"metrics: {os.path.join(out, 'metrics.jsonl')}")
-    return 0
+def _run_train(args) -> int:
+    from led_flax.train import cli as train_cli  # the training package loads only when its command runs
+    return train_cli.main(args)
 
 
-def cmd_demo_convert(args) -> int:
-    """Offline, on an embedded default: a small random LED written as an HF checkpoint, converted to
-    led-flax, checked bit for bit, then a jitted encoder pass over a long input."""
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-
-    from led_flax.trees import flatten
-    from led_flax import LEDConfig, LEDForConditionalGeneration, checkpoint, init_params
-
-    if args.workdir and os.path.exists(args.workdir) and not os.path.isdir(args.workdir):
-        raise UsageError(f"--workdir {args.workdir} is a file; name a folder")
-    work = args.workdir or tempfile.mkdtemp(prefix="led-flax-demo-")
-    config = LEDConfig(vocab_size=1024, d_model=128, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
-                       decoder_attention_heads=4, encoder_ffn_dim=256, decoder_ffn_dim=256, attention_window=256,
-                       max_encoder_position_embeddings=8192, max_decoder_position_embeddings=256)
-    params = init_params(LEDForConditionalGeneration(config), jax.random.PRNGKey(0))
-    hf_dir, ours_dir = os.path.join(work, "hf"), os.path.join(work, "led-flax")
-    convert.to_hf(config, params, hf_dir)
-    print(f"1. wrote a random LED as an HF checkpoint: {hf_dir}")
-    with tqdm(desc="convert tensors", unit="tensor", disable=args.quiet) as bar:
-        done = convert.convert_checkpoint(hf_dir, ours_dir, overwrite=True, progress=bar)
-    ckpt = checkpoint.load(done.path)
-    a, b = flatten(jax.device_get(params)), flatten(ckpt.params)
-    exact = sorted(a) == sorted(b) and all(np.array_equal(np.asarray(a[k]), np.asarray(b[k])) for k in a)
-    print(f"2. converted it to led-flax ({done.path}) and reloaded: {len(a)} tensors, bit-exact: {exact}")
-
-    n = 8192
-    ids = np.random.default_rng(0).integers(3, config.vocab_size, (1, n))
-    glob = np.zeros((1, n), np.int32)
-    glob[0, 0] = 1
-    model = LEDForConditionalGeneration(ckpt.config)
-    encode = jax.jit(lambda p, i, g: model.apply({"params": p}, i, global_attention_mask=g, num_global_slots=1,
-                                                 method="encode").last_hidden_state)
-    t0 = time.perf_counter()
-    out = encode(ckpt.params, jnp.asarray(ids), jnp.asarray(glob)).block_until_ready()
-    first = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    encode(ckpt.params, jnp.asarray(ids), jnp.asarray(glob)).block_until_ready()
-    print(f"3. encoded {n} tokens (window {config.attention_window[0]}, one global token): output "
-          f"{tuple(out.shape)}, {first:.1f} s with compilation, {time.perf_counter() - t0:.2f} s warm")
-    return 0 if exact and bool(jnp.isfinite(out).all()) else 1
-
-
-def _train_cli():
-    import train.cli  # the training package loads only when its command runs
-    return train.cli
+def _train_arguments(p) -> None:
+    p.add_argument("--config", default=DEMO_CONFIG,
+                   help=f"a YAML config file, or the name of a shipped one: tiny-aclsum, led-base-16384, "
+                        f"led-large-16384 (default: {DEMO_CONFIG})")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set optimizer.learning_rate=1e-4 (repeatable)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="build the mesh and the sharded train state abstractly (eval_shape): shapes, "
+                        "shardings and bytes per device, no data, no weights")
+    p.add_argument("--compile", action="store_true",
+                   help="with --dry-run: also compile the train step for this backend and print XLA's memory "
+                        "analysis per device (minutes for a large model; no data, no weights)")
+    p.add_argument("--coordinator", help="multi-process: the coordinator's host:port (jax.distributed)")
+    p.add_argument("--num-processes", type=int, metavar="N", help="multi-process: the number of processes (with "
+                                                                    "--coordinator)")
+    p.add_argument("--process-id", type=int, metavar="I", help="multi-process: this process's index, 0 to N-1 (with "
+                                                                "--coordinator)")
+    p.add_argument("--distributed", action="store_true",
+                   help="call jax.distributed.initialize() with no arguments (TPU pods, SLURM: auto-detected)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _quantize_arguments(p, what: str) -> None:
@@ -427,8 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="fine-tune or train LED from a YAML config (sharded, resumable)",
                        description="Train or fine-tune LED from a YAML config; rerunning the same command resumes "
                                    "from the run's latest checkpoint.")
-    _train_cli().add_arguments(p)
-    p.set_defaults(func=lambda args: _train_cli().main(args), interrupted=lambda a: (
+    _train_arguments(p)
+    p.set_defaults(func=_run_train, interrupted=lambda a: (
         "rerun the same command to resume from the run's last checkpoint"))
 
     p = sub.add_parser("export", help="a led-flax checkpoint -> an HF directory that transformers loads",
@@ -487,6 +310,3 @@ def main(argv=None) -> int:
             print(f"{prefix}: error: {_error_message(e)}", file=sys.stderr)
             return code if code is not None else EXIT_USAGE
 
-
-if __name__ == "__main__":
-    sys.exit(main())

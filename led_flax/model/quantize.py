@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from .sharding import path_of
+from led_flax.utils.trees import path_of
 
 SCHEMES = ("int8", "int4", "nf4")
 DEFAULT_GROUP_SIZE = 64
@@ -43,9 +43,6 @@ NF4_CODE_BOOK = np.array([
     -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
     0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
     0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0], np.float32)
-
-_INT_MAX = {"int8": 127, "int4": 7}
-_STORAGE = {"int8": jnp.int8, "int4": jnp.int4, "nf4": jnp.int4}
 
 
 class QuantizationError(ValueError):

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .config import id_tuple
+from led_flax.model.config import id_tuple
 from .generation_config import GenerationConfig
 from .warpers import apply_warpers
 

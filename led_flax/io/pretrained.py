@@ -11,11 +11,12 @@ import dataclasses
 import os
 from typing import Any
 
-from . import checkpoint, quantize
-from .cache import CROSS_CACHES
-from .config import HEAD_TO_ARCHITECTURE, LEDConfig
-from .generation import GenerationConfig
-from .quantize import QuantizeSpec
+from . import checkpoint
+from led_flax.model import quantize
+from led_flax.model.cache import CROSS_CACHES
+from led_flax.model.config import HEAD_TO_ARCHITECTURE, LEDConfig
+from led_flax.decoding.generation_config import GenerationConfig
+from led_flax.model.quantize import QuantizeSpec
 from .tokenizer import LEDTokenizer
 
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
@@ -108,7 +109,7 @@ def from_parts(config: LEDConfig, params, directory: str, head: str, dtype=None,
     ids differ from the config's."""
     import jax.numpy as jnp
 
-    from .modeling import model_for
+    from led_flax.model.heads import model_for
 
     tokenizer = None
     if LEDTokenizer.has_files(directory):

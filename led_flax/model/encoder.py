@@ -16,9 +16,10 @@ from typing import Any, NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from flax import struct
 
-from .attention import (FactoredProjection, count_global_slots, gather_rows, global_overflow, global_token_indices,
+from led_flax.parallel.sequence import length_unit
+
+from .attention import (EncoderMasks, FactoredProjection, count_global_slots, gather_rows, global_overflow, global_token_indices,
                         longformer_self_attention, shard_start)
 from .config import LEDConfig
 from .inputs import merged_encoder_mask, token_roles
@@ -29,18 +30,6 @@ from .quantize import kernel_of, quantized_param
 from .stacking import encoder_runs, run_name
 
 Dtype = Any
-
-
-@struct.dataclass
-class EncoderMasks:
-    """Per-batch masks computed once and shared by every encoder layer."""
-
-    real: Any  # [b, n] bool: not padding
-    is_global: Any  # [b, n] bool
-    global_idx: Any  # [b, g] int32: positions of the global tokens, n in empty slots
-    global_valid: Any  # [b, g] bool
-    # the mesh axis the sequence is sharded over (the arrays above hold this device's tokens), or None
-    sequence_axis: str | None = struct.field(pytree_node=False, default=None)
 
 
 class GlobalProjection(nn.Module):
@@ -105,9 +94,8 @@ class LongformerSelfAttention(_EncoderPart):
         rate = cfg.attention_dropout
         rng = None if deterministic or rate == 0.0 else self.make_rng("dropout")
         out, probs, global_probs = longformer_self_attention(
-            q, k, v, qg, kg, vg, one_sided=cfg.attention_window[self.layer_id] // 2, real=masks.real,
-            is_global=masks.is_global, global_idx=masks.global_idx, global_valid=masks.global_valid,
-            dropout_rate=rate, dropout_rng=rng, return_probs=output_attentions, sequence_axis=masks.sequence_axis)
+            q, k, v, qg, kg, vg, masks, one_sided=cfg.attention_window[self.layer_id] // 2, dropout_rate=rate,
+            dropout_rng=rng, return_probs=output_attentions)
         return out.reshape(b, n, D), probs, global_probs
 
 
@@ -200,7 +188,7 @@ class LEDEncoder(Stack):
 
         With `sequence_axis`, n is this device's slice of the sequence (inside `jax.shard_map`): the whole
         length must already be a multiple of the devices times every layer's attention block and of
-        the largest window (`led_flax.sequence.length_unit`)."""
+        the largest window (`led_flax.parallel.sequence.length_unit`)."""
         cfg = self.config
         axis = self.sequence_axis
         inputs_embeds = input_embeddings(self, input_ids, inputs_embeds, ("input_ids", "inputs_embeds"))
@@ -220,13 +208,15 @@ class LEDEncoder(Stack):
         # raise above) comes out as NaN rather than with a global token silently dropped
         overflow = global_overflow(is_global, slots, axis)[:, None, None]  # [b, 1, 1]
 
-        # pad on the right to a multiple of the largest window, as the reference does
-        window = max(cfg.attention_window)
-        pad = -total % window
-        if axis is not None and (pad or n % math.lcm(*(w // 2 for w in cfg.attention_window))):
-            raise ValueError(f"{total} tokens split over the sequence devices into shards of {n} are not a multiple of "
-                             f"the largest window {window} and of every layer's attention block per shard; pad the "
-                             f"input to a multiple of led_flax.sequence.length_unit(config, devices)")
+        # pad on the right to a multiple of the largest window, as the reference does; split over
+        # devices, the caller has padded to whole blocks on every device
+        devices = 1 if axis is None else jax.lax.axis_size(axis)
+        unit = length_unit(cfg, devices)
+        pad = -total % unit
+        if axis is not None and pad:
+            raise ValueError(f"{total} tokens split over {devices} sequence devices into shards of {n} are not a "
+                             f"multiple of {unit}, the largest window and every layer's attention block per shard; "
+                             f"pad the input to a multiple of led_flax.parallel.sequence.length_unit(config, devices)")
         if pad:
             pad_embed = self.embed_tokens(jnp.full((b, pad), cfg.pad_token_id, jnp.int32))
             inputs_embeds = jnp.concatenate([inputs_embeds, pad_embed], axis=1)

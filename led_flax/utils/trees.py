@@ -1,4 +1,5 @@
-"""Nested dicts of arrays (parameter trees, records) as flat {"a/b/c": leaf} maps and back."""
+"""Nested dicts of arrays (parameter trees, records) as flat {"a/b/c": leaf} maps and back, and jax
+key paths as the same '/'-joined names."""
 
 from __future__ import annotations
 
@@ -27,3 +28,8 @@ def unflatten(flat: Mapping[str, Any], sep: str = "/") -> dict:
             node = node.setdefault(p, {})
         node[leaf] = v
     return tree
+
+
+def path_of(keys) -> str:
+    """A key path (from `jax.tree_util.tree_leaves_with_path`) as a '/'-joined string: 'led/shared/embedding'."""
+    return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in keys)

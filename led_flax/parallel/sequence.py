@@ -19,9 +19,7 @@ import math
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-
-from .config import LEDConfig
+from jax.sharding import Mesh, PartitionSpec as P
 
 SEQUENCE_AXIS = "sequence"
 
@@ -33,10 +31,12 @@ def devices_of(mesh: Mesh | None) -> int:
     return mesh.shape[SEQUENCE_AXIS]
 
 
-def length_unit(config: LEDConfig, devices: int) -> int:
+def length_unit(config, devices: int) -> int:
     """Input lengths must be a multiple of this: each of `devices` shards then holds whole attention
     blocks of every layer (block = window / 2), and the whole length is a multiple of the largest
-    window (the reference's padding). 1 device: the largest window."""
+    window (the reference's padding). 1 device: the largest window. config: an LEDConfig (only its
+    `attention_window` is read). The one home of this rule: the encoder, the buckets and training's
+    lengths all ask it."""
     window = max(config.attention_window)
     if devices == 1:  # the unsharded encoder pads each layer to its own blocks itself
         return window
@@ -50,12 +50,12 @@ def sharded_model(model, mesh: Mesh | None):
     return model.clone(sequence_axis=SEQUENCE_AXIS)
 
 
-def check_length(config: LEDConfig, n: int, devices: int) -> None:
+def check_length(config, n: int, devices: int) -> None:
     """Raises ValueError when n tokens cannot be split over `devices` into whole attention blocks."""
     unit = length_unit(config, devices)
     if n % unit:
         raise ValueError(f"an input of {n} tokens does not split over {devices} sequence devices into whole "
-                         f"attention blocks: pad it to a multiple of {unit} (led_flax.sequence.length_unit)")
+                         f"attention blocks: pad it to a multiple of {unit} (led_flax.parallel.sequence.length_unit)")
 
 
 TOKENS = P(None, SEQUENCE_AXIS)  # [b, n] inputs: the tokens over the sequence axis, the batch automatic
@@ -81,9 +81,4 @@ def encode(model, params, input_ids, attention_mask=None, global_attention_mask=
     return jax.jit(fn)(params, jnp.asarray(input_ids), {k: jnp.asarray(v) for k, v in masks.items()})
 
 
-def token_sharding(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, TOKENS)
-
-
-__all__ = ["SEQUENCE_AXIS", "devices_of", "length_unit", "sharded_model", "check_length", "encode",
-           "token_sharding"]
+__all__ = ["SEQUENCE_AXIS", "devices_of", "length_unit", "sharded_model", "check_length", "encode"]

@@ -1,19 +1,22 @@
 """Length buckets: the fixed set of padded input lengths that inference and training compile for.
 
-Powers of two times the largest attention window, so a corpus compiles one program per bucket and
-every bucket is a whole number of attention blocks.
+Powers of two times the padding unit (`led_flax.parallel.sequence.length_unit`: the largest
+attention window, or whole blocks on every sequence device), so a corpus compiles one program per
+bucket and every bucket is a whole number of attention blocks.
 """
 
 from __future__ import annotations
 
 from typing import Sequence
 
+from led_flax.parallel.sequence import length_unit
 
-def default_buckets(config, smallest: int = 512, top: int | None = None, unit: int | None = None) -> list[int]:
-    """Powers of two times `unit` (default the largest window; with the sequence split over devices,
-    `sequence.length_unit`), from `smallest` up, ending at `top` (default: the encoder's positions,
+
+def default_buckets(config, smallest: int = 512, top: int | None = None, devices: int = 1) -> list[int]:
+    """Powers of two times `length_unit(config, devices)` (`devices`: how many devices each document's
+    tokens are split over), from `smallest` up, ending at `top` (default: the encoder's positions,
     rounded up to the unit). config: an LEDConfig. Returns ascending token counts."""
-    window = unit or max(config.attention_window)
+    window = length_unit(config, devices)
     top = config.max_encoder_position_embeddings if top is None else top
     top = -(-top // window) * window
     size = max(window, -(-smallest // window) * window)
