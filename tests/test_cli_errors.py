@@ -15,7 +15,7 @@ import warnings
 import pytest
 
 from led_flax import convert
-from led_flax import cli
+from led_flax.cli import commands as cli
 from led_flax.io.checkpoint import MARKER
 
 from cli_helpers import assert_one_line_error, run_command, run_main
@@ -222,7 +222,7 @@ def test_warnings_print_as_one_line_under_the_command(capsys, monkeypatch):
     monkeypatch.setattr(cli, "cmd_export", export)
     r = run_main(capsys, "export", "a", "b")
     assert r.code == 0 and r.err == "led-flax export: warning: something to know\nacross lines?\n"
-    assert "cli.py" not in r.err and "UserWarning" not in r.err
+    assert "commands.py" not in r.err and "UserWarning" not in r.err
 
 
 def test_an_internal_failure_exits_1_with_its_traceback(capsys, monkeypatch):
