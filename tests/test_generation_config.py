@@ -159,3 +159,26 @@ def test_a_generation_config_json_that_is_not_json_names_the_file(tmp_path):
     (tmp_path / "generation_config.json").write_text('[4]')
     with pytest.raises(ConfigError, match="generation_config.json holds a JSON list"):
         GenerationConfig.from_hf(tmp_path)
+
+
+def test_settings_are_resolved_once_and_taken_as_they_are_after(monkeypatch):
+    """`resolved` marks its result for the model config (no field: records and program keys are as
+    before); a resolved config passes through `resolved` again untouched, and any change unmarks it.
+    The oracle for the values: one resolution from scratch."""
+    import dataclasses
+    config, other = _config(), _config(vocab_size=200)
+    fresh = GenerationConfig(max_new_tokens=5, num_beams=2)
+    once = fresh.resolved(config)
+    assert once.max_length == 6 and once.max_new_tokens is None and once.pad_token_id == config.pad_token_id
+    assert once.is_resolved_for(config) and not once.is_resolved_for(other) and not fresh.is_resolved_for(config)
+    assert once == GenerationConfig(max_new_tokens=5, num_beams=2).resolved(config) and hash(once) == hash(
+        GenerationConfig(max_length=6, num_beams=2).resolved(config))
+    assert "_resolved_for" not in dataclasses.asdict(once)
+
+    calls = []
+    replace = GenerationConfig.replace
+    monkeypatch.setattr(GenerationConfig, "replace", lambda self, **k: calls.append(k) or replace(self, **k))
+    assert once.resolved(config) is once and calls == []  # nothing recomputed
+    changed = once.replace(num_beams=3)
+    assert not changed.is_resolved_for(config) and changed.resolved(config).is_resolved_for(config)
+    assert once.resolved(other).is_resolved_for(other)  # another model: resolved again, against it

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
 import os
 import sys
@@ -119,8 +120,9 @@ def cmd_summarize(args) -> int:
         read_stdin(prefix)
     model = convert.load(args.model)
     model.require_head("conditional_generation", "summarization")
-    print(f"{prefix}: generation: {describe_generation(generation_settings(model, generation), model, generation)}",
-          file=sys.stderr)
+    settings = generation_settings(model, generation)  # resolved once: summarize and generate take them as they are
+    print(f"{prefix}: generation: {describe_generation(settings, model, generation)}", file=sys.stderr)
+    options = dataclasses.replace(options, generation=settings)
     report = SummaryReport()
     summaries = summarize(docs.texts, model, options, names=docs.names, report=report)
     if not args.out:

@@ -116,7 +116,8 @@ def generate(model, params, input_ids, attention_mask=None, global_attention_mas
     the vocabulary.
     """
     config = model.config
-    cfg = (generation_config or GenerationConfig()).replace(**overrides).resolved(config)
+    cfg = generation_config or GenerationConfig()
+    cfg = (cfg.replace(**overrides) if overrides else cfg).resolved(config)  # as given when already resolved
     input_ids = np.asarray(input_ids)
     check_token_ids(input_ids, config.vocab_size, "input_ids")
     if input_ids.ndim != 2:

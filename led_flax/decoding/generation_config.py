@@ -235,7 +235,13 @@ class GenerationConfig:
         """Fills the special tokens from the model config and turns max/min_new_tokens into lengths.
         Raises ValueError for a max_length over the decoder's positions, a token id of bad_words_ids,
         suppress_tokens or begin_suppress_tokens outside the vocabulary (transformers ignores the last
-        two silently), or bad_words_ids that ban only eos."""
+        two silently), or bad_words_ids that ban only eos.
+
+        The settings are resolved once: the result remembers the model config it was resolved for
+        (not a field: it keys no program and is in no record), so `summarize` and `generate` take it
+        as it is; `replace` gives a new, unresolved copy."""
+        if self.is_resolved_for(model_config):
+            return self
         cfg = self
         fill = {}
         for f, v in (("decoder_start_token_id", model_config.decoder_start_token_id),
@@ -260,7 +266,14 @@ class GenerationConfig:
             if outside:
                 raise ValueError(f"GenerationConfig.{f} holds token ids outside the vocabulary [0, {v}): {outside}; "
                                  f"check that the settings belong to this checkpoint")
+        if cfg is self:
+            cfg = dataclasses.replace(self)  # a copy to mark: `self` stays as the caller made it
+        object.__setattr__(cfg, "_resolved_for", model_config)
         return cfg
+
+    def is_resolved_for(self, model_config) -> bool:
+        """Whether these settings came out of `resolved(model_config)` (an equal LEDConfig)."""
+        return getattr(self, "_resolved_for", None) == model_config
 
 
 def _warn_not_implemented(settings: dict[str, Any], source: str) -> None:

@@ -60,7 +60,8 @@ class SummarizeOptions:
     truncate: documents longer than the encoder's positions are cut to them with an InputWarning
         naming each; with False they are a ValueError raised before any work.
     generation: overrides of the checkpoint's GenerationConfig fields, e.g. {"num_beams": 4,
-        "max_length": 256}. An unknown name raises TypeError here, when the options are made.
+        "max_length": 256}; an unknown name raises TypeError here, when the options are made. Or whole
+        settings, a GenerationConfig (`generation_settings`' result), used as they are.
     output: a file that receives the summaries, written atomically in input order once all are done.
     output_format: "text" (one summary a line, whitespace folded) or "jsonl" ({"source": name,
         "summary": ...} a line).
@@ -88,7 +89,7 @@ class SummarizeOptions:
     batch_size: int = 4
     buckets: tuple[int, ...] | None = None
     truncate: bool = True
-    generation: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    generation: Mapping[str, Any] | GenerationConfig = dataclasses.field(default_factory=dict)
     output: str | None = None
     output_format: str = "text"
     progress_file: str | None = None
@@ -121,6 +122,8 @@ class SummarizeOptions:
             raise ValueError(f"sequence_devices must be a positive integer, got {self.sequence_devices!r}")
         if self.output_format not in OUTPUT_FORMATS:
             raise ValueError(f"output_format must be one of {OUTPUT_FORMATS}, got {self.output_format!r}")
+        if isinstance(self.generation, GenerationConfig):
+            return  # whole settings, resolved for the model by `generation_settings`
         object.__setattr__(self, "generation", dict(self.generation))
         try:
             GenerationConfig().replace(**self.generation)  # TypeError naming any unknown setting
@@ -276,14 +279,19 @@ def check_output(options: SummarizeOptions) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- settings
-def generation_settings(model: pretrained.LoadedModel, overrides: Mapping[str, Any] | None = None
-                        ) -> GenerationConfig:
-    """The generation settings `summarize` uses: the checkpoint's (its generation_config.json, else
-    transformers' defaults) with `overrides` applied, special tokens filled from the model's config.
+def generation_settings(model: pretrained.LoadedModel,
+                        generation: Mapping[str, Any] | GenerationConfig | None = None) -> GenerationConfig:
+    """The generation settings `summarize` uses, resolved once for the model: the checkpoint's (its
+    generation_config.json, else transformers' defaults) with the overrides `generation` (a mapping)
+    applied, special tokens filled from the model's config. `generation` may instead be whole settings
+    (a GenerationConfig, such as this function's own result, which the command line shows before it
+    summarizes): they are taken as they are, not resolved again.
 
     Raises ValueError for settings that do not fit together or with one summary per document.
     """
-    config = model.generation_config.replace(**dict(overrides or {})).resolved(model.config)
+    base = generation if isinstance(generation, GenerationConfig) else \
+        model.generation_config.replace(**dict(generation or {}))
+    config = base.resolved(model.config)
     if config.num_return_sequences != 1:
         raise ValueError(f"summarize gives one summary per document, so num_return_sequences must be 1 (got "
                          f"{config.num_return_sequences}); call led_flax.generate for several per input")
