@@ -18,6 +18,7 @@ import jax
 import numpy as np
 import safetensors.numpy
 
+from led_flax.io.checkpoint import check_finite
 from led_flax.model.config import HEAD_TO_ARCHITECTURE, LEDConfig
 from led_flax.model.heads import expected_shapes, head_of, init_params, model_for
 from led_flax.model.quantize import check_not_bitsandbytes
@@ -173,7 +174,9 @@ def _map_in(state: dict, expected: dict, src_prefix: str, dst_prefix: str, progr
     return params, used, missing, wrong
 
 
-def _check(missing, wrong, unused):
+def _check(src: str, missing, wrong, unused):
+    """Raises MappingError, one line naming every tensor that is missing, of the wrong shape or unused,
+    and the fix."""
     problems = []
     if missing:
         problems.append(f"missing from the checkpoint: {missing}")
@@ -182,7 +185,9 @@ def _check(missing, wrong, unused):
     if unused:
         problems.append(f"in the checkpoint but unused: {unused}")
     if problems:
-        raise MappingError("the checkpoint does not fit its LED config:\n  " + "\n  ".join(problems))
+        raise MappingError(f"{src}: the checkpoint does not fit its LED config ({'; '.join(problems)}); it was "
+                           f"saved from another model than config.json describes, or edited: put back the "
+                           f"config.json and weights that were saved together")
 
 
 class HFModel(NamedTuple):
@@ -210,6 +215,7 @@ def from_hf(src: str | os.PathLike, head: str | None = None, *, rng=None, dtype=
     config = LEDConfig.from_hf(src)
     check_not_bitsandbytes({key: json.loads(text) for key, text in config.extra}, src)
     state = read_state_dict(src)
+    check_finite(state, src)  # by the checkpoint's own tensor names
     source = _source_head(config, state)
     target = head or source
     if target not in HEAD_TO_ARCHITECTURE:
@@ -228,13 +234,13 @@ def from_hf(src: str | os.PathLike, head: str | None = None, *, rng=None, dtype=
 
     if source == target:
         flat, used, missing, wrong = _map_in(state, expected, "", "", progress)
-        _check(missing, wrong, sorted(set(state) - used))
+        _check(src, missing, wrong, sorted(set(state) - used))
     else:
         dst_prefix = "" if target == "base" else "led/"
         flat, used, missing, wrong = _map_in(state, expected, src_prefix, dst_prefix, progress)
         dropped = sorted(set(state) - used)
         # every tensor of the shared body must be used; only the old head's own tensors may go
-        _check(missing, wrong, [k for k in dropped if k.startswith(src_prefix)])
+        _check(src, missing, wrong, [k for k in dropped if k.startswith(src_prefix)])
         fresh = flatten(jax.device_get(init_params(module, rng)))
         new = sorted(p for p in expected if p not in flat)
         for p in new:

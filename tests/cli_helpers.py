@@ -3,6 +3,7 @@ calls of `led-flax` in-process or in a subprocess that return (exit status, stdo
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import subprocess
@@ -71,3 +72,31 @@ def assert_one_line_error(result: Result, code: int, command: str, *fragments: s
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
     return lines[0]
+
+
+@contextlib.contextmanager
+def small_tmpfs(path, size: str):
+    """A tmpfs of `size` (mount's size=, such as "300k") mounted at `path` for the block; the test is
+    skipped, with the reason, where it cannot be mounted (mounting needs CAP_SYS_ADMIN: root alone
+    is not enough in some containers). Yields a function that resizes it (`mount -o remount`)."""
+    import pytest
+
+    os.makedirs(path, exist_ok=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True,
+                       text=True)
+    if r.returncode:
+        pytest.skip(f"cannot mount a small tmpfs to fill ({(r.stderr or r.stdout).strip() or 'mount failed'})")
+
+    def resize(new_size: str) -> None:
+        subprocess.run(["mount", "-o", f"remount,size={new_size}", str(path)], check=True, capture_output=True)
+    try:
+        yield resize
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def fill(path, leave: int = 0) -> None:
+    """Fills the filesystem of folder `path` but for about `leave` bytes."""
+    free = os.statvfs(str(path)).f_bavail * os.statvfs(str(path)).f_frsize
+    with open(os.path.join(str(path), "fill"), "wb") as f, contextlib.suppress(OSError):
+        f.write(b"\0" * max(free - leave, 0))

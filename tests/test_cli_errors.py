@@ -12,11 +12,13 @@ import os
 import sys
 import warnings
 
+import numpy as np
 import pytest
 
 from led_flax import convert
 from led_flax.cli import commands as cli
 from led_flax.io.checkpoint import MARKER
+from led_flax.summarization import InputWarning
 
 from cli_helpers import assert_one_line_error, run_command, run_main
 
@@ -300,3 +302,145 @@ def test_the_real_command_refuses_a_bad_jsonl_line_before_loading(tmp_path):
     (tmp_path / MARKER).write_text("{}")
     r = run_command("summarize", "--model", tmp_path, "--jsonl", path)
     assert_one_line_error(r, 2, "summarize", f"{path} line 2 is a number, not a JSON object")
+
+
+# ------------------------------------------------------------------------------------------ issue 21
+@pytest.mark.parametrize("argv, then", [
+    (["summarize", "--model", "m", "--out", "o.txt"],
+     "terminated; rerun the same command to resume (finished batches are kept in o.txt.progress.jsonl)"),
+    (["train"], "terminated; rerun the same command to resume from the run's last checkpoint"),
+    (["convert", "a", "b"], "terminated; nothing was written (b is as it was)"),
+])
+def test_sigterm_exits_143_and_says_what_sigint_says(capsys, monkeypatch, argv, then):
+    import signal
+    import threading
+    import time
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers are set on the main thread only")
+
+    def work(*a, **k):  # a real SIGTERM, delivered while the command runs
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)
+        pytest.fail("SIGTERM did not stop the command")
+    for name in ("cmd_summarize", "cmd_convert"):
+        monkeypatch.setattr(cli, name, work)
+    import led_flax.train.cli
+    from led_flax import train
+    monkeypatch.setattr(train.cli, "main", work)
+    before = signal.getsignal(signal.SIGTERM)
+    r = run_main(capsys, *argv)
+    assert r.code == 143 and r.err == f"led-flax {argv[0]}: {then}\n"
+    assert signal.getsignal(signal.SIGTERM) is before  # put back
+
+
+def test_an_empty_training_config_is_refused_pointing_at_the_shipped_ones(capsys, tmp_path):
+    from led_flax import configs
+    for text in ("", "# only a comment\n\n   \n# another\n"):
+        path = tmp_path / "empty.yaml"
+        path.write_text(text)
+        r = run_main(capsys, "train", "--config", path, "--dry-run")
+        assert r.code == 2 and r.err == (
+            f"led-flax train: error: {path} sets nothing (it is empty or holds only comments); start from a shipped "
+            f"config: --config tiny-aclsum, or copy one of led-base-16384, led-large-16384, tiny-aclsum from "
+            f"{configs.HERE}\n")
+
+
+def test_a_key_given_twice_is_refused_naming_it_and_both_lines(capsys, tmp_path):
+    path = tmp_path / "twice.yaml"
+    path.write_text("steps: 3\nmodel:\n  d_model: 128\n  remat: full\n  d_model: 64\n")
+    r = run_main(capsys, "train", "--config", path, "--dry-run")
+    assert r.code == 2 and r.err == (f"led-flax train: error: {path} sets 'd_model' twice, on lines 3 and 5; keep one "
+                                     f"of them\n")
+
+
+def test_a_shipped_config_is_found_by_name_and_a_path_wins(capsys, tmp_path, monkeypatch):
+    from led_flax.train import config as config_lib
+    shipped = config_lib.find("tiny-aclsum")
+    assert shipped == config_lib.find("tiny-aclsum.yaml") and shipped.endswith("tiny-aclsum.yaml")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny-aclsum").write_text("steps: 3\n")  # a file of that name here wins
+    assert config_lib.find("tiny-aclsum") == "tiny-aclsum"
+    r = run_main(capsys, "train", "--config", "no-such-config", "--dry-run")
+    assert r.code == 2 and r.err == ("led-flax train: error: no config file no-such-config; give a path to a YAML file, "
+                                     "or the name of a shipped config: led-base-16384, led-large-16384, tiny-aclsum\n")
+
+
+def test_a_tokenizer_without_merges_warns_once_naming_the_file(tmp_path):
+    from led_flax.io.tokenizer import LEDTokenizer, TokenizerWarning
+    from cli_helpers import tiny_summarizer
+    tiny = tiny_summarizer(tmp_path / "t")
+    path = os.path.join(tiny.hf, "tokenizer.json")
+    data = json.loads(open(path).read())
+    for merges in ([], None):
+        if merges is None:
+            data["model"].pop("merges")
+        else:
+            data["model"]["merges"] = merges
+        open(path, "w").write(json.dumps(data))
+        with pytest.warns(TokenizerWarning) as caught:
+            tok = LEDTokenizer.from_pretrained(tiny.hf)
+        assert [str(w.message) for w in caught] == [
+            f"{path} (model.merges) has no BPE merges: every word splits into single bytes (about twice the tokens) "
+            f"and a model trained with merges reads it wrong; copy the tokenizer files again from the checkpoint the "
+            f"model was made from"]
+        assert len(tok.encode("summaries")) == len("summaries") + 2  # a byte a token, and <s> </s>
+
+
+def test_file_messages_name_the_fix(capsys, tmp_path, fake_model, no_loading, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = run_main(capsys, "summarize", "--model", fake_model, ".")
+    assert r.code == 2 and r.err == ("led-flax summarize: error: cannot read .: Is a directory; name the text files in "
+                                     "it, or pass --jsonl FILE\n")
+    r = run_main(capsys, "summarize", "--model", fake_model, "nosuch.txt")
+    assert r.code == 2 and r.err == ("led-flax summarize: error: cannot read nosuch.txt: No such file or directory; "
+                                     "check the path\n")
+    r = run_main(capsys, "summarize", "--model", fake_model, "--jsonl", "nosuch.jsonl")
+    assert r.code == 2 and r.err == ("led-flax summarize: error: cannot read nosuch.jsonl: No such file or directory; "
+                                     "check the path\n")
+    r = run_main(capsys, "export", "nosuchdir", "out")
+    assert r.code == 2 and r.err == (f"led-flax export: error: {tmp_path}/nosuchdir does not exist; check the path (a "
+                                     f"checkpoint written by `led-flax convert` or by training)\n")
+    assert sorted(os.listdir(tmp_path)) == ["model"]  # nothing written
+
+
+def test_an_unexpected_tensor_is_one_line(capsys, tmp_path):
+    from safetensors.numpy import load_file, save_file
+    from cli_helpers import tiny_summarizer
+    tiny = tiny_summarizer(tmp_path / "t")
+    state = load_file(os.path.join(tiny.hf, "model.safetensors"))
+    state["led.encoder.extra.weight"] = np.zeros((2, 2), np.float32)
+    save_file(state, os.path.join(tiny.hf, "model.safetensors"), metadata={"format": "pt"})
+    r = run_main(capsys, "convert", tiny.hf, tmp_path / "out", "--quiet")
+    assert r.code == 2 and r.err == (
+        f"led-flax convert: error: {tiny.hf}: the checkpoint does not fit its LED config (in the checkpoint but unused: "
+        f"['led.encoder.extra.weight']); it was saved from another model than config.json describes, or edited: put "
+        f"back the config.json and weights that were saved together\n")
+
+
+def test_jsonl_with_a_byte_order_mark_and_duplicate_ids(tmp_path, recwarn):
+    path = tmp_path / "docs.jsonl"
+    records = [{"id": "a", "text": "one"}, {"id": "b", "text": "two"}, {"id": "a", "text": "three"},
+               {"id": "a", "text": "four"}, {"text": "five"}]
+    path.write_bytes(b"\xef\xbb\xbf" + "".join(json.dumps(r) + "\n" for r in records).encode())
+    docs = cli.read_jsonl(str(path), "text")
+    assert docs.texts == ["one", "two", "three", "four", "five"]  # the first record kept, as utf-8-sig reads it
+    assert docs.names == ["a", "b", "a", "a", f"{path}:5"]
+    assert [str(w.message) for w in recwarn if w.category is InputWarning] == [
+        f"{path}: id 'a' is on line 1 and line 3 (and maybe more): their output records cannot be told apart; give "
+        f"each record its own id"]
+
+
+def test_an_unreadable_file_is_reported_once(capsys, tmp_path, monkeypatch):
+    """Not UTF-8: one warning, not a second one calling it empty (the oracle: an empty file still gets
+    that one)."""
+    bad, empty = tmp_path / "bad.bin", tmp_path / "empty.txt"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
+    empty.write_text("")
+    from cli_helpers import tiny_summarizer
+    tiny = tiny_summarizer(tmp_path / "t")
+    r = run_main(capsys, "summarize", "--model", tiny.ours, "--quiet", "--no-cache", bad, empty)
+    assert r.code == 0, r.err
+    warned = [ln for ln in r.err.splitlines() if ": warning: " in ln]
+    assert warned == [f"led-flax summarize: warning: {bad} is not UTF-8 (invalid start byte at byte 0); skipped: "
+                      f"convert it with iconv -t UTF-8",
+                      f"led-flax summarize: warning: {empty} is empty: its summary is empty"]

@@ -22,7 +22,7 @@ from led_flax.decoding import generation
 from led_flax.summarization.progress import ResumeError, RunRecord
 from led_flax.summarization.batch import SummarizeOptions, SummaryReport, summarize
 
-from cli_helpers import assert_one_line_error, run_main, tiny_summarizer
+from cli_helpers import assert_one_line_error, fill, run_command, run_main, small_tmpfs, tiny_summarizer
 
 DOCS = ["Attention windows slide over long documents.", "A second document, about parsing trees.",
         "Third: summaries of scientific papers are short."]
@@ -227,3 +227,133 @@ def test_verbose_tells_compiled_programs_from_cache_reads(tiny, monkeypatch, cap
     assert "read the program for bucket 64, batch 1 from the compilation cache" in messages
     assert report.programs_from_cache == 1 and report.programs_compiled >= 1
     assert "1 read from the compilation cache" in report.describe()
+
+
+# ---------------------------------------------------------------------------------------------- issue 21
+def _tree(folder) -> dict:
+    """Every file under `folder` (links as links) with its bytes and mode: what a failed run must leave."""
+    out = {}
+    for root, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            path = os.path.join(root, name)
+            rel = os.path.relpath(path, folder)
+            if os.path.islink(path):
+                out[rel] = ("link", os.readlink(path))
+            elif os.path.isfile(path):
+                out[rel] = (open(path, "rb").read(), oct(os.stat(path).st_mode & 0o777))
+    return out
+
+
+def test_a_full_disk_during_convert_is_one_line_and_leaves_nothing(tiny, tmp_path):
+    small = tmp_path / "small"
+    with small_tmpfs(small, "300k"):
+        fill(small, leave=40_000)
+        before = _tree(small)
+        r = run_command("convert", tiny.hf, small / "ck", "--quiet")  # the real command: orbax's threads too
+        assert r.code == 2 and r.out == "", r.err[-3000:]
+        assert r.err == (f"led-flax convert: error: cannot write {small}/ck: No space left on device; free some space "
+                         f"on that filesystem, or write somewhere else\n")
+        assert _tree(small) == before  # nothing left behind
+
+
+def test_weights_that_are_not_finite_are_refused_by_every_loader(tiny, docs, tmp_path, capsys):
+    from safetensors.numpy import load_file, save_file
+    hf = tmp_path / "hf"
+    shutil.copytree(tiny.hf, hf)
+    state = load_file(hf / "model.safetensors")
+    for key, value in (("led.encoder.layers.0.fc1.weight", np.nan), ("led.decoder.layers.1.fc2.bias", np.inf)):
+        state[key] = state[key].copy()
+        state[key].flat[3] = value
+    save_file(state, hf / "model.safetensors", metadata={"format": "pt"})
+    message = (f"{hf} holds NaN or infinite weights in 2 tensors: led.decoder.layers.1.fc2.bias, "
+               f"led.encoder.layers.0.fc1.weight; the checkpoint was saved from a diverged run or is damaged: use an "
+               f"earlier checkpoint, or fix these tensors at their source")
+    r = run_main(capsys, "convert", hf, tmp_path / "out", "--quiet")
+    assert r.code == 2 and r.err == f"led-flax convert: error: {message}\n" and not (tmp_path / "out").exists()
+    r = run_main(capsys, "summarize", "--model", hf, "--quiet", "--no-cache", docs[0])
+    assert r.code == 2 and r.err == f"led-flax summarize: error: {message}\n"
+
+    ours = tmp_path / "ours"  # our own format: a NaN written into a checkpoint with its CRCs made to agree
+    from led_flax.io import checkpoint
+    ckpt = checkpoint.load(tiny.ours, scan_layers=False)
+    params = jax.tree_util.tree_map(np.asarray, ckpt.params)
+    params["led"]["encoder"]["layers_1"]["fc2"]["bias"] = np.full_like(
+        params["led"]["encoder"]["layers_1"]["fc2"]["bias"], np.nan)
+    checkpoint.save(ours, ckpt.config, params)
+    with pytest.raises(checkpoint.CheckpointError) as e:
+        checkpoint.load(ours)
+    assert str(e.value) == (f"{ours}/params holds NaN or infinite weights in 1 tensors: led/encoder/layers_1/fc2/bias; "
+                            f"the checkpoint was saved from a diverged run or is damaged: use an earlier checkpoint, or "
+                            f"fix these tensors at their source")
+
+
+def test_a_generation_that_meets_non_finite_scores_is_reported(tiny, recwarn):
+    """A model in memory (no loader checks it) whose logits are NaN: the documents are named, not
+    returned as empty text in silence. The oracle: the same model with finite weights warns nothing."""
+    from led_flax.io import pretrained
+    from led_flax.summarization import NonFiniteWarning
+    model = pretrained.load(tiny.ours)
+    report = SummaryReport()
+    summarize(DOCS[:2], model, SummarizeOptions(compilation_cache=None, progress_bar=False), report=report)
+    assert report.non_finite == [] and not [w for w in recwarn if w.category is NonFiniteWarning]
+    params = jax.tree_util.tree_map(lambda x: x, model.params)
+    params["final_logits_bias"] = jnp.full_like(params["final_logits_bias"], jnp.nan)
+    bad = dataclasses.replace(model, params=params)
+    report = SummaryReport()
+    with pytest.warns(NonFiniteWarning) as caught:
+        summarize(DOCS[:2], bad, SummarizeOptions(compilation_cache=None, progress_bar=False), names=["a", "b"],
+                  report=report)
+    assert report.non_finite == [0, 1] and "2 with non-finite scores" in report.describe()
+    assert [str(w.message) for w in caught] == [
+        f"{n}: generation met non-finite scores (NaN or infinite logits), so its summary is not the model's answer: "
+        f"the weights hold NaN or infinity, or the compute dtype overflowed (try compute_dtype float32)"
+        for n in ("a", "b")]
+
+
+def test_outputs_through_symlinks_are_written_through_with_the_umask_mode(capsys, tiny, docs, tmp_path):
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "target.txt").write_text("old summaries\n")
+    link = tmp_path / "link.txt"
+    link.symlink_to(real / "target.txt")
+    reference = tmp_path / "reference.txt"
+    old = os.umask(0o022)
+    try:
+        assert _summarize(capsys, tiny, docs, reference).code == 0
+        assert _summarize(capsys, tiny, docs, link).code == 0
+        assert link.is_symlink() and os.readlink(link) == str(real / "target.txt")
+        assert (real / "target.txt").read_bytes() == reference.read_bytes()
+        assert oct(os.stat(real / "target.txt").st_mode & 0o777) == "0o644"
+        assert sorted(os.listdir(real)) == ["target.txt"] and sorted(p.name for p in tmp_path.iterdir()) == [
+            "doc0.txt", "doc1.txt", "doc2.txt", "link.txt", "real", "reference.txt"]
+
+        # a checkpoint directory through a link: the folder it points at is replaced, the link stays
+        (real / "ck").mkdir()
+        (tmp_path / "ck").symlink_to(real / "ck")
+        r = run_main(capsys, "convert", tiny.hf, tmp_path / "ck", "--overwrite", "--quiet")
+        assert r.code == 0, r.err
+        assert os.readlink(tmp_path / "ck") == str(real / "ck") and sorted(os.listdir(real)) == ["ck", "target.txt"]
+        assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no stray .ck.old-... link
+        modes = {name: oct(os.stat(real / "ck" / name).st_mode & 0o777) for name in os.listdir(real / "ck")}
+        assert modes["config.json"] == modes["led_flax.json"] == modes["tokenizer.json"] == "0o644"
+        assert modes["params"] == "0o755"
+
+        # an output that is an input, through a link, stays refused
+        (tmp_path / "doc-link.txt").symlink_to(docs[0])
+        r = run_main(capsys, "summarize", "--model", tiny.ours, docs[0], "--out", tmp_path / "doc-link.txt")
+        assert_one_line_error(r, 2, "summarize", "is also an input")
+    finally:
+        os.umask(old)
+
+
+def test_a_second_run_writing_the_same_output_is_refused_naming_the_first(capsys, tiny, docs, tmp_path):
+    from led_flax.utils.files import exclusive
+    out = tmp_path / "out.txt"
+    with exclusive(out):  # the first run, holding the output
+        r = _summarize(capsys, tiny, docs, out)
+        assert_one_line_error(r, 2, "summarize", f"{out} is being written by another run (process {os.getpid()} on ",
+                              "wait for it to finish, or write somewhere else")
+        assert sorted(p.name for p in tmp_path.iterdir()) == [".out.txt.lock", "doc0.txt", "doc1.txt", "doc2.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["doc0.txt", "doc1.txt", "doc2.txt"]
+    assert _summarize(capsys, tiny, docs, out).code == 0  # once the first is done
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["doc0.txt", "doc1.txt", "doc2.txt", "out.txt"]

@@ -162,3 +162,33 @@ def test_an_interrupt_and_a_file_as_output_dir_are_one_line(trained, tmp_path, c
     afile.write_text("x")
     r = run_main(capsys, "train", "--config", write_config(_config(afile, trained[1], 3), tmp_path / "f.yaml"))
     assert_one_line_error(r, 2, "train", f"output_dir {afile} is a file; set output_dir to a folder")
+
+
+def test_a_disk_that_fills_during_a_checkpoint_save_is_one_line_and_the_rerun_resumes(trained, tmp_path, capfd):
+    """A real full filesystem (a small tmpfs): the run's copy fits, the next step's checkpoint does
+    not. Oracle: one line naming the checkpoints folder and the fix, no traceback from orbax's
+    background threads; the rerun, with room again, finishes the run."""
+    from cli_helpers import small_tmpfs
+    small = tmp_path / "small"
+
+    def used(folder):  # bytes on a filesystem of 4 KiB pages: every file and folder rounded up
+        return sum(4096 * (1 + sum(-(-os.path.getsize(os.path.join(r, f)) // 4096) for f in fs))
+                   for r, _, fs in os.walk(folder))
+    size = used(trained[0]) + used(os.path.join(trained[0], "checkpoints", "2")) // 2  # half a checkpoint more
+    with small_tmpfs(small, str(size)) as resize:
+        out = str(small / "run")
+        shutil.copytree(trained[0], out)
+        cfg = write_config(_config(out, trained[1], 3), tmp_path / "c.yaml")
+        capfd.readouterr()
+        r = run_main(capfd, "train", "--config", cfg, "--quiet")
+        err = r.err
+        assert "Traceback" not in err and "ERROR:absl" not in err, err[-3000:]
+        assert_one_line_error(r, 2, "train", "No space left on device; free some space on that filesystem",
+                              "then rerun the same command: the run resumes from its last checkpoint")
+        foreign = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("led-flax train: ")
+                    and " led_flax.train: " not in ln]  # the run's own log lines are expected, nothing else
+        assert foreign == [], err[-3000:]
+        assert f"cannot write {out}/checkpoints: No space left on device" in err
+        resize(str(size * 4 + 2_000_000))
+        assert run_main(capfd, "train", "--config", cfg, "--quiet").code == 0
+        assert Checkpoints(os.path.join(out, "checkpoints"), 2, 0).latest_step() == 3

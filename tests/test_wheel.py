@@ -67,8 +67,10 @@ def _fresh_env(tmp_path, wheel) -> pathlib.Path:
     purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                              capture_output=True, text=True, check=True).stdout.strip()
     pathlib.Path(purelib, "test_environment.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    r = subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)],
-                       capture_output=True, text=True)
+    # --ignore-installed: this environment's own led_flax (seen through the .pth) is neither taken as
+    # already there nor uninstalled
+    r = subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--ignore-installed",
+                        str(wheel)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
     where = subprocess.run([str(python), "-c", "import led_flax; print(led_flax.__file__)"], capture_output=True,
                            text=True, check=True, cwd=tmp_path).stdout.strip()

@@ -27,7 +27,7 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
-from led_flax.io.orbax_logs import describe_read_error, quiet_closed_loop_errors, quiet_logger
+from led_flax.io.orbax_logs import describe_read_error, orbax_write, quiet_closed_loop_errors, quiet_logger
 from led_flax.utils.trees import flatten
 
 
@@ -138,10 +138,11 @@ class Checkpoints:
         """Starts saving `state` (in the layout `scan_layers` names) and the loader position as `step`
         (returns once arrays are copied to the host; the files are written in the background)."""
         layout = {"layout_version": LAYOUT_VERSION, "scan_layers": bool(scan_layers)}
-        self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                        data=grain.checkpoint.CheckpointSave(data_iterator),
-                                                        **{LAYOUT_ITEM: ocp.args.JsonSave(layout)}),
-                          metrics=metrics, force=True)
+        with orbax_write(self.directory):  # the previous step's save, still being written, may fail here
+            self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                            data=grain.checkpoint.CheckpointSave(data_iterator),
+                                                            **{LAYOUT_ITEM: ocp.args.JsonSave(layout)}),
+                              metrics=metrics, force=True)
 
     def saved_layout(self, step: int) -> bool:
         """Whether the checkpoint at `step` holds scanned (stacked) parameters; a checkpoint without a
@@ -176,7 +177,10 @@ class Checkpoints:
         return state
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        """Waits for the last save; raises WriteError (a full disk, say) when it failed."""
+        with orbax_write(self.directory):
+            self.manager.wait_until_finished()
 
     def close(self) -> None:
-        self.manager.close()
+        with orbax_write(self.directory):
+            self.manager.close()

@@ -231,6 +231,22 @@ def _read_aliases(data: dict) -> None:
         "model.gradient_checkpointing is now model.remat: read as model.remat: %s", new)
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader, but a key given twice in one mapping is an error naming the key and both
+    lines (PyYAML keeps the last value without a word)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise TrainConfigError(f"{key_node.start_mark.name} sets {key!r} twice, on lines {seen[key]} and "
+                                       f"{line}; keep one of them")
+            seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
 def find(name: str | os.PathLike) -> str:
     """The config file `name` names: a path to a file, else the shipped config of that name
     (`tiny-aclsum`, `led-base-16384`, `led-large-16384`, with or without `.yaml`: package data in
@@ -252,12 +268,16 @@ def load(path: str | os.PathLike, overrides=()) -> TrainConfig:
     path = find(path)
     try:
         with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f) or {}
+            data = yaml.load(f, Loader=_StrictLoader)
     except UnicodeDecodeError as e:
         line = open(path, "rb").read()[:e.start].count(b"\n") + 1
         raise TrainConfigError(f"{path} line {line} is not UTF-8 ({e.reason}); save the config as UTF-8") from None
     except yaml.YAMLError as e:
         raise TrainConfigError(f"{path} is not valid YAML: {' '.join(str(e).split())}") from None
+    if data is None:  # an empty file, or comments alone: every field would take the 412M-parameter defaults
+        raise TrainConfigError(f"{path} sets nothing (it is empty or holds only comments); start from a shipped "
+                               f"config: --config tiny-aclsum, or copy one of {', '.join(configs.names())} from "
+                               f"{configs.HERE}")
     try:
         return from_dict(data, overrides)
     except TrainConfigError as e:

@@ -10,7 +10,8 @@ Every command speaks one way (README, "Command line"): options are checked befor
 messages read `led-flax COMMAND: error: ...` (or `warning:`) on one line that names the fix, and the
 exit status is 0 on success, 2 for a usage, input or environment error (a bad option, an unreadable
 or malformed file, an output that cannot be written, a full or read-only disk), 1 for an internal
-failure (a bug: the traceback is printed), 3 when training stops on a NaN, 130 when interrupted.
+failure (a bug: the traceback is printed), 3 when training stops on a NaN, 130 when interrupted
+(SIGINT), 143 when terminated (SIGTERM).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import contextlib
 import dataclasses
 import logging
 import os
+import re
+import signal
 import sys
 import traceback
 import warnings
@@ -33,8 +36,8 @@ from led_flax.io.pretrained import COMPUTE_DTYPES
 from led_flax.model.cache import CROSS_CACHES
 from led_flax.model.config import HEAD_TO_ARCHITECTURE
 from led_flax.model.quantize import DEFAULT_GROUP_SIZE, SCHEMES, QuantizeSpec
-from led_flax.summarization import (DEFAULT_CACHE, SummarizeOptions, SummaryReport, check_output, describe_generation,
-                                    format_summaries, generation_settings, summarize)
+from led_flax.summarization import (DEFAULT_CACHE, InputWarning, SummarizeOptions, SummaryReport, check_output,
+                                    describe_generation, format_summaries, generation_settings, summarize)
 from led_flax.utils.files import WriteError
 
 from .demo import DEMO_CONFIG, cmd_demo
@@ -43,7 +46,29 @@ from .usage import UsageError, at_least, finite
 
 PROG = "led-flax"
 # exit statuses (README, "Command line")
-EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler, `kill`, a container stopping), raised where the command is so that it
+    stops as an interrupt does: finished work kept, one line saying how to resume."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM raises Terminated for the block (the previous handler is put back after; off the main
+    thread, where no handler can be set, nothing changes)."""
+    def handler(signum, frame):
+        raise Terminated
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class _ParseError(Exception):
@@ -103,7 +128,7 @@ def cmd_summarize(args) -> int:
     if args.restart and not args.out:
         raise UsageError("--restart discards the progress of an --out run; it needs --out")
     inputs = [args.jsonl] if args.jsonl else args.files
-    if args.out and any(os.path.abspath(args.out) == os.path.abspath(p) for p in inputs):
+    if args.out and any(os.path.realpath(args.out) == os.path.realpath(p) for p in inputs):
         raise UsageError(f"--out {args.out} is also an input: it would be overwritten; write the summaries elsewhere")
     generation = {k: v for k, v in dict(num_beams=args.num_beams, max_length=args.max_length,
                                          min_length=args.min_length, length_penalty=args.length_penalty,
@@ -124,7 +149,10 @@ def cmd_summarize(args) -> int:
     print(f"{prefix}: generation: {describe_generation(settings, model, generation)}", file=sys.stderr)
     options = dataclasses.replace(options, generation=settings)
     report = SummaryReport()
-    summaries = summarize(docs.texts, model, options, names=docs.names, report=report)
+    with warnings.catch_warnings():
+        for name in docs.skipped:  # reported once, as unreadable, not again as empty
+            warnings.filterwarnings("ignore", message=f"{re.escape(name)} is empty", category=InputWarning)
+        summaries = summarize(docs.texts, model, options, names=docs.names, report=report)
     if not args.out:
         sys.stdout.write("".join(line + "\n" for line in format_summaries(summaries, docs.names, args.format)))
     print(report.describe(), file=sys.stderr)
@@ -170,7 +198,7 @@ GENERATION_HELP = "(default: the checkpoint's generation_config.json, else trans
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog=PROG, description="LED (Longformer-Encoder-Decoder) in JAX/Flax",
                     epilog="exit status: 0 done, 2 usage, input or environment error, 1 internal failure, "
-                           "3 training stopped on a NaN, 130 interrupted")
+                           "3 training stopped on a NaN, 130 interrupted, 143 terminated (SIGTERM)")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     p = sub.add_parser("convert", help="an HF LED checkpoint directory (or hub id) -> a led-flax checkpoint",
@@ -296,12 +324,14 @@ def main(argv=None) -> int:
     except SystemExit as e:  # --help
         return e.code if isinstance(e.code, int) else EXIT_OK
     prefix = f"{PROG} {args.command}"
-    with _one_line_warnings(prefix):
+    with _one_line_warnings(prefix), _sigterm_as_interrupt():
         try:
             return args.func(args)
-        except KeyboardInterrupt:
-            print(f"{prefix}: interrupted; {args.interrupted(args)}", file=sys.stderr)
-            return EXIT_INTERRUPTED
+        except KeyboardInterrupt as e:
+            terminated = isinstance(e, Terminated)
+            print(f"{prefix}: {'terminated' if terminated else 'interrupted'}; {args.interrupted(args)}",
+                  file=sys.stderr)
+            return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
         except Exception as e:
             code = getattr(e, "exit_code", None)  # training's NaN stop is 3
             if code is None and not isinstance(e, (ValueError, OSError, ImportError)):

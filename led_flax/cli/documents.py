@@ -9,17 +9,19 @@ import sys
 import warnings
 
 from led_flax.summarization import InputWarning
-from led_flax.utils.files import describe_json, jsonl_objects
+from led_flax.utils.files import describe_json, jsonl_objects, read_fix
 
 from .usage import UsageError
 
 
 @dataclasses.dataclass(frozen=True)
 class Documents:
-    """What `summarize` reads: each document's name (for messages and the jsonl output) and text."""
+    """What `summarize` reads: each document's name (for messages and the jsonl output) and text;
+    `skipped`: the names of documents that could not be read, already reported (their text is "")."""
 
     names: list[str]
     texts: list[str]
+    skipped: frozenset[str] = frozenset()
 
 
 def _decode(data: bytes, source: str, fix: str) -> str:
@@ -34,7 +36,7 @@ def read_jsonl(path: str, field: str) -> Documents:
     """One document per line of a jsonl file: the string `field` of each JSON object; the name is
     the record's own `id` when it has one (a string or a number), else PATH:LINE.
     Raises UsageError naming the file, the line and the fix."""
-    names, texts = [], []
+    names, texts, lines = [], [], {}
     for n, record in jsonl_objects(path, UsageError, f'{{"{field}": "..."}}'):
         if field not in record:
             raise UsageError(f"{path} line {n} has no field {field!r} (it has {sorted(record)[:8]}); name the text "
@@ -43,29 +45,41 @@ def read_jsonl(path: str, field: str) -> Documents:
             raise UsageError(f"{path} line {n}: field {field!r} is {describe_json(record[field])}, not a string; "
                              f"name the text field with --field, or fix the line")
         rid = record.get("id")
+        if isinstance(rid, (str, int)) and not isinstance(rid, bool):
+            if str(rid) in lines:  # once per id
+                if lines[str(rid)] is not None:
+                    warnings.warn(f"{path}: id {rid!r} is on line {lines[str(rid)]} and line {n} (and maybe more): "
+                                  f"their output records cannot be told apart; give each record its own id",
+                                  InputWarning)
+                lines[str(rid)] = None
+            else:
+                lines[str(rid)] = n
         names.append(str(rid) if isinstance(rid, (str, int)) and not isinstance(rid, bool) else f"{path}:{n}")
         texts.append(record[field])
     return Documents(names, texts)
 
 
 def read_files(paths) -> Documents:
-    """One document per text file; a file that is not UTF-8 is skipped (an empty document) with an
-    InputWarning. Raises UsageError for a file that is missing or cannot be read."""
-    names, texts = [], []
+    """One document per text file; a file that is not UTF-8 is skipped (an empty document, named in
+    `Documents.skipped`) with an InputWarning. Raises UsageError for a file that is missing or cannot be
+    read."""
+    names, texts, skipped = [], [], set()
     for path in paths:
         try:
             with open(path, "rb") as f:
                 data = f.read()
         except OSError as e:
-            raise UsageError(f"cannot read {path}: {e.strerror}") from None
+            raise UsageError(f"cannot read {path}: {e.strerror}; "
+                             f"{read_fix(e, 'name the text files in it, or pass --jsonl FILE')}") from None
         try:
             texts.append(data.decode("utf-8"))
         except UnicodeDecodeError as e:
             warnings.warn(f"{path} is not UTF-8 ({e.reason} at byte {e.start}); skipped: convert it with "
                           f"iconv -t UTF-8", InputWarning)
             texts.append("")
+            skipped.add(path)
         names.append(path)
-    return Documents(names, texts)
+    return Documents(names, texts, frozenset(skipped))
 
 
 def read_stdin(prefix: str) -> Documents:

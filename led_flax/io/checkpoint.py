@@ -35,9 +35,9 @@ from led_flax.model.heads import expected_shapes, head_of
 from led_flax.model.quantize import QuantizeSpec, from_saved, is_quantized, to_saved
 from led_flax.model.stacking import to_layout, unstack_layers
 from led_flax.utils.files import atomic_directory, write_atomic
-from led_flax.utils.trees import flatten
+from led_flax.utils.trees import flatten, non_finite
 
-from .orbax_logs import describe_read_error, quiet_closed_loop_errors, quiet_logger
+from .orbax_logs import describe_read_error, orbax_write, quiet_closed_loop_errors, quiet_logger
 
 FORMAT = "led-flax"
 FORMAT_VERSION = 1
@@ -50,6 +50,17 @@ GENERATION_CONFIG = "generation_config.json"
 
 class CheckpointError(ValueError):
     """A directory that is not a readable LED checkpoint; the message says what is wrong and what to do."""
+
+
+def check_finite(flat: dict, source: str) -> None:
+    """Raises CheckpointError naming every tensor of `flat` (name -> array) that holds a NaN or an
+    infinity: such weights make every output NaN, and generation would write empty text as if
+    nothing were wrong (transformers loads them without a word)."""
+    bad = non_finite(flat)
+    if bad:
+        raise CheckpointError(f"{source} holds NaN or infinite weights in {len(bad)} tensors: {_listing(bad)}; the "
+                              f"checkpoint was saved from a diverged run or is damaged: use an earlier checkpoint, "
+                              f"or fix these tensors at their source")
 
 
 def is_led_flax_checkpoint(path: str | os.PathLike) -> bool:
@@ -101,10 +112,13 @@ def save(directory: str | os.PathLike, config: LEDConfig, params, *, extra_files
         # the per-layer layout on disk; a QuantizedArray as its two arrays, values and scales
         params = to_saved(unstack_layers(jax.device_get(params), config))
         dtypes = sorted({np.asarray(x).dtype.name for x in jax.tree_util.tree_leaves(params)})
-        checkpointer = _local_checkpointer(ocp)
-        checkpointer.save(os.path.join(tmp, PARAMS), params)
-        checkpointer.wait_until_finished()
-        checkpointer.close()
+        with orbax_write(directory):  # a full disk: one WriteError naming `directory`, not orbax's tracebacks
+            checkpointer = _local_checkpointer(ocp)
+            try:
+                checkpointer.save(os.path.join(tmp, PARAMS), params)
+                checkpointer.wait_until_finished()
+            finally:
+                checkpointer.close()
         config.save(tmp)
         for f in extra_files:
             shutil.copy2(f, os.path.join(tmp, os.path.basename(f)))
@@ -206,6 +220,9 @@ def load(directory: str | os.PathLike, scan_layers: bool = True) -> Checkpoint:
     import orbax.checkpoint as ocp
 
     directory = os.path.abspath(os.fspath(directory))
+    if not os.path.exists(directory):
+        raise CheckpointError(f"{directory} does not exist; check the path (a checkpoint written by `led-flax convert` "
+                              f"or by training)")
     if not is_led_flax_checkpoint(directory):
         hint = (f"it is an HF checkpoint: load it with `convert.load({directory!r})`, or convert it once with "
                 f"`led-flax convert {directory} DST`" if is_hf_checkpoint(directory) else
@@ -244,6 +261,7 @@ def load(directory: str | os.PathLike, scan_layers: bool = True) -> Checkpoint:
         bad = [p for p, v in sorted(flatten(params).items()) if p in recorded and recorded[p] != _crc32(v)]
         if bad:
             raise CheckpointError(f"{damaged}: tensors that differ from what was saved (CRC-32): {_listing(bad)}; {again}")
+    check_finite(flatten(params), params_dir)
     if quantization is not None:
         params = from_saved(params, quantization)
     return Checkpoint(config=config, params=to_layout(params, config, scan_layers), head=marker["head"],

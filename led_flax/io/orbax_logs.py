@@ -1,7 +1,11 @@
-"""Orbax's leftovers kept off the console: when a read fails, the reads it left in flight finish after
-orbax closed its event loop, and each would print a traceback after (or while) our one-line error
-is reported. The hooks here drop exactly those errors and pass everything else on; `checkpoint`
-and the training job's checkpoints install them before they read.
+"""Orbax's leftovers kept off the console.
+
+When a read fails, the reads it left in flight finish after orbax closed its event loop, and each
+would print a traceback after (or while) our one-line error is reported. When a write fails (a full
+disk), orbax's background threads log the failure with its traceback before the caller sees it
+raised. The hooks here drop exactly those errors and pass everything else on; `checkpoint` and the
+training job's checkpoints install them before they read or write, and `orbax_write` turns a write
+that failed for a reason the user can fix into one `WriteError` line.
 """
 
 from __future__ import annotations
@@ -9,8 +13,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import sys
 import threading
+
+from led_flax.utils.files import FIXES, WriteError
+
+# tensorstore names the OS error a write failed with in its message: "... [os_error_code='28']"
+_OS_ERROR = re.compile(r"os_error_code='(\d+)'")
 
 
 def _orbax_leftover(unraisable) -> bool:
@@ -85,3 +95,48 @@ def describe_read_error(e: BaseException, limit: int = 300) -> str:
     text = str(e).split("\n")[0].split(" [tensorstore_spec=")[0].split(". See full TensorStore details")[0]
     text = text or type(e).__name__
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+def os_error_code(e: BaseException | None) -> int | None:
+    """The errno an orbax or tensorstore write failed with, read from the messages of `e` and its
+    causes (tensorstore raises ValueErrors that name it); None when none does."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        m = _OS_ERROR.search(str(e))
+        if m:
+            return int(m.group(1))
+        e = e.__cause__ or e.__context__
+    return None
+
+
+class _DropFixableWriteErrors(logging.Filter):
+    """orbax's background threads log a write that failed with a fixable OS error (a full disk) with
+    its traceback; the caller raises it as one WriteError line instead."""
+
+    def filter(self, record) -> bool:
+        text = record.getMessage() + (str(record.exc_info[1]) if record.exc_info else "")
+        m = _OS_ERROR.search(text)
+        return not (m and int(m.group(1)) in FIXES)
+
+
+_DROP_FIXABLE_WRITE_ERRORS = _DropFixableWriteErrors()
+
+
+@contextlib.contextmanager
+def orbax_write(path: str | os.PathLike):
+    """Around an orbax write to `path` (or the wait for an asynchronous one): orbax's logs and
+    leftovers of a failed write stay off the console, and a write that failed for a reason the user
+    can fix (a full or read-only disk, a quota) is raised as a WriteError naming `path` and the fix.
+    Other errors pass as they are."""
+    quiet_closed_loop_errors()
+    logger = logging.getLogger("absl")
+    if _DROP_FIXABLE_WRITE_ERRORS not in logger.filters:
+        logger.addFilter(_DROP_FIXABLE_WRITE_ERRORS)
+    try:
+        yield
+    except Exception as e:
+        code = os_error_code(e)
+        if code not in FIXES:
+            raise
+        raise WriteError(code, os.strerror(code), os.fspath(path)) from None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from typing import Sequence
 
 import numpy as np
@@ -21,6 +22,11 @@ SPECIAL_DEFAULTS = {"bos_token": "<s>", "eos_token": "</s>", "sep_token": "</s>"
 
 class TokenizerError(ValueError):
     """A tokenizer directory that cannot be read; the message names the missing or bad file."""
+
+
+class TokenizerWarning(UserWarning):
+    """A tokenizer that loads but will not read text as its model expects (no BPE merges: every word
+    splits into bytes); the message names the file."""
 
 
 FIX = "copy the tokenizer files again from the checkpoint the model was made from"
@@ -160,6 +166,7 @@ class LEDTokenizer:
             source = f"{vocab_path} and {merges_path}"
             vocab = _check_vocab(_read_json(vocab_path), vocab_path)
             merges = _read_merges(merges_path)
+            merges_source = merges_path
         elif os.path.isfile(json_path):
             source = json_path
             model = _read_json(json_path).get("model")
@@ -168,9 +175,14 @@ class LEDTokenizer:
                 raise TokenizerError(f"{json_path} holds a {kind} model, not the byte-level BPE LED needs; {FIX}")
             vocab = _check_vocab(model.get("vocab"), json_path)
             merges = _merge_pairs(model.get("merges", []), json_path)
+            merges_source = f"{json_path} (model.merges)"
         else:
             raise TokenizerError(f"{directory} has no tokenizer: expected vocab.json and merges.txt, or "
                                  f"tokenizer.json (copy them from the checkpoint you converted)")
+        if not merges:  # transformers loads it silently too
+            warnings.warn(f"{merges_source} has no BPE merges: every word splits into single bytes (about twice the "
+                          f"tokens) and a model trained with merges reads it wrong; {FIX}", TokenizerWarning,
+                          stacklevel=2)
         config_path = os.path.join(directory, "tokenizer_config.json")
         config = _read_json(config_path)
         added = (_read_json(json_path).get("added_tokens") or []) if os.path.isfile(json_path) else []

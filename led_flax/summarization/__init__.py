@@ -4,11 +4,11 @@ writes the summaries atomically in input order; a run with an output file resume
 file (`progress`).
 """
 
-from .batch import (DEFAULT_CACHE, InputWarning, SummarizeOptions, SummaryReport, check_output, describe_generation,
+from .batch import (DEFAULT_CACHE, InputWarning, NonFiniteWarning, SummarizeOptions, SummaryReport, check_output, describe_generation,
                     enable_compilation_cache, format_summaries, generation_settings, summarize)
 from .buckets import bucket_for, default_buckets
 from .progress import ResumeError, RunRecord
 
-__all__ = ["DEFAULT_CACHE", "InputWarning", "SummarizeOptions", "SummaryReport", "check_output",
+__all__ = ["DEFAULT_CACHE", "InputWarning", "NonFiniteWarning", "SummarizeOptions", "SummaryReport", "check_output",
            "describe_generation", "enable_compilation_cache", "format_summaries", "generation_settings", "summarize",
            "bucket_for", "default_buckets", "ResumeError", "RunRecord"]

@@ -36,7 +36,7 @@ from led_flax.parallel import sharding as sharding_lib
 from .buckets import bucket_for, default_buckets
 from led_flax.model.cache import CROSS_CACHES
 from led_flax.io.checkpoint import CheckpointError
-from led_flax.utils.files import TMP_TAG, WriteError, write_atomic, writing
+from led_flax.utils.files import TMP_TAG, WriteError, exclusive, write_atomic, write_target, writing
 from led_flax.decoding.generation import GenerationConfig
 from led_flax.model.quantize import QuantizeSpec
 
@@ -48,6 +48,11 @@ OUTPUT_FORMATS = ("text", "jsonl")
 
 class InputWarning(UserWarning):
     """A document that was summarized anyway (truncated) or skipped (empty, unreadable)."""
+
+
+class NonFiniteWarning(UserWarning):
+    """A document whose generation met NaN or infinite scores: its summary (often empty) is not the
+    model's answer. The weights hold NaN or infinity, or the compute dtype overflowed."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,6 +148,8 @@ class SummaryReport:
     """What one `summarize` call did: pass one in as `report=` and read it when the call returns.
 
     documents: texts given. skipped: (index, reason) of documents given an empty summary.
+    non_finite: indices of documents whose generation met NaN or infinite scores (a NonFiniteWarning
+    names each): their summaries are not to be trusted.
     truncated: indices of documents cut to the encoder's positions. resumed: documents read back
     from the progress file instead of generated. buckets: bucket length (tokens) -> documents
     generated in it. real_tokens / padded_tokens: input tokens of the batches run, without / with
@@ -157,6 +164,7 @@ class SummaryReport:
     documents: int = 0
     skipped: list[tuple[int, str]] = dataclasses.field(default_factory=list)
     truncated: list[int] = dataclasses.field(default_factory=list)
+    non_finite: list[int] = dataclasses.field(default_factory=list)
     resumed: int = 0
     buckets: dict[int, int] = dataclasses.field(default_factory=dict)
     real_tokens: int = 0
@@ -177,7 +185,8 @@ class SummaryReport:
         done = f", {self.resumed} resumed" if self.resumed else ""
         if not self.padded_tokens:
             return f"{self.documents} documents{done}, nothing left to generate"
-        return (f"{self.documents} documents{done}, buckets {self.buckets}, programs: {self.programs_compiled} "
+        bad = f", {len(self.non_finite)} with non-finite scores" if self.non_finite else ""
+        return (f"{self.documents} documents{done}{bad}, buckets {self.buckets}, programs: {self.programs_compiled} "
                 f"compiled, {self.programs_from_cache} read from the compilation cache; padding waste "
                 f"{100 * self.padding_waste:.1f}%, {self.seconds:.1f} s")
 
@@ -256,11 +265,12 @@ def _check_folder(path: str, what: str) -> None:
     if os.path.isdir(path):
         raise IsADirectoryError(f"the {what} {path} is a directory; name a file, such as "
                                 f"{os.path.join(path, 'summaries.txt')}")
-    folder = os.path.dirname(os.path.abspath(path))
+    target = write_target(path)  # a symbolic link is written through: its target's folder is the one
+    folder = os.path.dirname(target)
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"the folder of the {what} {path} does not exist; create it first")
     with writing(path):
-        fd, probe = tempfile.mkstemp(prefix=f".{os.path.basename(path)}{TMP_TAG}{os.getpid()}-probe-", dir=folder)
+        fd, probe = tempfile.mkstemp(prefix=f".{os.path.basename(target)}{TMP_TAG}{os.getpid()}-probe-", dir=folder)
         os.close(fd)
         os.remove(probe)
 
@@ -369,10 +379,17 @@ def summarize(texts: Sequence[str], model: str | os.PathLike | pretrained.Loaded
     afresh); FileNotFoundError, IsADirectoryError or WriteError (an OSError: a full or read-only
     filesystem) for an output that cannot be written, checked before the model is loaded. WriteError
     too when the filesystem fills up during the run; the progress file then keeps what was done.
+    OutputBusyError (a ValueError) when another run is writing the same output: the output holds an
+    OS lock for the whole run (`led_flax.utils.files.exclusive`).
     """
     options = options or SummarizeOptions()
     report = report if report is not None else SummaryReport()
     check_output(options)
+    with exclusive(options.output) if options.output else contextlib.nullcontext():
+        return _summarize(texts, model, options, names, report, on_result)
+
+
+def _summarize(texts, model, options: SummarizeOptions, names, report: SummaryReport, on_result) -> list[str]:
     if isinstance(model, (str, os.PathLike)):
         model = pretrained.load(model)
     model.require_head("conditional_generation", "summarization")
@@ -466,6 +483,13 @@ def summarize(texts: Sequence[str], model: str | os.PathLike | pretrained.Loaded
                 report.real_tokens += int(mask[:len(rows)].sum())
                 report.padded_tokens += batch * size
                 report.generated_tokens += int((sequences[:, 1:] != tokenizer.pad_token_id).sum())
+                for i, score in zip(rows, np.asarray(out.scores)[:len(rows)]):
+                    if not np.isfinite(score):  # a NaN or inf logit reaches the sequence's score
+                        report.non_finite.append(i)
+                        warnings.warn(f"{names[i]}: generation met non-finite scores (NaN or infinite logits), so its "
+                                      f"summary is not the model's answer: the weights hold NaN or infinity, or the "
+                                      f"compute dtype overflowed (try compute_dtype float32)", NonFiniteWarning,
+                                      stacklevel=2)
                 for i, summary in zip(rows, tokenizer.batch_decode(sequences)):
                     results[i] = summary.strip()
                     if on_result:

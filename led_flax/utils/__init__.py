@@ -7,7 +7,7 @@ flat `a/b/c` maps.
 """
 
 from .files import WriteError, atomic_directory, jsonl_objects, write_atomic, writing
-from .trees import flatten, path_of, unflatten
+from .trees import flatten, non_finite, path_of, unflatten
 
-__all__ = ["WriteError", "atomic_directory", "jsonl_objects", "write_atomic", "writing", "flatten", "path_of",
+__all__ = ["WriteError", "atomic_directory", "jsonl_objects", "write_atomic", "writing", "flatten", "non_finite", "path_of",
            "unflatten"]

@@ -10,6 +10,11 @@ can tell the leftovers of a killed writer from the work of one still running. Ea
 the stale temporaries of its own target before it starts; those of another host, whose processes
 this one cannot see, are only reported.
 
+A target that is a symbolic link is written through: its target is replaced, atomically, in the
+target's own folder, and the link stays (as `cp` and editors do: people point outputs at a shared
+disk on purpose). A finished file gets the mode the umask gives (0644 under 022), as any other tool's
+would, not the temporary file's 0600.
+
 A write that fails for a reason the user can fix (a full or read-only filesystem, no permission)
 raises `WriteError`, an OSError whose message names the path and the fix.
 """
@@ -171,26 +176,42 @@ def clean_stale_temporaries(target: str | os.PathLike) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------- writers
+def _umask_mode(mode: int) -> int:
+    """`mode` less the process's umask: what open() or mkdir() would have given."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return mode & ~umask
+
+
+def write_target(path: str | os.PathLike) -> str:
+    """Where a write to `path` lands: `path` itself, or, through symbolic links, the file they point
+    at (absolute)."""
+    return os.path.realpath(os.fspath(path))
+
+
 def write_atomic(path: str | os.PathLike, data: str | bytes | Iterable[str]) -> str:
-    """Writes `data` to `path` through a temporary file in the same folder and one rename.
+    """Writes `data` to `path` through a temporary file in the same folder and one rename; a symbolic
+    link is written through to its target (the link stays). The file gets the mode the umask gives.
 
     data: text, bytes, or lines (each written with a trailing newline). Returns the path. Raises
     WriteError (a full or read-only filesystem, no permission) or another OSError (a missing folder,
     `path` a directory) with the target left as it was.
     """
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
+    target = write_target(path)
+    folder = os.path.dirname(target)
     with writing(path):
-        clean_stale_temporaries(path)
-        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(os.path.basename(path), TMP_TAG), dir=folder)
+        clean_stale_temporaries(target)
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(os.path.basename(target), TMP_TAG), dir=folder)
         try:
+            os.fchmod(fd, _umask_mode(0o666))  # mkstemp's 0600 would otherwise survive the rename
             if isinstance(data, bytes):
                 with os.fdopen(fd, "wb") as f:
                     f.write(data)
             else:
                 with os.fdopen(fd, "w", encoding="utf-8") as f:
                     f.write(data if isinstance(data, str) else "".join(line + "\n" for line in data))
-            os.replace(tmp, path)
+            os.replace(tmp, target)
         except BaseException:
             if os.path.exists(tmp):
                 os.remove(tmp)
@@ -201,16 +222,19 @@ def write_atomic(path: str | os.PathLike, data: str | bytes | Iterable[str]) -> 
 @contextlib.contextmanager
 def atomic_directory(directory: str | os.PathLike, *, overwrite: bool = False) -> Iterator[str]:
     """Yields a fresh temporary directory beside `directory`; when the block ends without an error
-    it replaces `directory` (only with `overwrite`), else it is removed.
+    it replaces `directory` (only with `overwrite`), else it is removed. A `directory` that is a
+    symbolic link is written through: the folder it points at is replaced, beside itself, and the link
+    stays.
 
     Raises FileExistsError before any work if `directory` exists and `overwrite` is False, and
     WriteError when the filesystem is full or read-only (the block's own fixable OSErrors too).
     """
-    directory = os.path.abspath(os.fspath(directory))
+    given = os.path.abspath(os.fspath(directory))
+    directory = write_target(directory)
     if os.path.exists(directory) and not overwrite:
-        raise FileExistsError(f"{directory} already exists; pass overwrite=True (--overwrite) to replace it")
+        raise FileExistsError(f"{given} already exists; pass overwrite=True (--overwrite) to replace it")
     parent, name = os.path.split(directory)
-    with writing(directory):
+    with writing(given):
         os.makedirs(parent, exist_ok=True)
         clean_stale_temporaries(directory)
         tmp = os.path.join(parent, f"{_temp_prefix(name, TMP_TAG)}{uuid.uuid4().hex[:8]}")
@@ -227,6 +251,44 @@ def atomic_directory(directory: str | os.PathLike, *, overwrite: bool = False) -
         finally:
             if os.path.exists(tmp):
                 shutil.rmtree(tmp, ignore_errors=True)
+
+
+class OutputBusyError(ValueError):
+    """An output that another running process is writing; the message names it, the process and the
+    fix."""
+
+
+@contextlib.contextmanager
+def exclusive(path: str | os.PathLike) -> Iterator[None]:
+    """Holds an OS lock on `path`'s output for the block (`fcntl.flock` on `.NAME.lock` beside the
+    file it lands in, which holds the holder's process id and host, and is removed at the end). Two
+    runs writing one output at once would interleave their progress and overwrite each other's
+    results; the second is refused. The kernel drops the lock of a killed holder, so a stale lock
+    file never blocks a rerun.
+
+    Raises OutputBusyError naming the holder when another process holds it."""
+    import fcntl
+
+    target = write_target(path)
+    lock_path = os.path.join(os.path.dirname(target), f".{os.path.basename(target)}.lock")
+    with writing(path):
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, _umask_mode(0o666))
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "unknown"
+            raise OutputBusyError(f"{os.fspath(path)} is being written by another run (process {holder}); wait for "
+                                  f"it to finish, or write somewhere else") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} on {HOST}".encode(), 0)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                os.remove(lock_path)  # still holding the lock: no other run can be between its open and flock
+    finally:
+        os.close(fd)
 
 
 def describe_json(value) -> str:
@@ -246,6 +308,8 @@ def jsonl_objects(path: str, error: type[Exception], example: str, limit: int | 
     try:
         with open(path, "rb") as f:
             for n, raw in enumerate(f, 1):
+                if n == 1:
+                    raw = raw.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark: read as utf-8-sig
                 if not raw.strip():
                     continue
                 if limit and len(records) >= limit:
@@ -265,5 +329,16 @@ def jsonl_objects(path: str, error: type[Exception], example: str, limit: int | 
                                 f"line, such as {example}")
                 records.append((n, record))
     except OSError as e:
-        raise error(f"cannot read {path}: {e.strerror}") from None
+        raise error(f"cannot read {path}: {e.strerror}; {read_fix(e, 'name a jsonl file')}") from None
     return records
+
+
+def read_fix(e: OSError, for_a_directory: str = "name a file") -> str:
+    """The fix to print after "cannot read PATH: REASON" for the OSError `e`."""
+    if isinstance(e, IsADirectoryError):
+        return for_a_directory
+    if isinstance(e, FileNotFoundError):
+        return "check the path"
+    if isinstance(e, PermissionError):
+        return "check the file's permissions"
+    return "check the file"
