@@ -189,8 +189,8 @@ def test_generation_with_quantized_weights_and_int8_cross_cache():
     kv8 = generate(m8, qparams, ids, am, glob, max_length=12).sequences
     assert kv8.shape[0] == 2 and (kv8[:, 0] == CFG.decoder_start_token_id).all()
     # on a CPU that ran the program compiled with CPU_INT8_CACHE_OPTIONS: the default program agrees
-    assert generation._compiled_for(model) is generation._run
-    assert generation._compiled_for(m8) is (generation._run_int8_cache if jax.default_backend() == "cpu"
+    assert generation.program_for(model) is generation._run
+    assert generation.program_for(m8) is (generation._run_int8_cache if jax.default_backend() == "cpu"
                                             else generation._run)
     args = (qparams, *(jnp.asarray(x, jnp.int32) for x in (ids, am, glob)), jax.random.PRNGKey(0))
     default = generation._run(*args, model=m8, cfg=GenerationConfig(max_length=12).resolved(m8.config), slots=1,

@@ -65,8 +65,12 @@ CPU_INT8_CACHE_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSIO
 _run_int8_cache = jax.jit(_program, static_argnames=_STATIC, compiler_options=CPU_INT8_CACHE_OPTIONS)
 
 
-def _compiled_for(model):
-    """The jitted program for `model`: on a CPU with an int8 cross-attention cache, compiled with
+def program_for(model):
+    """The jitted program `generate` runs for `model`: call it as
+    `program(params, input_ids, attention_mask, global_attention_mask, prng_key, model=model,
+    cfg=resolved_generation_config, slots=num_global_slots, mesh=mesh_or_None)` (the keywords are
+    static). `jax.export.export(program, platforms=("tpu", "cuda"))` lowers it for the accelerators
+    (tests/test_lowering.py). On a CPU with an int8 cross-attention cache it is compiled with
     `CPU_INT8_CACHE_OPTIONS`."""
     if model.cross_cache == "int8" and jax.default_backend() == "cpu":
         return _run_int8_cache
@@ -139,6 +143,6 @@ def generate(model, params, input_ids, attention_mask=None, global_attention_mas
     arrays = [jnp.asarray(x, jnp.int32) for x in (input_ids, attention_mask, global_attention_mask)]
     if sharding is not None:
         arrays = [jax.device_put(x, sharding) for x in arrays]
-    result = _compiled_for(model)(params, *arrays, rng, model=model, cfg=cfg, slots=slots, mesh=mesh)
+    result = program_for(model)(params, *arrays, rng, model=model, cfg=cfg, slots=slots, mesh=mesh)
     length = int(result.length)
     return GenerateOutput(sequences=np.asarray(result.sequences)[:, :length], scores=np.asarray(result.scores))

@@ -61,24 +61,31 @@ def check_length(config, n: int, devices: int) -> None:
 TOKENS = P(None, SEQUENCE_AXIS)  # [b, n] inputs: the tokens over the sequence axis, the batch automatic
 
 
-def encode(model, params, input_ids, attention_mask=None, global_attention_mask=None, *, mesh: Mesh,
-           num_global_slots: int):
-    """The encoder's last hidden state [b, n, D], computed with the sequence split over the mesh's
-    `sequence` axis and returned sharded along it. input_ids and masks: [b, n], n a multiple of
-    `length_unit`. num_global_slots: static (the masks are traced inside the program)."""
-    devices = devices_of(mesh)
-    check_length(model.config, input_ids.shape[1], devices)
+def encode_program(model, mesh, num_global_slots: int, mask_names=("attention_mask", "global_attention_mask")):
+    """The jitted encoder with the sequence split over the mesh's `sequence` axis: (params,
+    input_ids [b, n], {name: mask [b, n]} for `mask_names`) -> last hidden state [b, n, D], sharded
+    along the sequence. `mesh` may be a `jax.sharding.AbstractMesh`, for `jax.export` (tests lower it
+    for TPU and CUDA on 8 abstract devices)."""
     sharded = sharded_model(model, mesh)
-    masks = {k: v for k, v in (("attention_mask", attention_mask), ("global_attention_mask", global_attention_mask))
-             if v is not None}
 
     def body(params, ids, masks):
         return sharded.apply({"params": params}, ids, num_global_slots=num_global_slots, method="encode",
                              **masks).last_hidden_state
 
-    fn = jax.shard_map(body, mesh=mesh, in_specs=(P(), TOKENS, {k: TOKENS for k in masks}),
-                       out_specs=P(None, SEQUENCE_AXIS), axis_names={SEQUENCE_AXIS})
-    return jax.jit(fn)(params, jnp.asarray(input_ids), {k: jnp.asarray(v) for k, v in masks.items()})
+    return jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(P(), TOKENS, {k: TOKENS for k in mask_names}),
+                                 out_specs=P(None, SEQUENCE_AXIS), axis_names={SEQUENCE_AXIS}))
 
 
-__all__ = ["SEQUENCE_AXIS", "devices_of", "length_unit", "sharded_model", "check_length", "encode"]
+def encode(model, params, input_ids, attention_mask=None, global_attention_mask=None, *, mesh: Mesh,
+           num_global_slots: int):
+    """The encoder's last hidden state [b, n, D], computed with the sequence split over the mesh's
+    `sequence` axis and returned sharded along it. input_ids and masks: [b, n], n a multiple of
+    `length_unit`. num_global_slots: static (the masks are traced inside the program)."""
+    check_length(model.config, input_ids.shape[1], devices_of(mesh))
+    masks = {k: v for k, v in (("attention_mask", attention_mask), ("global_attention_mask", global_attention_mask))
+             if v is not None}
+    program = encode_program(model, mesh, num_global_slots, tuple(masks))
+    return program(params, jnp.asarray(input_ids), {k: jnp.asarray(v) for k, v in masks.items()})
+
+
+__all__ = ["SEQUENCE_AXIS", "devices_of", "length_unit", "sharded_model", "check_length", "encode_program", "encode"]

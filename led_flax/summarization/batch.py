@@ -26,7 +26,6 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
-from tqdm import tqdm
 
 from led_flax.decoding import generation
 from led_flax.io import pretrained
@@ -288,6 +287,14 @@ def check_output(options: SummarizeOptions) -> None:
                                  f"(compilation_cache=None, --no-cache)")
 
 
+def batch_layout(mesh) -> NamedSharding:
+    """Where `summarize` puts a batch of token arrays [b, n]: the documents over the mesh's `data`
+    axis, their tokens over its `sequence` axis when that splits documents. `mesh` may be abstract
+    (`jax.export` lowers a bucket's program with it: tests/test_lowering.py)."""
+    split = sequence.devices_of(mesh) > 1
+    return NamedSharding(mesh, PartitionSpec("data", sequence.SEQUENCE_AXIS if split else None))
+
+
 # ---------------------------------------------------------------------------------------------- settings
 def generation_settings(model: pretrained.LoadedModel,
                         generation: Mapping[str, Any] | GenerationConfig | None = None) -> GenerationConfig:
@@ -444,7 +451,7 @@ def _summarize(texts, model, options: SummarizeOptions, names, report: SummaryRe
     rows_ways = len(devices) // split  # devices that hold different documents
     batch = -(-options.batch_size // rows_ways) * rows_ways  # a whole number of rows per device
     mesh = sharding_lib.make_mesh(data=rows_ways, devices=devices, sequence=split)
-    batch_sharding = NamedSharding(mesh, PartitionSpec("data", sequence.SEQUENCE_AXIS if split > 1 else None))
+    batch_sharding = batch_layout(mesh)
     params = jax.device_put(model.params, NamedSharding(mesh, PartitionSpec()))
 
     by_bucket: dict[int, list[int]] = {}
@@ -459,6 +466,7 @@ def _summarize(texts, model, options: SummarizeOptions, names, report: SummaryRe
             sink = open(resume_file, "a", encoding="utf-8")
     else:
         sink = contextlib.nullcontext()
+    from tqdm import tqdm  # only when a run draws its bar: `import led_flax` needs no tqdm
     bar = tqdm(total=len(todo), unit="doc", disable=not options.progress_bar, desc="summarize")
     start = time.perf_counter()
     with _counting_compilations() as compilations, sink, bar:
