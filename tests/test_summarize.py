@@ -139,8 +139,9 @@ def test_an_interrupted_run_resumes_where_it_stopped(model_dir, tmp_path, monkey
     assert options.resume_file == str(progress)
     calls.clear()
     stop_at = 2
+    names = [f"doc{i}" for i in range(len(texts))]  # part of the corpus the run record digests
     with pytest.raises(KeyboardInterrupt):
-        summarize(texts, directory, options)
+        summarize(texts, directory, options, names=names)
     assert not out.exists()
     with open(progress, "a") as f:
         f.write('{"index": 3, "fingerp')  # a line cut short by the kill
@@ -152,7 +153,6 @@ def test_an_interrupted_run_resumes_where_it_stopped(model_dir, tmp_path, monkey
     calls.clear()
     stop_at = None
     report = SummaryReport()
-    names = [f"doc{i}" for i in range(len(texts))]
     resumed = summarize(texts, directory, options, names=names, report=report)
     assert resumed == full
     assert len(calls) == batches - 1  # the finished batch was not redone

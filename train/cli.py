@@ -1,4 +1,5 @@
-"""`led-flax train`: the command-line face of the training job (registered by `led_flax.cli.main`)."""
+"""`led-flax train`: the command-line face of the training job. `led_flax.cli` declares its options
+and calls `main` only when the command runs."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import contextlib
 import logging
 import os
 import sys
+
+from led_flax.parallel.distributed import job_options
 
 # XLA:CPU settings for a training step (GPU and TPU ignore them), each measured with bench/train.py:
 # - the concurrency-optimized scheduler keeps more buffers alive to run independent ops side by side;
@@ -28,44 +31,11 @@ def configure_xla() -> None:
     os.environ["XLA_FLAGS"] = " ".join([flags, *extra]).strip()
 
 
-def check_arguments(args) -> None:
-    """The multi-process options, checked before any work. Raises TrainConfigError naming the fix."""
-    from .config import TrainConfigError
-    if args.coordinator is None:
-        given = [name for name, v in (("--num-processes", args.num_processes), ("--process-id", args.process_id))
-                 if v is not None]
-        if given:
-            raise TrainConfigError(f"{' and '.join(given)} need --coordinator HOST:PORT")
-        return
-    if args.distributed:
-        raise TrainConfigError("give --coordinator or --distributed, not both")
-    if args.num_processes is None or args.process_id is None:
-        raise TrainConfigError("--coordinator needs --num-processes N and --process-id I")
-    if args.num_processes < 1:
-        raise TrainConfigError(f"--num-processes must be at least 1, got {args.num_processes}")
-    if not 0 <= args.process_id < args.num_processes:
-        raise TrainConfigError(f"--process-id must be 0 to {args.num_processes - 1} (--num-processes "
-                               f"{args.num_processes}), got {args.process_id}")
-    host, _, port = args.coordinator.rpartition(":")
-    if not host or not port.isdigit():
-        raise TrainConfigError(f"--coordinator {args.coordinator!r} is not HOST:PORT, such as 10.0.0.1:1234")
-
-
-def initialize_distributed(args) -> None:
-    import jax
-    if args.coordinator or args.distributed:
-        # CPU processes need a collectives library to form one job (GPU and TPU ignore this setting)
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        if args.coordinator:
-            jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
-        else:
-            jax.distributed.initialize()
-
-
 def main(args) -> int:
     """Runs `led-flax train`. Raises TrainConfigError (and other ValueErrors) for a config or an option
     to fix, TrainingError (exit status 3) when the loss goes NaN."""
-    check_arguments(args)
+    job = job_options(args)
+    job.check()
     configure_xla()
     with _console_logging():
         return _main(args)
@@ -106,7 +76,7 @@ def _main(args) -> int:
                                 f"XLA_FLAGS=--xla_force_host_platform_device_count=N led-flax train ... --dry-run") \
                 from None
         return 0
-    initialize_distributed(args)
+    job_options(args).initialize()
     from .loop import run
     last = run(cfg, progress=not args.quiet)
     import jax

@@ -36,6 +36,7 @@ from led_flax.io.pretrained import COMPUTE_DTYPES
 from led_flax.model.cache import CROSS_CACHES
 from led_flax.model.config import HEAD_TO_ARCHITECTURE
 from led_flax.model.quantize import DEFAULT_GROUP_SIZE, SCHEMES, QuantizeSpec
+from led_flax.parallel.distributed import job_options
 from led_flax.summarization import (DEFAULT_CACHE, InputWarning, SummarizeOptions, SummaryReport, check_output,
                                     describe_generation, format_summaries, generation_settings, summarize)
 from led_flax.utils.files import WriteError
@@ -127,6 +128,14 @@ def cmd_summarize(args) -> int:
         raise UsageError("give FILES or --jsonl FILE, not both")
     if args.restart and not args.out:
         raise UsageError("--restart discards the progress of an --out run; it needs --out")
+    job = job_options(args)
+    job.check()
+    if job.multi_process and not (args.jsonl or args.files):
+        raise UsageError("a job of several processes reads its documents from FILES or --jsonl FILE, which every "
+                         "process reads alike, not from stdin")
+    if job.multi_process and not args.out:
+        raise UsageError("a job of several processes writes its summaries with --out FILE, on a folder every "
+                         "process sees")
     inputs = [args.jsonl] if args.jsonl else args.files
     if args.out and any(os.path.realpath(args.out) == os.path.realpath(p) for p in inputs):
         raise UsageError(f"--out {args.out} is also an input: it would be overwritten; write the summaries elsewhere")
@@ -143,6 +152,7 @@ def cmd_summarize(args) -> int:
     check_source(args.model)
     docs = read_jsonl(args.jsonl, args.field) if args.jsonl else read_files(args.files) if args.files else \
         read_stdin(prefix)
+    job.initialize()  # before any device use
     model = convert.load(args.model)
     model.require_head("conditional_generation", "summarization")
     settings = generation_settings(model, generation)  # resolved once: summarize and generate take them as they are
@@ -176,6 +186,12 @@ def _train_arguments(p) -> None:
     p.add_argument("--compile", action="store_true",
                    help="with --dry-run: also compile the train step for this backend and print XLA's memory "
                         "analysis per device (minutes for a large model; no data, no weights)")
+    _distributed_arguments(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _distributed_arguments(p, timeouts: bool = False) -> None:
+    """The options that make this process one of a job's (train and summarize share them)."""
     p.add_argument("--coordinator", help="multi-process: the coordinator's host:port (jax.distributed)")
     p.add_argument("--num-processes", type=int, metavar="N", help="multi-process: the number of processes (with "
                                                                     "--coordinator)")
@@ -183,7 +199,12 @@ def _train_arguments(p) -> None:
                                                                 "--coordinator)")
     p.add_argument("--distributed", action="store_true",
                    help="call jax.distributed.initialize() with no arguments (TPU pods, SLURM: auto-detected)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    if timeouts:
+        p.add_argument("--initialization-timeout-s", type=at_least(1), metavar="S", default=300,
+                       help="multi-process: how long to wait for every process to join (default: 300)")
+        p.add_argument("--heartbeat-timeout-s", type=at_least(1), metavar="S", default=100,
+                       help="multi-process: how long a silent process may stay silent before the job stops "
+                            "(default: 100)")
 
 
 def _quantize_arguments(p, what: str) -> None:
@@ -260,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the dtype the model computes in (default float32; the stored weights stay as they are)")
     p.add_argument("--cross-cache", choices=list(CROSS_CACHES),
                    help="how generation caches the cross-attention keys and values (default float)")
+    _distributed_arguments(p, timeouts=True)
     p.set_defaults(func=cmd_summarize, interrupted=lambda a: (
         f"rerun the same command to resume (finished batches are kept in {a.out}.progress.jsonl)" if a.out else
         "nothing was saved; pass --out FILE to make a run resumable"))

@@ -29,7 +29,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from led_flax.decoding import generation
 from led_flax.io import pretrained
-from . import progress
+from . import plan, progress
 from led_flax.parallel import sequence
 from led_flax.parallel import sharding as sharding_lib
 from .buckets import bucket_for, default_buckets
@@ -287,6 +287,54 @@ def check_output(options: SummarizeOptions) -> None:
                                  f"(compilation_cache=None, --no-cache)")
 
 
+def _agree(ok: bool) -> bool:
+    """Process 0's verdict (ok or refused), broadcast to every process of the job."""
+    from jax.experimental import multihost_utils
+    return bool(multihost_utils.broadcast_one_to_all(np.int32(ok)))
+
+
+def _check_shared_folder(path: str) -> None:
+    """The job's assumption, checked at start: every process sees the folder of `path` (one shared
+    filesystem, as on pod hosts). Process 0 writes a marker; each process reads it. Raises
+    ValueError on every process when one cannot."""
+    from jax.experimental import multihost_utils
+    marker = os.path.join(os.path.dirname(write_target(path)), f".{os.path.basename(path)}.job-marker")
+    token = int(multihost_utils.broadcast_one_to_all(np.int32(np.random.default_rng().integers(1, 2 ** 31 - 1))))
+    if jax.process_index() == 0:
+        write_atomic(marker, str(token))
+    multihost_utils.sync_global_devices("led_flax.summarize: marker written")
+    try:
+        with open(marker, encoding="utf-8") as f:
+            seen = f.read().strip() == str(token)
+    except OSError:
+        seen = False
+    flags = multihost_utils.process_allgather(np.int32(seen))
+    multihost_utils.sync_global_devices("led_flax.summarize: marker read")
+    if jax.process_index() == 0:
+        os.remove(marker)
+    blind = [p for p, f in enumerate(np.asarray(flags).reshape(-1)) if not f]
+    if blind:
+        raise ValueError(f"processes {blind} cannot see {os.path.dirname(write_target(path))}, where process 0 "
+                         f"writes: a job of several processes needs its output folder on a filesystem every host "
+                         f"shares; name one with --out")
+
+
+def _plan(todo: list[int], buckets: list[int], documents: int, processes: int, batch_size: int,
+          generation_config: GenerationConfig) -> dict[int, int]:
+    """{document index: process} for the documents `todo` (their buckets `buckets`), computed by
+    process 0 (`plan.assign`) and broadcast, so that every process holds the same plan."""
+    from jax.experimental import multihost_utils
+    owners = np.full(documents, -1, np.int32)
+    if jax.process_index() == 0:
+        owners[todo] = plan.assign(buckets, processes)
+        load = plan.costs(buckets, owners[todo], processes, batch_size, generation_config.max_length,
+                          generation_config.num_beams)
+        log.info("plan: %s documents per process, planned cost %s", np.bincount(owners[todo], minlength=processes),
+                 [round(c) for c in load])
+    owners = np.asarray(multihost_utils.broadcast_one_to_all(owners))
+    return {i: int(owners[i]) for i in todo}
+
+
 def batch_layout(mesh) -> NamedSharding:
     """Where `summarize` puts a batch of token arrays [b, n]: the documents over the mesh's `data`
     axis, their tokens over its `sequence` axis when that splits documents. `mesh` may be abstract
@@ -388,11 +436,23 @@ def summarize(texts: Sequence[str], model: str | os.PathLike | pretrained.Loaded
     too when the filesystem fills up during the run; the progress file then keeps what was done.
     OutputBusyError (a ValueError) when another run is writing the same output: the output holds an
     OS lock for the whole run (`led_flax.utils.files.exclusive`).
+
+    In a job of several processes (`jax.distributed` initialised, `jax.process_count()` > 1), every
+    process calls `summarize` with the same texts, names and options, and `output` is required, on a
+    folder every process sees (checked at start). Process 0 reads every progress file, plans which
+    process summarizes which document (`plan`: balanced by a stated cost model) and broadcasts the
+    plan; each process then runs its share on its own devices, appending to its own progress file
+    (OUTPUT.progress.jsonl.I), with no lockstep between batches; after a final barrier process 0 writes
+    the output in input order and returns every summary. The other processes return a list with their
+    own summaries and None for the documents of other processes. A rerun resumes whatever the process
+    count. Inside a caller's own job there is no supervisor: a process that dies leaves the others
+    waiting at the final barrier until jax.distributed's heartbeat timeout aborts them
+    (`led-flax summarize` sets that timeout).
     """
     options = options or SummarizeOptions()
     report = report if report is not None else SummaryReport()
     check_output(options)
-    with exclusive(options.output) if options.output else contextlib.nullcontext():
+    with exclusive(options.output) if options.output and jax.process_index() == 0 else contextlib.nullcontext():
         return _summarize(texts, model, options, names, report, on_result)
 
 
@@ -413,11 +473,32 @@ def _summarize(texts, model, options: SummarizeOptions, names, report: SummaryRe
     if bad:
         raise TypeError(f"texts must be strings: {names[bad[0]]} is a {type(texts[bad[0]]).__name__}")
     resume_file = options.resume_file
+    processes, me = jax.process_count(), jax.process_index()
+    if processes > 1 and not resume_file:
+        raise ValueError(f"a job of {processes} processes shares its work through the output's folder: pass "
+                         f"output= (--out FILE) on a folder every process sees")
+    saved = progress.Progress(None, {})
     if resume_file:
         record = progress.RunRecord.build(model, gen_config, truncate=options.truncate,
-                                          sequence_devices=options.sequence_devices)
-        saved = progress.Progress(None, {}) if options.restart else progress.read(resume_file)
-        progress.check(saved, record, resume_file)
+                                          sequence_devices=options.sequence_devices,
+                                          corpus=progress.corpus_digest(names, texts))
+        if processes > 1:
+            _check_shared_folder(resume_file)
+        if me == 0:  # one agreed snapshot of the finished documents: process 0's (the plan below)
+            refusal = None
+            try:
+                if options.restart:
+                    progress.remove_all(resume_file)
+                saved = progress.read_all(resume_file, record)
+            except progress.ResumeError as e:
+                refusal = e
+            if processes > 1:
+                _agree(refusal is None)
+            if refusal is not None:
+                raise refusal
+        elif not _agree(True):
+            raise progress.ResumeError(f"process 0 refused to resume {resume_file} (its message says why); rerun "
+                                       f"with the same model, settings and documents, or with --restart")
     limit = config.max_encoder_position_embeddings
     devices = jax.local_devices()
     split = options.sequence_devices
@@ -444,6 +525,13 @@ def _summarize(texts, model, options: SummarizeOptions, names, report: SummaryRe
     todo = [i for i in todo if i not in results]
     report.documents = len(texts)
     report.resumed = len(texts) - len(todo) - len(report.skipped)
+    owners = {i: 0 for i in todo}
+    if processes > 1:  # process 0's plan, broadcast: every process runs its own share, no lockstep after
+        owners = _plan(todo, [bucket_for(min(lengths[i], limit), buckets) for i in todo], len(texts), processes,
+                       options.batch_size, gen_config)
+        todo = [i for i in todo if owners[i] == me]
+        resume_file = progress.process_file(resume_file, me)
+        saved = progress.read(resume_file) if me else saved
     if report.resumed:
         log.info("resuming: %d documents already summarized", report.resumed)
 
@@ -513,6 +601,14 @@ def _summarize(texts, model, options: SummarizeOptions, names, report: SummaryRe
             report.programs_compiled, report.programs_from_cache = compilations.compiled, compilations.cache_hits
     log.info("%s", report.describe())
 
+    if processes > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices("led_flax.summarize: every process's share is done")
+        if me:
+            return [results.get(i) if owners.get(i, -1) == me else None for i in range(len(texts))]
+        resume_file = options.resume_file
+        merged = progress.read_all(resume_file, record).done
+        results.update({i: merged[(i, fingerprints[i])] for i in owners})
     summaries = [results[i] for i in range(len(texts))]
     if options.output:
         try:
@@ -520,6 +616,6 @@ def _summarize(texts, model, options: SummarizeOptions, names, report: SummaryRe
         except WriteError as e:
             e.then = f"the summaries are kept in {resume_file}: rerun the same command to write them"
             raise
-        if os.path.exists(resume_file):
-            os.remove(resume_file)
+    if resume_file:
+        progress.remove_all(options.resume_file)
     return summaries

@@ -13,6 +13,7 @@ with it, so an old progress file is never mixed with new work.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -51,6 +52,18 @@ def params_digest(params) -> str:
     return h.hexdigest()[:16]
 
 
+def corpus_digest(names: Sequence[str], texts: Sequence[str]) -> str:
+    """A digest of a corpus: every document's name and text, in order. A rerun over other documents
+    (one changed, added, removed or renamed) has another digest, and is refused rather than matched by
+    index."""
+    h = hashlib.sha1()
+    for name, text in zip(names, texts):
+        for part in (name, text):
+            data = part.encode("utf-8", "surrogatepass")
+            h.update(len(data).to_bytes(8, "little") + data)
+    return f"{len(texts)} documents, {h.hexdigest()[:16]}"
+
+
 def fingerprint(text: str) -> str:
     """The digest of a document's text that keys its summary in the progress file."""
     return _digest(text.encode("utf-8", "surrogatepass"))
@@ -75,8 +88,10 @@ class RunRecord:
     source: str = ""
 
     @classmethod
-    def build(cls, loaded, generation, *, truncate: bool, sequence_devices: int = 1) -> "RunRecord":
-        """The record of a run of `loaded` (a LoadedModel) with the resolved GenerationConfig `generation`."""
+    def build(cls, loaded, generation, *, truncate: bool, sequence_devices: int = 1,
+              corpus: str | None = None) -> "RunRecord":
+        """The record of a run of `loaded` (a LoadedModel) with the resolved GenerationConfig `generation`
+        over the documents whose `corpus_digest` is `corpus`."""
         model = {"config": _digest(json.dumps(loaded.config.to_hf(), sort_keys=True)),
                  "params": params_digest(loaded.params),
                  "tokenizer": _digest(loaded.tokenizer.to_json()) if loaded.tokenizer is not None else None}
@@ -89,6 +104,8 @@ class RunRecord:
             settings["quantization"] = loaded.quantization.to_json()
         if getattr(loaded.module, "cross_cache", "float") != "float":
             settings["cross_cache"] = loaded.module.cross_cache
+        if corpus is not None:
+            settings["corpus"] = corpus
         return cls(model=_plain(model), settings=_plain(settings), source=os.fspath(loaded.source))
 
     def to_json(self) -> str:
@@ -179,7 +196,7 @@ def start(path: str, record: RunRecord, progress: Progress, restart: bool) -> No
     a file being resumed gets the end of line its last, interrupted line may lack. Raises WriteError
     when it cannot be written."""
     with writing(path):
-        if restart or progress.record is None:
+        if restart or progress.record is None or not os.path.exists(path):
             with open(path, "w", encoding="utf-8") as sink:
                 sink.write(record.to_json() + "\n")
                 sink.flush()
@@ -199,3 +216,44 @@ def append(sink, path: str, records: Sequence[tuple[int, str, str]]) -> None:
             sink.write(json.dumps({"index": index, "fingerprint": digest, "summary": summary}) + "\n")
         sink.flush()
         os.fsync(sink.fileno())
+
+
+# ---------------------------------------------------------------------------------------------- several processes
+def process_file(path: str, process: int) -> str:
+    """The progress file that process `process` of a job appends to: `path` itself for process 0 (and
+    for a run of one process), PATH.I for process I."""
+    return path if process == 0 else f"{path}.{process}"
+
+
+def process_files(path: str) -> list[str]:
+    """The progress files of `path` that exist: its own, then those of processes 1, 2, ... of earlier
+    runs, in process order."""
+    folder, name = os.path.split(os.path.abspath(path))
+    others = []
+    with contextlib.suppress(OSError):
+        for entry in os.listdir(folder):
+            suffix = entry[len(name) + 1:] if entry.startswith(name + ".") else ""
+            if suffix.isdigit():
+                others.append((int(suffix), os.path.join(folder, entry)))
+    return ([path] if os.path.exists(path) else []) + [p for _, p in sorted(others)]
+
+
+def read_all(path: str, record: RunRecord) -> Progress:
+    """Every progress file of `path` (`process_files`) read and checked against `record`, their
+    finished documents merged: a rerun resumes whatever the process counts of the runs before.
+    Raises ResumeError naming the first file written for another run."""
+    done: dict[tuple[int, str], str] = {}
+    first = None
+    for file in process_files(path):
+        saved = read(file)
+        check(saved, record, file)
+        first = first or saved.record
+        done.update(saved.done)
+    return Progress(first, done)
+
+
+def remove_all(path: str) -> None:
+    """Removes every progress file of `path` (the run is done, or restarts)."""
+    for file in process_files(path):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(file)

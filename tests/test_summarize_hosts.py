@@ -1,0 +1,115 @@
+"""Batch summarization over a job's processes. Oracle: one process on the same documents.
+
+Two `led-flax summarize` processes, each with 2 fake CPU devices, joined by `jax.distributed` (gloo,
+coordinator on 127.0.0.1), resume a run that one process began and was interrupted in: they split
+what is left by process 0's plan, and the output is byte for byte the one-process run's. Each
+device holds one document of a batch in every run here, so a document's summary does not depend on
+which others share its batch. Refusals of a rerun over other documents; the plan's balance."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from conftest import NEUTRAL_CWD, aclsum_texts, xla_flags
+from cli_helpers import tiny_summarizer
+from led_flax.summarization import SummarizeOptions, plan, summarize
+from led_flax.summarization.progress import ResumeError
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return tiny_summarizer(tmp_path_factory.mktemp("hosts"))
+
+
+def _corpus(tmp_path, n: int = 8):
+    texts = [t[:40 + 37 * i] for i, t in enumerate(aclsum_texts(n))]  # varied lengths
+    names = [f"paper-{i}" for i in range(n)]
+    path = tmp_path / "docs.jsonl"
+    path.write_text("".join(json.dumps({"id": name, "text": text}) + "\n" for name, text in zip(names, texts)))
+    return texts, names, path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _job(model, jsonl, out, processes: int, timeout: int = 300):
+    port = _free_port()
+    env = {**os.environ, "XLA_FLAGS": xla_flags("--xla_force_host_platform_device_count=2", os.environ.get(
+        "XLA_FLAGS", "")), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    procs = [subprocess.Popen([sys.executable, "-m", "led_flax.cli", "summarize", "--model", model, "--jsonl", jsonl,
+                               "--out", out, "--format", "jsonl", "--batch-size", "2", "--quiet", "--no-cache",
+                               "--verbose", "--coordinator", f"127.0.0.1:{port}", "--num-processes", str(processes),
+                               "--process-id", str(i), "--heartbeat-timeout-s", "30",
+                               "--initialization-timeout-s", "60"],
+                              cwd=NEUTRAL_CWD, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(processes)]
+    outs = [p.communicate(timeout=timeout) for p in procs]
+    return [(p.returncode, out, err) for p, (out, err) in zip(procs, outs)]
+
+
+@pytest.mark.filterwarnings("ignore::led_flax.summarization.InputWarning")
+def test_two_processes_finish_a_one_process_run_with_its_output(tiny, tmp_path):
+    texts, names, jsonl = _corpus(tmp_path)
+    reference = tmp_path / "reference.jsonl"
+    one = dict(batch_size=1, output_format="jsonl", progress_bar=False, compilation_cache=None)
+    summarize(texts, tiny.ours, SummarizeOptions(output=str(reference), **one), names=names)
+
+    out = tmp_path / "out.jsonl"
+    seen = []
+
+    def stop_after_three(i, summary):
+        seen.append(i)
+        if len(seen) == 4:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        summarize(texts, tiny.ours, SummarizeOptions(output=str(out), **one), names=names, on_result=stop_after_three)
+    progress = tmp_path / "out.jsonl.progress.jsonl"
+    assert len(progress.read_text().splitlines()) == 1 + 3  # the record, three finished documents
+
+    results = _job(tiny.ours, jsonl, out, 2)
+    for code, _, err in results:
+        assert code == 0, err[-3000:]
+    assert out.read_bytes() == reference.read_bytes()
+    # process 0 planned the five documents left, two and three, and nobody redid the first three
+    assert re.search(r"plan: \[[23] [23]\] documents per process", results[0][2]), results[0][2][-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["docs.jsonl", "out.jsonl", "reference.jsonl"]
+
+
+@pytest.mark.filterwarnings("ignore::led_flax.summarization.InputWarning")
+def test_a_rerun_over_changed_documents_is_refused(tiny, tmp_path):
+    texts, names, _ = _corpus(tmp_path, 4)
+    out = tmp_path / "out.txt"
+    options = SummarizeOptions(output=str(out), batch_size=1, progress_bar=False, compilation_cache=None)
+
+    def stop(i, summary):
+        raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        summarize(texts, tiny.ours, options, names=names, on_result=stop)
+    changed = texts[:2] + [texts[2] + " An added sentence."] + texts[3:]
+    with pytest.raises(ResumeError, match=r'corpus: "4 documents, \w+" then, "4 documents, \w+" now'):
+        summarize(changed, tiny.ours, options, names=names)
+    with pytest.raises(ResumeError, match="corpus"):
+        summarize(texts, tiny.ours, options, names=names[:3] + ["renamed"])
+
+
+def test_the_plan_deals_every_document_once_in_snake_order():
+    buckets = [512] * 7 + [1024] * 5 + [2048] * 3
+    owners = plan.assign(buckets, 3)
+    assert len(owners) == len(buckets) and set(owners) == {0, 1, 2}
+    for b in (512, 1024, 2048):  # each bucket's documents split evenly, give or take one
+        counts = [sum(1 for x, o in zip(buckets, owners) if x == b and o == p) for p in range(3)]
+        assert max(counts) - min(counts) <= 1, (b, counts)
+    assert [owners[i] for i in (12, 13, 14, 7, 8, 9)] == [0, 1, 2, 2, 1, 0]  # the longest first, then back
+    cost = plan.costs(buckets, owners, 3, batch=1, decode_steps=64, num_beams=1)
+    assert max(cost) / (sum(cost) / 3) < 1.1
+    assert plan.assign([], 4) == [] and plan.assign([512], 4) == [0]
