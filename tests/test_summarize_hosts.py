@@ -42,17 +42,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _job(model, jsonl, out, processes: int, timeout: int = 300):
+def _job(model, jsonl, out, processes: int, timeout: int = 300, heartbeat: int = 30, initialization: int = 60,
+         only=None, wait: bool = True):
+    """The real `led-flax summarize` in each process of a job on this machine; (exit status, stdout,
+    stderr) of each, or the Popen objects with wait=False. only: the process ids to start."""
     port = _free_port()
     env = {**os.environ, "XLA_FLAGS": xla_flags("--xla_force_host_platform_device_count=2", os.environ.get(
         "XLA_FLAGS", "")), "TF_CPP_MIN_LOG_LEVEL": "2"}
     procs = [subprocess.Popen([sys.executable, "-m", "led_flax.cli", "summarize", "--model", model, "--jsonl", jsonl,
                                "--out", out, "--format", "jsonl", "--batch-size", "2", "--quiet", "--no-cache",
                                "--verbose", "--coordinator", f"127.0.0.1:{port}", "--num-processes", str(processes),
-                               "--process-id", str(i), "--heartbeat-timeout-s", "30",
-                               "--initialization-timeout-s", "60"],
+                               "--process-id", str(i), "--heartbeat-timeout-s", str(heartbeat),
+                               "--initialization-timeout-s", str(initialization)],
                               cwd=NEUTRAL_CWD, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for i in range(processes)]
+             for i in (only if only is not None else range(processes))]
+    if not wait:
+        return procs
     outs = [p.communicate(timeout=timeout) for p in procs]
     return [(p.returncode, out, err) for p, (out, err) in zip(procs, outs)]
 
@@ -113,3 +118,62 @@ def test_the_plan_deals_every_document_once_in_snake_order():
     cost = plan.costs(buckets, owners, 3, batch=1, decode_steps=64, num_beams=1)
     assert max(cost) / (sum(cost) / 3) < 1.1
     assert plan.assign([], 4) == [] and plan.assign([512], 4) == [0]
+
+
+def _wait_for_lines(path, n: int, proc, timeout: float = 120):
+    import time
+    end = time.time() + timeout
+    while time.time() < end:
+        if path.exists() and len(path.read_text().splitlines()) >= n:
+            return
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        time.sleep(0.2)
+    raise AssertionError(f"{path} did not reach {n} lines")
+
+
+@pytest.mark.filterwarnings("ignore::led_flax.summarization.InputWarning")
+def test_a_killed_process_stops_the_other_in_one_line_and_one_process_finishes(tiny, tmp_path):
+    import signal
+    texts, names, jsonl = _corpus(tmp_path, 24)
+    reference = tmp_path / "reference.jsonl"
+    summarize(texts, tiny.ours, SummarizeOptions(output=str(reference), batch_size=1, output_format="jsonl",
+                                                 progress_bar=False, compilation_cache=None), names=names)
+    out = tmp_path / "out.jsonl"
+    procs = _job(tiny.ours, jsonl, out, 2, heartbeat=5, wait=False)
+    _wait_for_lines(tmp_path / "out.jsonl.progress.jsonl.1", 2, procs[1])  # process 1 has finished a batch
+    procs[1].send_signal(signal.SIGKILL)  # its supervisor, and with it its JAX child
+    _, err = procs[0].communicate(timeout=120)
+    assert procs[0].returncode == 2, err[-3000:]
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert lines[-1] == (f"led-flax summarize: error: process 0 of the job stopped (aborted by jax.distributed: a peer "
+                         f"process died, stopped answering or never joined); the finished batches are kept in {out}"
+                         f".progress.jsonl and its siblings: rerun the same command, with any number of processes, to "
+                         f"resume"), err[-3000:]
+    assert not [ln for ln in lines if re.match(r"^([IWEF]\d{4} |\s+@\s+0x|\*\*\*)", ln)]  # no XLA trace
+    procs[1].communicate()
+    kept = []
+    for path in sorted(tmp_path.glob("out.jsonl.progress.jsonl*")):
+        kept += [json.loads(ln)["index"] for ln in path.read_text().splitlines()[1:] if ln.endswith("}")]
+    assert kept and len(kept) == len(set(kept))  # no document was summarized twice
+
+    r = subprocess.run([sys.executable, "-m", "led_flax.cli", "summarize", "--model", tiny.ours, "--jsonl", jsonl,
+                        "--out", out, "--format", "jsonl", "--batch-size", "1", "--quiet", "--no-cache"],
+                       capture_output=True, text=True, cwd=NEUTRAL_CWD, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert out.read_bytes() == reference.read_bytes()
+    assert f"{len(set(kept))} resumed" in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["docs.jsonl", "out.jsonl", "reference.jsonl"]
+
+
+def test_a_process_that_never_starts_stops_the_other_in_one_line(tiny, tmp_path):
+    _, _, jsonl = _corpus(tmp_path, 2)
+    out = tmp_path / "out.jsonl"
+    (code, _, err), = _job(tiny.ours, jsonl, out, 2, only=(0,), initialization=3, timeout=120)
+    assert code == 2, err[-3000:]
+    # jax's own INFO lines (the job runs with --verbose), then one line; nothing of XLA's abort
+    lines = [ln for ln in err.splitlines() if "JAX distributed service" not in ln]
+    assert lines == ["led-flax summarize: error: process 0 of the job stopped (aborted by jax.distributed: a peer "
+                     "process died, stopped answering or never joined); the finished batches are kept in "
+                     f"{out}.progress.jsonl and its siblings: rerun the same command, with any number of processes, "
+                     "to resume"], err[-3000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["docs.jsonl"]

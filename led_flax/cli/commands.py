@@ -42,6 +42,7 @@ from led_flax.summarization import (DEFAULT_CACHE, InputWarning, SummarizeOption
 from led_flax.utils.files import WriteError
 
 from .demo import DEMO_CONFIG, cmd_demo
+from . import supervisor
 from .documents import read_files, read_jsonl, read_stdin
 from .usage import UsageError, at_least, finite
 
@@ -136,6 +137,10 @@ def cmd_summarize(args) -> int:
     if job.multi_process and not args.out:
         raise UsageError("a job of several processes writes its summaries with --out FILE, on a folder every "
                          "process sees")
+    if job.multi_process and not supervisor.is_child():  # the JAX work in a child, so that an abort is one line
+        return supervisor.supervise(args.argv, prefix, job.process_id, then=(
+            f"the finished batches are kept in {args.out}.progress.jsonl and its siblings: rerun the same command, "
+            f"with any number of processes, to resume"))
     inputs = [args.jsonl] if args.jsonl else args.files
     if args.out and any(os.path.realpath(args.out) == os.path.realpath(p) for p in inputs):
         raise UsageError(f"--out {args.out} is also an input: it would be overwritten; write the summaries elsewhere")
@@ -346,6 +351,7 @@ def main(argv=None) -> int:
     except SystemExit as e:  # --help
         return e.code if isinstance(e.code, int) else EXIT_OK
     prefix = f"{PROG} {args.command}"
+    args.argv = [str(a) for a in (argv if argv is not None else sys.argv[1:])]
     with _one_line_warnings(prefix), _sigterm_as_interrupt():
         try:
             return args.func(args)

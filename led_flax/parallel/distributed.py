@@ -67,10 +67,17 @@ class JobOptions:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
         timeouts = dict(initialization_timeout=self.initialization_timeout_s,
                         heartbeat_timeout_seconds=self.heartbeat_timeout_s)
-        if self.coordinator:
-            jax.distributed.initialize(self.coordinator, self.num_processes, self.process_id, **timeouts)
-        else:
-            jax.distributed.initialize(**timeouts)
+        try:
+            if self.coordinator:
+                jax.distributed.initialize(self.coordinator, self.num_processes, self.process_id, **timeouts)
+            else:
+                jax.distributed.initialize(**timeouts)
+        except (RuntimeError, ValueError) as e:  # jaxlib's XlaRuntimeError is a RuntimeError
+            where = f"the coordinator {self.coordinator}" if self.coordinator else "the job"
+            reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise DistributedError(f"could not join {where} within {self.initialization_timeout_s} s ({reason}); "
+                                   f"start every process of the job, check --coordinator, or raise "
+                                   f"--initialization-timeout-s") from None
 
 
 def job_options(args) -> JobOptions:
