@@ -326,9 +326,9 @@ def _plan(todo: list[int], buckets: list[int], documents: int, processes: int, b
     from jax.experimental import multihost_utils
     owners = np.full(documents, -1, np.int32)
     if jax.process_index() == 0:
-        owners[todo] = plan.assign(buckets, processes)
-        load = plan.costs(buckets, owners[todo], processes, batch_size, generation_config.max_length,
-                          generation_config.num_beams)
+        steps, beams = generation_config.max_length, generation_config.num_beams
+        owners[todo] = plan.assign(buckets, processes, batch_size, steps, beams)
+        load = plan.costs(buckets, owners[todo], processes, batch_size, steps, beams)
         log.info("plan: %s documents per process, planned cost %s", np.bincount(owners[todo], minlength=processes),
                  [round(c) for c in load])
     owners = np.asarray(multihost_utils.broadcast_one_to_all(owners))
@@ -527,8 +527,9 @@ def _summarize(texts, model, options: SummarizeOptions, names, report: SummaryRe
     report.resumed = len(texts) - len(todo) - len(report.skipped)
     owners = {i: 0 for i in todo}
     if processes > 1:  # process 0's plan, broadcast: every process runs its own share, no lockstep after
+        ways = len(devices) // split  # a process's batch: as below, a whole number of rows per device
         owners = _plan(todo, [bucket_for(min(lengths[i], limit), buckets) for i in todo], len(texts), processes,
-                       options.batch_size, gen_config)
+                       -(-options.batch_size // ways) * ways, gen_config)
         todo = [i for i in todo if owners[i] == me]
         resume_file = progress.process_file(resume_file, me)
         saved = progress.read(resume_file) if me else saved

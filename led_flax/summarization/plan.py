@@ -10,10 +10,14 @@ costs
 and a process pays whole batches: its documents of one bucket cost ceil(count / batch) * batch times
 the per-document cost, the last batch padded with copies.
 
-The plan deals the documents, sorted by bucket (longest first) then by index, to the processes in
-snake order (0, 1, ..., P-1, P-1, ..., 1, 0, 0, 1, ...): every process gets the same number of each
-bucket's documents, give or take one, so the same mix of short and long work and the same batch
-padding. `costs` gives the planned cost of each process, to compare the busiest with the mean.
+The plan weighs three deals by this model and keeps the one whose busiest process costs least:
+- whole batches: each bucket's documents (longest buckets first, then by index) cut into batches,
+  so that only a bucket's last batch is partial, each batch handed, costliest first, to the process
+  with the least planned cost so far (longest-processing-time first);
+- snake order: the documents, sorted by bucket, dealt 0, 1, ..., P-1, P-1, ..., 0, 0, 1, ..., so
+  that every process gets the same number of each bucket's documents, give or take one;
+- contiguous slices of the input, as a hand split by shard id gives.
+`costs` gives the planned cost of each process, to compare the busiest with the mean.
 """
 
 from __future__ import annotations
@@ -29,18 +33,32 @@ def document_cost(bucket: int, decode_steps: int, num_beams: int) -> float:
     return bucket + decode_steps * num_beams * DECODE_STEP
 
 
-def assign(buckets: Sequence[int], processes: int) -> list[int]:
-    """The process (0 to processes - 1) of each document, given each document's bucket: the documents
-    sorted by bucket, longest first, then by index, dealt in snake order. Every document goes to one
-    process; a process may get none when there are fewer documents than processes."""
-    if processes < 1:
-        raise ValueError(f"processes must be at least 1, got {processes}")
-    order = sorted(range(len(buckets)), key=lambda i: (-buckets[i], i))
-    out = [0] * len(buckets)
-    for k, i in enumerate(order):
+def assign(buckets: Sequence[int], processes: int, batch: int = 1, decode_steps: int = 0,
+           num_beams: int = 1) -> list[int]:
+    """The process (0 to processes - 1) of each document, given each document's bucket and the batch
+    size every process runs (see the module docstring). Every document goes to exactly one process; a
+    process may get none when there are fewer batches than processes."""
+    if processes < 1 or batch < 1:
+        raise ValueError(f"processes and batch must be at least 1, got {processes} and {batch}")
+    by_bucket: dict[int, list[int]] = {}
+    for i in sorted(range(len(buckets)), key=lambda i: (-buckets[i], i)):
+        by_bucket.setdefault(buckets[i], []).append(i)
+    units = [(batch * document_cost(b, decode_steps, num_beams), members[k:k + batch])
+             for b, members in by_bucket.items() for k in range(0, len(members), batch)]
+    load = [0.0] * processes
+    whole = [0] * len(buckets)
+    for cost, members in sorted(units, key=lambda u: (-u[0], u[1][0])):  # costliest first; stable
+        p = min(range(processes), key=lambda q: (load[q], q))
+        load[p] += cost
+        for i in members:
+            whole[i] = p
+    snake = [0] * len(buckets)
+    for k, i in enumerate(sorted(range(len(buckets)), key=lambda i: (-buckets[i], i))):
         lap, pos = divmod(k, processes)
-        out[i] = pos if lap % 2 == 0 else processes - 1 - pos
-    return out
+        snake[i] = pos if lap % 2 == 0 else processes - 1 - pos
+    slices = [i * processes // len(buckets) for i in range(len(buckets))]
+    return min((whole, snake, slices),  # the first of equals: whole batches, then snake order
+               key=lambda deal: max(costs(buckets, deal, processes, batch, decode_steps, num_beams), default=0))
 
 
 def costs(buckets: Sequence[int], owners: Sequence[int], processes: int, batch: int, decode_steps: int,
