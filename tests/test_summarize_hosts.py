@@ -182,3 +182,40 @@ def test_a_process_that_never_starts_stops_the_other_in_one_line(tiny, tmp_path)
                      f"{out}.progress.jsonl and its siblings: rerun the same command, with any number of processes, "
                      "to resume"], err[-3000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["docs.jsonl"]
+
+
+@pytest.mark.filterwarnings("ignore::led_flax.summarization.InputWarning")
+def test_one_process_reads_every_process_file_and_restart_removes_them(tiny, tmp_path):
+    """A progress file of process 1 of an earlier job is read as finished work by a one-process rerun;
+    with restart it is removed with the rest. Oracle: an uninterrupted run's output."""
+    from led_flax.summarization import SummaryReport
+    texts, names, _ = _corpus(tmp_path, 4)
+    one = dict(batch_size=1, progress_bar=False, compilation_cache=None)
+    reference = summarize(texts, tiny.ours, SummarizeOptions(**one), names=names)
+    out = tmp_path / "out.txt"
+    options = SummarizeOptions(output=str(out), **one)
+    seen = []
+
+    def stop(i, summary):
+        seen.append(i)
+        if len(seen) == 3:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        summarize(texts, tiny.ours, options, names=names, on_result=stop)
+    own = tmp_path / "out.txt.progress.jsonl"
+    record, first, second = own.read_text().splitlines()
+    own.write_text(record + "\n" + first + "\n")
+    (tmp_path / "out.txt.progress.jsonl.1").write_text(record + "\n" + second + "\n")  # as process 1 left it
+    report = SummaryReport()
+    assert summarize(texts, tiny.ours, options, names=names, report=report) == reference
+    assert report.resumed == 2 and sorted(p.name for p in tmp_path.iterdir()) == ["docs.jsonl", "out.txt"]
+
+    out.unlink()
+    with pytest.raises(KeyboardInterrupt):
+        seen.clear()
+        summarize(texts, tiny.ours, options, names=names, on_result=stop)
+    (tmp_path / "out.txt.progress.jsonl.3").write_text(own.read_text())
+    report = SummaryReport()
+    restarted = SummarizeOptions(output=str(out), restart=True, **one)
+    assert summarize(texts, tiny.ours, restarted, names=names, report=report) == reference
+    assert report.resumed == 0 and sorted(p.name for p in tmp_path.iterdir()) == ["docs.jsonl", "out.txt"]
