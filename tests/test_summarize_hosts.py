@@ -43,7 +43,7 @@ def _free_port() -> int:
 
 
 def _job(model, jsonl, out, processes: int, timeout: int = 300, heartbeat: int = 30, initialization: int = 60,
-         only=None, wait: bool = True):
+         only=None, wait: bool = True, extra=()):
     """The real `led-flax summarize` in each process of a job on this machine; (exit status, stdout,
     stderr) of each, or the Popen objects with wait=False. only: the process ids to start."""
     port = _free_port()
@@ -53,7 +53,7 @@ def _job(model, jsonl, out, processes: int, timeout: int = 300, heartbeat: int =
                                "--out", out, "--format", "jsonl", "--batch-size", "2", "--quiet", "--no-cache",
                                "--verbose", "--coordinator", f"127.0.0.1:{port}", "--num-processes", str(processes),
                                "--process-id", str(i), "--heartbeat-timeout-s", str(heartbeat),
-                               "--initialization-timeout-s", str(initialization)],
+                               "--initialization-timeout-s", str(initialization), *extra],
                               cwd=NEUTRAL_CWD, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for i in (only if only is not None else range(processes))]
     if not wait:
@@ -219,3 +219,26 @@ def test_one_process_reads_every_process_file_and_restart_removes_them(tiny, tmp
     restarted = SummarizeOptions(output=str(out), restart=True, **one)
     assert summarize(texts, tiny.ours, restarted, names=names, report=report) == reference
     assert report.resumed == 0 and sorted(p.name for p in tmp_path.iterdir()) == ["docs.jsonl", "out.txt"]
+
+
+@pytest.mark.filterwarnings("ignore::led_flax.summarization.InputWarning")
+def test_a_job_over_other_settings_is_refused_by_every_process(tiny, tmp_path):
+    texts, names, jsonl = _corpus(tmp_path, 4)
+    out = tmp_path / "out.jsonl"
+
+    def stop(i, summary):
+        raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        summarize(texts, tiny.ours, SummarizeOptions(output=str(out), output_format="jsonl", batch_size=1,
+                                                     progress_bar=False, compilation_cache=None),
+                  names=names, on_result=stop)
+    progress = tmp_path / "out.jsonl.progress.jsonl"
+    before = progress.read_bytes()
+    (code0, _, err0), (code1, _, err1) = _job(tiny.ours, jsonl, out, 2, extra=("--max-length", "9"))
+    assert code0 == 2 and code1 == 2, (err0[-2000:], err1[-2000:])
+    assert f"led-flax summarize: error: {progress} holds summaries made with another model or other settings" in \
+        err0 and "generation.max_length: " in err0
+    assert [ln for ln in err1.splitlines() if ln.startswith("led-flax summarize: error")] == [
+        f"led-flax summarize: error: process 0 refused to resume {progress} (its message says why); rerun with the "
+        f"same model, settings and documents, or with --restart"]
+    assert progress.read_bytes() == before and not out.exists()
