@@ -222,8 +222,9 @@ def built_once(root: str, name: str, build) -> str:
 # long ones start first and the short ones fill in at the end: longest-first scheduling, not a long
 # module left alone on one worker while the other idles.
 LONGEST_FIRST = ("test_train", "test_parity", "test_scan", "test_quantize", "test_sequence", "test_train_sharding",
-                 "test_generation", "test_modeling", "test_readme", "test_summarize", "test_half",
-                 "test_generation_settings", "test_train_step", "test_inputs")
+                 "test_generation", "test_modeling", "test_readme", "test_summarize", "test_summarize_hosts",
+                 "test_half", "test_generation_settings", "test_train_records", "test_device_script", "test_wheel",
+                 "test_train_step", "test_inputs")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -52,5 +52,23 @@ class MetricsLog:
                     self.writer.add_scalar(f"{kind}/{k}", v, step)
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+        """Closes the TensorBoard writer. On a full or read-only disk its last events are dropped, not
+        raised: the jsonl log is the run's record, and the job is already stopping with one line that
+        names the disk. tensorboardX would otherwise retry the flush from its worker thread and its
+        exit hook, each printing a traceback after that line."""
+        writer, self.writer = self.writer, None
+        if writer is None:
+            return
+        try:
+            writer.close()
+        except OSError:
+            for file_writer in list(getattr(writer, "all_writers", {}).values()):
+                events = getattr(file_writer, "event_writer", None)
+                worker = getattr(events, "_worker", None)
+                if worker is not None:
+                    try:
+                        worker.stop()
+                    except OSError:
+                        pass
+                if events is not None:
+                    events._closed = True  # tensorboardX's own flag: its exit hook then does nothing

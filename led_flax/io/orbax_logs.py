@@ -19,8 +19,9 @@ import threading
 
 from led_flax.utils.files import FIXES, WriteError
 
-# tensorstore names the OS error a write failed with in its message: "... [os_error_code='28']"
-_OS_ERROR = re.compile(r"os_error_code='(\d+)'")
+# tensorstore names the OS error a write failed with in its message ("... [os_error_code='28']"),
+# Python in its OSError's ("[Errno 28] No space left on device"), which orbax's threads re-raise
+_OS_ERROR = re.compile(r"os_error_code='(\d+)'|\[Errno (\d+)\]")
 
 
 def _orbax_leftover(unraisable) -> bool:
@@ -103,9 +104,11 @@ def os_error_code(e: BaseException | None) -> int | None:
     seen = set()
     while e is not None and id(e) not in seen:
         seen.add(id(e))
+        if isinstance(e, OSError) and e.errno is not None:
+            return e.errno
         m = _OS_ERROR.search(str(e))
         if m:
-            return int(m.group(1))
+            return int(m.group(1) or m.group(2))
         e = e.__cause__ or e.__context__
     return None
 
@@ -115,9 +118,11 @@ class _DropFixableWriteErrors(logging.Filter):
     its traceback; the caller raises it as one WriteError line instead."""
 
     def filter(self, record) -> bool:
-        text = record.getMessage() + (str(record.exc_info[1]) if record.exc_info else "")
-        m = _OS_ERROR.search(text)
-        return not (m and int(m.group(1)) in FIXES)
+        code = os_error_code(record.exc_info[1]) if record.exc_info and record.exc_info[1] is not None else None
+        if code is None:
+            m = _OS_ERROR.search(record.getMessage())
+            code = int(m.group(1) or m.group(2)) if m else None
+        return code not in FIXES
 
 
 _DROP_FIXABLE_WRITE_ERRORS = _DropFixableWriteErrors()
