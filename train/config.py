@@ -240,6 +240,9 @@ class _StrictLoader(yaml.SafeLoader):
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=True)
             line = key_node.start_mark.line + 1
+            if not isinstance(key, (str, int, float, bool)) and key is not None:
+                raise TrainConfigError(f"{key_node.start_mark.name} line {line}: a key must be a name, not "
+                                       f"{type(key).__name__}")
             if key in seen:
                 raise TrainConfigError(f"{key_node.start_mark.name} sets {key!r} twice, on lines {seen[key]} and "
                                        f"{line}; keep one of them")
@@ -274,6 +277,10 @@ def load(path: str | os.PathLike, overrides=()) -> TrainConfig:
         raise TrainConfigError(f"{path} line {line} is not UTF-8 ({e.reason}); save the config as UTF-8") from None
     except yaml.YAMLError as e:
         raise TrainConfigError(f"{path} is not valid YAML: {' '.join(str(e).split())}") from None
+    if data is not None and not isinstance(data, dict):
+        raise TrainConfigError(f"{path} holds {type(data).__name__ if not isinstance(data, list) else 'a list'}, "
+                               f"not sections of settings (model:, data:, ...); start from a shipped config: "
+                               f"--config tiny-aclsum")
     if data is None:  # an empty file, or comments alone: every field would take the 412M-parameter defaults
         raise TrainConfigError(f"{path} sets nothing (it is empty or holds only comments); start from a shipped "
                                f"config: --config tiny-aclsum, or copy one of {', '.join(configs.names())} from "

@@ -44,16 +44,11 @@ from led_flax.utils.files import WriteError
 from .demo import DEMO_CONFIG, cmd_demo
 from . import supervisor
 from .documents import read_files, read_jsonl, read_stdin
-from .usage import UsageError, at_least, finite
+from .usage import Terminated, UsageError, at_least, finite
 
 PROG = "led-flax"
 # exit statuses (README, "Command line")
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (a scheduler, `kill`, a container stopping), raised where the command is so that it
-    stops as an interrupt does: finished work kept, one line saying how to resume."""
 
 
 @contextlib.contextmanager
@@ -139,8 +134,8 @@ def cmd_summarize(args) -> int:
                          "process sees")
     if job.multi_process and not supervisor.is_child():  # the JAX work in a child, so that an abort is one line
         return supervisor.supervise(args.argv, prefix, job.process_id, then=(
-            f"the finished batches are kept in {args.out}.progress.jsonl and its siblings: rerun the same command, "
-            f"with any number of processes, to resume"))
+            f"the finished batches are kept in the progress files ({args.out}.progress.jsonl and its siblings): "
+            f"rerun the same command, with any number of processes, to resume"))
     inputs = [args.jsonl] if args.jsonl else args.files
     if args.out and any(os.path.realpath(args.out) == os.path.realpath(p) for p in inputs):
         raise UsageError(f"--out {args.out} is also an input: it would be overwritten; write the summaries elsewhere")

@@ -35,3 +35,8 @@ def finite(text: str) -> float:
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
     return value
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler, `kill`, a container stopping), raised where the command is so that it
+    stops as an interrupt does: finished work kept, one line saying how to resume."""

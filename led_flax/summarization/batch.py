@@ -12,6 +12,7 @@ input order at the end, and the progress file is removed.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import contextvars
 import dataclasses
 import functools
@@ -287,10 +288,42 @@ def check_output(options: SummarizeOptions) -> None:
                                  f"(compilation_cache=None, --no-cache)")
 
 
+class PeerLostError(ValueError):
+    """A collective step of a multi-process summarize failed because another process stopped (killed,
+    interrupted, crashed); the finished batches are in the progress files."""
+
+
+def _collective(what: str, fn, *args):
+    """`fn(*args)`, a cross-process step (multihost_utils); its failure, a peer gone, as PeerLostError."""
+    try:
+        return fn(*args)
+    except Exception as e:  # jaxlib's JaxRuntimeError: gloo's or the coordination service's failure
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise PeerLostError(f"{what} failed: another process of the job stopped ({reason}); the finished batches "
+                            f"are kept in the progress files: rerun the same command, with any number of processes, "
+                            f"to resume") from None
+
+
 def _agree(ok: bool) -> bool:
     """Process 0's verdict (ok or refused), broadcast to every process of the job."""
     from jax.experimental import multihost_utils
-    return bool(multihost_utils.broadcast_one_to_all(np.int32(ok)))
+    return bool(_collective("agreeing on the progress files", multihost_utils.broadcast_one_to_all, np.int32(ok)))
+
+
+def _check_same_job(record: progress.RunRecord, path: str) -> None:
+    """Every process of a job must run the same model, settings and documents into the same output:
+    a digest of each process's run record and output name, gathered and compared with process 0's.
+    Raises ValueError on every process, naming the others, before any work."""
+    from jax.experimental import multihost_utils
+    mine = json.dumps({"model": record.model, "settings": record.settings, "output": os.path.basename(path)},
+                      sort_keys=True)
+    digest = np.frombuffer(hashlib.sha1(mine.encode()).digest(), np.uint8)
+    every = np.asarray(_collective("comparing the processes' commands", multihost_utils.process_allgather,
+                                   digest)).reshape(jax.process_count(), -1)
+    odd = [p for p in range(len(every)) if not np.array_equal(every[p], every[0])]
+    if odd:
+        raise ValueError(f"processes {odd} were given another model, other settings, other documents or another "
+                         f"--out than process 0: every process of a job runs the same command on the same inputs")
 
 
 def _check_shared_folder(path: str) -> None:
@@ -331,7 +364,7 @@ def _plan(todo: list[int], buckets: list[int], documents: int, processes: int, b
         load = plan.costs(buckets, owners[todo], processes, batch_size, steps, beams)
         log.info("plan: %s documents per process, planned cost %s", np.bincount(owners[todo], minlength=processes),
                  [round(c) for c in load])
-    owners = np.asarray(multihost_utils.broadcast_one_to_all(owners))
+    owners = np.asarray(_collective("sharing the plan", multihost_utils.broadcast_one_to_all, owners))
     return {i: int(owners[i]) for i in todo}
 
 
@@ -483,6 +516,7 @@ def _summarize(texts, model, options: SummarizeOptions, names, report: SummaryRe
                                           sequence_devices=options.sequence_devices,
                                           corpus=progress.corpus_digest(names, texts))
         if processes > 1:
+            _check_same_job(record, resume_file)
             _check_shared_folder(resume_file)
         if me == 0:  # one agreed snapshot of the finished documents: process 0's (the plan below)
             refusal = None
@@ -604,7 +638,8 @@ def _summarize(texts, model, options: SummarizeOptions, names, report: SummaryRe
 
     if processes > 1:
         from jax.experimental import multihost_utils
-        multihost_utils.sync_global_devices("led_flax.summarize: every process's share is done")
+        _collective("the final barrier", multihost_utils.sync_global_devices,
+                    "led_flax.summarize: every process's share is done")
         if me:
             return [results.get(i) if owners.get(i, -1) == me else None for i in range(len(texts))]
         resume_file = options.resume_file
@@ -617,6 +652,6 @@ def _summarize(texts, model, options: SummarizeOptions, names, report: SummaryRe
         except WriteError as e:
             e.then = f"the summaries are kept in {resume_file}: rerun the same command to write them"
             raise
-    if resume_file:
+    if options.output:  # the output is complete: its progress files go (a progress_file alone is kept)
         progress.remove_all(options.resume_file)
     return summaries
