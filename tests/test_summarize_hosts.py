@@ -257,3 +257,29 @@ def test_processes_given_different_commands_are_refused_before_any_work(tiny, tm
     for code, _, err in results:
         assert code == 2 and [ln for ln in err.splitlines() if ln.startswith("led-flax summarize: error")] == [line]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["docs.jsonl"]
+
+
+@pytest.mark.filterwarnings("ignore::led_flax.summarization.InputWarning")
+def test_sigterm_to_one_process_stops_the_job_in_a_line_each(tiny, tmp_path):
+    """jax.distributed takes SIGTERM over for its preemption notice; the command takes it back, so a
+    `kill` stops the job as Ctrl-C does, and its peer stops too instead of waiting at the barrier."""
+    import signal
+    texts = aclsum_texts(40)
+    jsonl = tmp_path / "docs.jsonl"
+    jsonl.write_text("".join(json.dumps({"id": f"d{i}", "text": texts[i % 40][:200 + i % 50]}) + "\n"
+                             for i in range(400)))  # long enough to be stopped mid-way
+    out = tmp_path / "out.jsonl"
+    procs = _job(tiny.ours, jsonl, out, 2, heartbeat=5, wait=False)
+    _wait_for_lines(tmp_path / "out.jsonl.progress.jsonl", 6, procs[0])
+    procs[0].send_signal(signal.SIGTERM)
+    (_, err0), (_, err1) = [p.communicate(timeout=120) for p in procs]
+    assert procs[0].returncode == 143, err0[-3000:]
+    assert [ln for ln in err0.splitlines() if ln.startswith(("led-flax summarize: terminated",
+                                                             "led-flax summarize: error"))] == [
+        f"led-flax summarize: terminated; rerun the same command to resume (finished batches are kept in "
+        f"{out}.progress.jsonl)"]
+    errors = [ln for ln in err1.splitlines() if ln.startswith("led-flax summarize: error:")]
+    assert procs[1].returncode == 2 and len(errors) == 1 and errors[0] == err1.splitlines()[-1], err1[-3000:]
+    assert errors[0].endswith("rerun the same command, with any number of processes, to resume")
+    assert "Traceback" not in err0 + err1 and "grpc" not in err0 + err1
+    assert not out.exists() and (tmp_path / "out.jsonl.progress.jsonl").exists()

@@ -51,14 +51,16 @@ PROG = "led-flax"
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 
 
+def _raise_terminated(signum, frame):
+    raise Terminated
+
+
 @contextlib.contextmanager
 def _sigterm_as_interrupt():
     """SIGTERM raises Terminated for the block (the previous handler is put back after; off the main
     thread, where no handler can be set, nothing changes)."""
-    def handler(signum, frame):
-        raise Terminated
     try:
-        previous = signal.signal(signal.SIGTERM, handler)
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
     except ValueError:
         yield
         return
@@ -153,6 +155,8 @@ def cmd_summarize(args) -> int:
     docs = read_jsonl(args.jsonl, args.field) if args.jsonl else read_files(args.files) if args.files else \
         read_stdin(prefix)
     job.initialize()  # before any device use
+    if job.multi_process:  # jax.distributed's preemption notifier takes SIGTERM over: take it back
+        signal.signal(signal.SIGTERM, _raise_terminated)
     model = convert.load(args.model)
     model.require_head("conditional_generation", "summarization")
     settings = generation_settings(model, generation)  # resolved once: summarize and generate take them as they are

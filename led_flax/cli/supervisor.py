@@ -21,7 +21,7 @@ CHILD_ENV = "LED_FLAX_JOB_CHILD"
 # glog/absl lines ("F1205 00:12:34.567 ...", "E1205 ..."), stack frames ("    @ 0x...") and the
 # "*** Check failure stack trace: ***" banner: XLA's, not ours
 _XLA_LINE = re.compile(r"^([IWEF]\d{4} |\s+@\s+0x|\*\*\* Check failure|\*\*\* SIGABRT|RPC: /xla\.|\[Gloo\]|"
-                       r"terminate called after|\s+what\(\):|\s*$)")
+                       r"terminate called after|\s+what\(\):|:[A-Z_]+:Error received from peer|\s*$)")
 
 
 def is_child() -> bool:
