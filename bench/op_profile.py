@@ -21,7 +21,6 @@ import collections
 import glob
 import os
 import re
-import sys
 import tempfile
 import time
 

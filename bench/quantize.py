@@ -101,7 +101,6 @@ def _strip(seq, pad: int):
 
 def part_b(demo: str, documents: int, batch: int):
     from led_flax.io import pretrained
-    from led_flax.train import cli as train_cli
     from led_flax.train import config as config_lib
     from led_flax.train import data as data_lib
     from led_flax.train.evaluate import rouge

@@ -38,7 +38,7 @@ def main(args) -> int:
     job.check()
     configure_xla()
     with _console_logging():
-        return _main(args)
+        return _main(args, job)
 
 
 @contextlib.contextmanager
@@ -60,7 +60,7 @@ def _console_logging():
         logger.propagate = saved[1]
 
 
-def _main(args) -> int:
+def _main(args, job) -> int:
     from . import config as config_lib
     cfg = config_lib.load(args.config, args.overrides)
     if args.compile and not args.dry_run:
@@ -76,7 +76,7 @@ def _main(args) -> int:
                                 f"XLA_FLAGS=--xla_force_host_platform_device_count=N led-flax train ... --dry-run") \
                 from None
         return 0
-    job_options(args).initialize()
+    job.initialize()
     from .loop import run
     last = run(cfg, progress=not args.quiet)
     import jax

@@ -36,7 +36,7 @@ def read_jsonl(path: str, field: str) -> Documents:
     """One document per line of a jsonl file: the string `field` of each JSON object; the name is
     the record's own `id` when it has one (a string or a number), else PATH:LINE.
     Raises UsageError naming the file, the line and the fix."""
-    names, texts, lines = [], [], {}
+    names, texts, first, warned = [], [], {}, set()
     for n, record in jsonl_objects(path, UsageError, f'{{"{field}": "..."}}'):
         if field not in record:
             raise UsageError(f"{path} line {n} has no field {field!r} (it has {sorted(record)[:8]}); name the text "
@@ -45,16 +45,14 @@ def read_jsonl(path: str, field: str) -> Documents:
             raise UsageError(f"{path} line {n}: field {field!r} is {describe_json(record[field])}, not a string; "
                              f"name the text field with --field, or fix the line")
         rid = record.get("id")
-        if isinstance(rid, (str, int)) and not isinstance(rid, bool):
-            if str(rid) in lines:  # once per id
-                if lines[str(rid)] is not None:
-                    warnings.warn(f"{path}: id {rid!r} is on line {lines[str(rid)]} and line {n} (and maybe more): "
-                                  f"their output records cannot be told apart; give each record its own id",
-                                  InputWarning)
-                lines[str(rid)] = None
-            else:
-                lines[str(rid)] = n
-        names.append(str(rid) if isinstance(rid, (str, int)) and not isinstance(rid, bool) else f"{path}:{n}")
+        own = str(rid) if isinstance(rid, (str, int)) and not isinstance(rid, bool) else None
+        if own is not None and own in first and own not in warned:  # once per id
+            warnings.warn(f"{path}: id {rid!r} is on line {first[own]} and line {n} (and maybe more): their output "
+                          f"records cannot be told apart; give each record its own id", InputWarning)
+            warned.add(own)
+        if own is not None:
+            first.setdefault(own, n)
+        names.append(own if own is not None else f"{path}:{n}")
         texts.append(record[field])
     return Documents(names, texts)
 
