@@ -135,9 +135,12 @@ def orbax_write(path: str | os.PathLike):
     can fix (a full or read-only disk, a quota) is raised as a WriteError naming `path` and the fix.
     Other errors pass as they are."""
     quiet_closed_loop_errors()
-    logger = logging.getLogger("absl")
-    if _DROP_FIXABLE_WRITE_ERRORS not in logger.filters:
-        logger.addFilter(_DROP_FIXABLE_WRITE_ERRORS)
+    # absl: orbax's threads; asyncio: a failed chunk's future that nobody awaited once the first
+    # failure was raised ("Future exception was never retrieved", logged when it is collected)
+    for name in ("absl", "asyncio"):
+        logger = logging.getLogger(name)
+        if _DROP_FIXABLE_WRITE_ERRORS not in logger.filters:
+            logger.addFilter(_DROP_FIXABLE_WRITE_ERRORS)
     try:
         yield
     except Exception as e:

@@ -249,8 +249,29 @@ def atomic_directory(directory: str | os.PathLike, *, overwrite: bool = False) -
             else:
                 os.rename(tmp, directory)
         finally:
-            if os.path.exists(tmp):
-                shutil.rmtree(tmp, ignore_errors=True)
+            if os.path.lexists(tmp):
+                remove_when_quiet(tmp)
+
+
+def remove_when_quiet(path: str, *, quiet_s: float = 0.3, limit_s: float = 5.0) -> None:
+    """Removes the folder `path` of a failed write and keeps it removed until nothing has written there
+    for `quiet_s` seconds (or `limit_s` passed). A write that failed part-way can leave writers in
+    flight that orbax does not wait for: tensorstore's threads finish their other chunks after the
+    first one failed, and on a full disk they succeed once the removal has freed space, putting the
+    folder back (seen: one data file of a failed checkpoint reappearing after the cleanup)."""
+    import time
+
+    deadline = time.monotonic() + limit_s
+    quiet_since = None
+    while time.monotonic() < deadline:
+        if os.path.lexists(path):
+            shutil.rmtree(path, ignore_errors=True)
+            quiet_since = None
+        elif quiet_since is None:
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since >= quiet_s:
+            return
+        time.sleep(0.05)
 
 
 class OutputBusyError(ValueError):
