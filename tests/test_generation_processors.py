@@ -20,6 +20,7 @@ from transformers.generation.logits_process import (EpsilonLogitsWarper, EtaLogi
 from conftest import hf_config
 from led_flax.decoding.generation import GenerationConfig
 from led_flax.decoding.processors import process
+from led_flax.decoding.settings import split
 from led_flax.decoding.warpers import epsilon_filter, eta_filter, top_k_filter, top_p_filter, typical_filter
 
 V, EOS, L = 40, 2, 12
@@ -72,12 +73,13 @@ def test_processor_list_matches_transformers(settings, num_beams):
     seqs[0, 1:4] = [6, 7, 6]  # bad word (6, 7) can complete at cur_len 4
     cfg = GenerationConfig(eos_token_id=EOS, max_length=L, num_beams=num_beams, **settings)
     keep = 2 if num_beams > 1 else 1  # transformers' min_tokens_to_keep: eos ids + 1 with beams
-    ours_fn = jax.jit(lambda s, q, c: process(s, q, c, cfg, jnp.asarray(encoder_ids, jnp.int32), keep))
+    static, values = split(cfg, b)  # as generate runs them: the switches static, the numbers traced
+    ours_fn = jax.jit(lambda s, q, c, vals: process(s, q, c, static, vals, jnp.asarray(encoder_ids, jnp.int32), keep))
     ref_list = _reference_list(settings, encoder_ids, num_beams)
     for cur_len in range(1, L):
         scores = (rng.standard_normal((b * num_beams, V)) * 3).astype(np.float32)
         ref = ref_list(torch.tensor(seqs[:, :cur_len]), torch.tensor(scores)).numpy()
-        ours = ours_fn(jnp.asarray(scores), jnp.asarray(seqs, jnp.int32), jnp.int32(cur_len))
+        ours = ours_fn(jnp.asarray(scores), jnp.asarray(seqs, jnp.int32), jnp.int32(cur_len), values)
         _assert_same_scores(ours, ref, f"{settings} at cur_len {cur_len}")
 
 
@@ -90,7 +92,8 @@ def test_settings_that_are_off_add_nothing_to_the_program():
         "num_beam_groups": 1, "diversity_penalty": 0.0, "do_sample": True, "top_k": 0})
     assert off == GenerationConfig(do_sample=True, top_k=0) and hash(off) == hash(GenerationConfig(do_sample=True,
                                                                                                       top_k=0))
-    jaxpr = jax.make_jaxpr(lambda s, c: process(s, seqs, c, off, enc, 1))(scores, jnp.int32(3))
+    values = split(off, 3).values
+    jaxpr = jax.make_jaxpr(lambda s, c, vals: process(s, seqs, c, off, vals, enc, 1))(scores, jnp.int32(3), values)
     assert not jaxpr.eqns, f"settings that are off traced {len(jaxpr.eqns)} operations"
 
 

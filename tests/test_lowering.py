@@ -17,6 +17,7 @@ from jax.sharding import AbstractMesh, NamedSharding
 
 from led_flax import LEDConfig, model_for
 from led_flax.decoding import GenerationConfig, generation
+from led_flax.decoding.settings import split
 from led_flax.model import QuantizeSpec
 from led_flax.model.quantize import quantize_params
 from led_flax.parallel import sequence
@@ -79,15 +80,15 @@ def _generation_program(settings, spec, cross_cache):
     params = _abstract_params(model_for(CONFIG))
     if spec is not None:
         params = jax.eval_shape(lambda p: quantize_params(p, spec), params)
-    return generation.program_for(model), model, params, settings.resolved(CONFIG)
+    return generation.program_for(model), model, params, split(settings.resolved(CONFIG), 2)
 
 
 @pytest.mark.parametrize("case", list(GENERATION))
 def test_generate_lowers(case):
     program, model, params, settings = _generation_program(*GENERATION[case])
     ids = jax.ShapeDtypeStruct((2, 32), jnp.int32)
-    exported = lower(f"generate ({case})", program, params, ids, ids, ids, jax.random.PRNGKey(0), model=model,
-                     cfg=settings, slots=1, mesh=None)
+    exported = lower(f"generate ({case})", program, params, ids, ids, ids, jax.random.PRNGKey(0), settings.values,
+                     model=model, cfg=settings.static, slots=1, mesh=None)
     assert set(exported.platforms) == {"tpu", "cuda"}
 
 
@@ -98,7 +99,7 @@ def test_a_summarize_bucket_program_lowers_over_eight_devices():
     ids = jax.ShapeDtypeStruct((8, 64), jnp.int32, sharding=batch_layout(mesh))  # 8 documents, a 64-token bucket
     with jax.sharding.use_abstract_mesh(mesh):
         exported = lower("summarize's bucket program", program, params, ids, ids, ids, jax.random.PRNGKey(0),
-                         model=model, cfg=settings, slots=1, mesh=None)
+                         split(settings.static, 8).values, model=model, cfg=settings.static, slots=1, mesh=None)
     assert exported.nr_devices == 8
 
 

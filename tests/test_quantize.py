@@ -25,6 +25,7 @@ from led_flax.model.cache import CrossKeyValue, KeyValue
 from led_flax.decoding import generation
 from led_flax.decoding.generation import generate
 from led_flax.decoding.generation_config import GenerationConfig
+from led_flax.decoding.settings import split
 from led_flax.model.layers import Dense, fused_dense
 from led_flax.parallel.sharding import logical_axes, make_mesh, param_shardings
 
@@ -193,8 +194,8 @@ def test_generation_with_quantized_weights_and_int8_cross_cache():
     assert generation.program_for(m8) is (generation._run_int8_cache if jax.default_backend() == "cpu"
                                             else generation._run)
     args = (qparams, *(jnp.asarray(x, jnp.int32) for x in (ids, am, glob)), jax.random.PRNGKey(0))
-    default = generation._run(*args, model=m8, cfg=GenerationConfig(max_length=12).resolved(m8.config), slots=1,
-                              mesh=None)
+    static, values = split(GenerationConfig(max_length=12).resolved(m8.config), 2)
+    default = generation._run(*args, values, model=m8, cfg=static, slots=1, mesh=None)
     np.testing.assert_array_equal(kv8, np.asarray(default.sequences)[:, :int(default.length)])
     # a decoding step over the int8 cross cache equals one over a float cache holding its dequantized values
     enc = model.apply({"params": params}, ids, am, glob, method="encode").last_hidden_state

@@ -8,6 +8,10 @@ the length penalty counts generated tokens), and the logits processors and warpe
 `logits_process.py`, in the same order (`processors.py`, `warpers.py`). `min_length` and `max_length`
 count the decoder start token, as there. The encoder's input ids travel into the program for the
 processors that read them (`encoder_no_repeat_ngram_size`, `encoder_repetition_penalty`).
+
+The settings are split (`settings.split`): what changes shapes or control flow keys the program, and
+the numbers (length_penalty, temperature, top_p, repetition_penalty, ..., one per input) are traced
+arguments, so a sweep over them or a batch of requests with their own values runs one program.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from led_flax.model.attention import count_global_slots
 from .generation_config import GenerationConfig, GenerationSettingWarning
 from led_flax.model.inputs import check_token_ids
 from .search import beam_search, greedy_or_sample
+from .settings import GenerationValues, split
 from led_flax.model.stacking import unstack_layers
 
 __all__ = ["GenerationConfig", "GenerationSettingWarning", "GenerateOutput", "generate"]
@@ -38,19 +43,20 @@ class GenerateOutput:
     scores: Any  # [b * num_return_sequences]: beam search's length-penalised score, else the summed log-prob
 
 
-def _program(params, input_ids, attention_mask, global_attention_mask, rng, *, model, cfg: GenerationConfig,
-             slots: int, mesh):
-    """Encoder once, cache once, then the decoding loop: one compiled program per (model, settings,
-    global slots, input shape, mesh), held by jax's own jit cache. With a mesh whose sequence axis has
-    several devices, the whole program runs under `jax.shard_map`, each device on its slice of the
-    input (`led_flax.parallel.sequence`); the loop runs the same on every device."""
+def _program(params, input_ids, attention_mask, global_attention_mask, rng, values: GenerationValues, *, model,
+             cfg: GenerationConfig, slots: int, mesh):
+    """Encoder once, cache once, then the decoding loop: one compiled program per (model, static
+    settings, global slots, input shape, mesh), held by jax's own jit cache; `values` are traced. With
+    a mesh whose sequence axis has several devices, the whole program runs under `jax.shard_map`,
+    each device on its slice of the input (`led_flax.parallel.sequence`); the loop runs the same on
+    every device."""
     search = partial(_search, model=sequence.sharded_model(model, mesh), cfg=cfg, slots=slots)
     if sequence.devices_of(mesh) == 1:
-        return search(params, input_ids, attention_mask, global_attention_mask, rng)
+        return search(params, input_ids, attention_mask, global_attention_mask, rng, values)
     tokens = sequence.TOKENS
-    return jax.shard_map(search, mesh=mesh, in_specs=(P(), tokens, tokens, tokens, P()), out_specs=P(),
+    return jax.shard_map(search, mesh=mesh, in_specs=(P(), tokens, tokens, tokens, P(), P()), out_specs=P(),
                          axis_names={sequence.SEQUENCE_AXIS})(params, input_ids, attention_mask,
-                                                               global_attention_mask, rng)
+                                                               global_attention_mask, rng, values)
 
 
 _STATIC = ("model", "cfg", "slots", "mesh")
@@ -67,9 +73,9 @@ _run_int8_cache = jax.jit(_program, static_argnames=_STATIC, compiler_options=CP
 
 def program_for(model):
     """The jitted program `generate` runs for `model`: call it as
-    `program(params, input_ids, attention_mask, global_attention_mask, prng_key, model=model,
-    cfg=resolved_generation_config, slots=num_global_slots, mesh=mesh_or_None)` (the keywords are
-    static). `jax.export.export(program, platforms=("tpu", "cuda"))` lowers it for the accelerators
+    `program(params, input_ids, attention_mask, global_attention_mask, prng_key, values, model=model,
+    cfg=static, slots=num_global_slots, mesh=mesh_or_None)` (the keywords are static), where
+    `static, values = settings.split(resolved_generation_config, batch)`. `jax.export.export(program, platforms=("tpu", "cuda"))` lowers it for the accelerators
     (tests/test_lowering.py). On a CPU with an int8 cross-attention cache it is compiled with
     `CPU_INT8_CACHE_OPTIONS`."""
     if model.cross_cache == "int8" and jax.default_backend() == "cpu":
@@ -77,8 +83,8 @@ def program_for(model):
     return _run
 
 
-def _search(params, input_ids, attention_mask, global_attention_mask, rng, *, model, cfg: GenerationConfig,
-            slots: int):
+def _search(params, input_ids, attention_mask, global_attention_mask, rng, values: GenerationValues, *, model,
+            cfg: GenerationConfig, slots: int):
     if model.scan_layers:
         # a decode step reads every weight once: scanning over stacked weights slices (copies) them at
         # every step, 2-3x slower on a CPU, so the loop runs the unrolled layers over per-layer slices
@@ -99,12 +105,13 @@ def _search(params, input_ids, attention_mask, global_attention_mask, rng, *, mo
     search = beam_search if cfg.num_beams > 1 else greedy_or_sample
     if model.sequence_axis is not None:  # the encoder-side processors read the whole input: [b, n] ids, small
         input_ids = jax.lax.all_gather(input_ids, model.sequence_axis, axis=1, tiled=True)
-    return search(step, cache, cfg, batch, rng, input_ids)
+    keys = jax.vmap(lambda seed: jax.random.fold_in(rng, seed))(values.seed)  # [b]: a key per input
+    return search(step, cache, cfg, values, batch, keys, input_ids)
 
 
 def generate(model, params, input_ids, attention_mask=None, global_attention_mask=None,
              generation_config: GenerationConfig | None = None, prng_key=None, num_global_slots=None,
-             sharding=None, mesh=None, **overrides) -> GenerateOutput:
+             sharding=None, mesh=None, seeds=None, **overrides) -> GenerateOutput:
     """Generates summaries (or any decoder output) for a batch, in one compiled program per
     (batch shape, settings).
 
@@ -113,11 +120,17 @@ def generate(model, params, input_ids, attention_mask=None, global_attention_mas
     sharding: where to put the batch (a NamedSharding over the batch axis spreads it over devices).
     mesh: a mesh with a `sequence` axis of several devices splits each document over them
     (`led_flax.parallel.sequence`; n must be a multiple of `sequence.length_unit`); the batch goes over the
-    other axes as `sharding` says. overrides: GenerationConfig fields. Returns the sequences (decoder
-    start token first, padded with pad_token_id, trimmed to the longest) and their scores.
+    other axes as `sharding` says. overrides: GenerationConfig fields. The numbers that do not change
+    the program (length_penalty, temperature, top_p, typical_p, epsilon_cutoff, eta_cutoff,
+    repetition_penalty, encoder_repetition_penalty, the exponential decay factor) may be one value or
+    a list of b, one per input: a new value compiles nothing (`led_flax.decoding.settings`).
+    prng_key: the key sampling draws from; seeds: [b] integers in [0, 2**32), input r draws from
+    fold_in(prng_key, seeds[r]) (default: r), so its sample does not depend on the other inputs of the
+    batch or on its place in it. Returns the sequences (decoder start token first, padded with
+    pad_token_id, trimmed to the longest) and their scores.
     Raises TypeError for an override that is not a GenerationConfig field (or a transformers setting
-    led-flax does not implement), ValueError for a bad value, group beam search, or a token id outside
-    the vocabulary.
+    led-flax does not implement), ValueError for a bad value, group beam search, a token id outside
+    the vocabulary, or per-input settings or seeds that are not one per input.
     """
     config = model.config
     cfg = generation_config or GenerationConfig()
@@ -143,6 +156,7 @@ def generate(model, params, input_ids, attention_mask=None, global_attention_mas
     arrays = [jnp.asarray(x, jnp.int32) for x in (input_ids, attention_mask, global_attention_mask)]
     if sharding is not None:
         arrays = [jax.device_put(x, sharding) for x in arrays]
-    result = program_for(model)(params, *arrays, rng, model=model, cfg=cfg, slots=slots, mesh=mesh)
+    static, values = split(cfg, input_ids.shape[0], seeds)
+    result = program_for(model)(params, *arrays, rng, values, model=model, cfg=static, slots=slots, mesh=mesh)
     length = int(result.length)
     return GenerateOutput(sequences=np.asarray(result.sequences)[:, :length], scores=np.asarray(result.scores))

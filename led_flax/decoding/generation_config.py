@@ -64,6 +64,12 @@ def _int_tuple(name: str, value, allow_none: bool = True):
 class GenerationConfig:
     """HF's generation settings, hashable (tuples, not lists) so that it keys compiled programs.
 
+    The numbers that do not change the program (`length_penalty`, `temperature`, `top_p`,
+    `typical_p`, `epsilon_cutoff`, `eta_cutoff`, `repetition_penalty`, `encoder_repetition_penalty`
+    and the factor of `exponential_decay_length_penalty`) may each be one value, or a tuple of one
+    value per input row, so that one batch carries several requests' settings; they are traced
+    arguments of the compiled program, not part of its key (`led_flax.decoding.settings`).
+
     Beyond the length, search and sampling settings: `encoder_no_repeat_ngram_size` (n-grams of the
     input that the output may not repeat), `encoder_repetition_penalty` (> 1 favours the input's
     tokens), `bad_words_ids` (token sequences never generated), `suppress_tokens` (ids never
@@ -81,22 +87,22 @@ class GenerationConfig:
     do_sample: bool = False
     num_beams: int = 1
     num_return_sequences: int = 1
-    length_penalty: float = 1.0
+    length_penalty: float | tuple[float, ...] = 1.0
     early_stopping: bool | str = False
-    temperature: float = 1.0
+    temperature: float | tuple[float, ...] = 1.0
     top_k: int = 50
-    top_p: float = 1.0
-    typical_p: float = 1.0
-    epsilon_cutoff: float = 0.0
-    eta_cutoff: float = 0.0
+    top_p: float | tuple[float, ...] = 1.0
+    typical_p: float | tuple[float, ...] = 1.0
+    epsilon_cutoff: float | tuple[float, ...] = 0.0
+    eta_cutoff: float | tuple[float, ...] = 0.0
     no_repeat_ngram_size: int = 0
     encoder_no_repeat_ngram_size: int = 0
-    repetition_penalty: float = 1.0
-    encoder_repetition_penalty: float = 1.0
+    repetition_penalty: float | tuple[float, ...] = 1.0
+    encoder_repetition_penalty: float | tuple[float, ...] = 1.0
     bad_words_ids: tuple[tuple[int, ...], ...] | None = None
     suppress_tokens: tuple[int, ...] | None = None
     begin_suppress_tokens: tuple[int, ...] | None = None
-    exponential_decay_length_penalty: tuple[int, float] | None = None
+    exponential_decay_length_penalty: tuple[int, float | tuple[float, ...]] | None = None
     renormalize_logits: bool = False
     forced_bos_token_id: int | None = None
     forced_eos_token_id: int | tuple[int, ...] | None = None
@@ -119,11 +125,24 @@ class GenerationConfig:
         if self.early_stopping not in (True, False, "never"):
             raise ValueError(f"GenerationConfig.early_stopping must be True, False or 'never', "
                              f"got {self.early_stopping!r}")
-        if self.do_sample and self.temperature <= 0:
-            raise ValueError("GenerationConfig.temperature must be > 0 when sampling; use do_sample=False for greedy")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"GenerationConfig.top_p must be in (0, 1], got {self.top_p}")
+        self._check_per_row("length_penalty", lambda v: True, "any real number")
+        self._check_per_row("temperature", lambda v: v > 0 or not self.do_sample,
+                            "> 0 when sampling (use do_sample=False for greedy)")
+        self._check_per_row("top_p", lambda v: 0.0 < v <= 1.0, "in (0, 1] (1.0: off)")
+        self._check_per_row("repetition_penalty", lambda v: v > 0, "> 0 (1.0: off; above 1 penalises repeats)")
         self._check_new_settings()
+
+    def _check_per_row(self, name: str, ok, rule: str) -> None:
+        """A traced setting (`led_flax.decoding.settings`): a real number, or one per input row (a list
+        or tuple, kept as a tuple); ValueError naming `name` and `rule` for a bad one."""
+        value = getattr(self, name)
+        rows = value if isinstance(value, (list, tuple)) else (value,)
+        bad = [v for v in rows if not (_is_real(v) and ok(v))]
+        if not rows or bad:
+            raise ValueError(f"GenerationConfig.{name} must be {rule}, or a list of such values, one per input; got "
+                             f"{value!r}")
+        if isinstance(value, (list, tuple)):
+            object.__setattr__(self, name, tuple(float(v) for v in value))
 
     def _check_new_settings(self):
         """The settings of released summarization checkpoints beyond the basic ones, and group beam search."""
@@ -137,15 +156,11 @@ class GenerationConfig:
         if not (isinstance(self.encoder_no_repeat_ngram_size, int) and self.encoder_no_repeat_ngram_size >= 0):
             raise ValueError(f"GenerationConfig.encoder_no_repeat_ngram_size must be an integer >= 0 (0: off), got "
                              f"{self.encoder_no_repeat_ngram_size!r}")
-        if not (_is_real(self.encoder_repetition_penalty) and self.encoder_repetition_penalty > 0):
-            raise ValueError(f"GenerationConfig.encoder_repetition_penalty must be > 0 (1.0: off; above 1 favours the "
-                             f"input's tokens), got {self.encoder_repetition_penalty}")
-        if not (_is_real(self.typical_p) and 0.0 < self.typical_p <= 1.0):
-            raise ValueError(f"GenerationConfig.typical_p must be in (0, 1] (1.0: off), got {self.typical_p}")
+        self._check_per_row("encoder_repetition_penalty", lambda v: v > 0,
+                            "> 0 (1.0: off; above 1 favours the input's tokens)")
+        self._check_per_row("typical_p", lambda v: 0.0 < v <= 1.0, "in (0, 1] (1.0: off)")
         for f in ("epsilon_cutoff", "eta_cutoff"):
-            if not (_is_real(getattr(self, f)) and 0.0 <= getattr(self, f) < 1.0):
-                raise ValueError(f"GenerationConfig.{f} must be in [0, 1) (0.0: off; the paper suggests 3e-4 to "
-                                 f"4e-3), got {getattr(self, f)}")
+            self._check_per_row(f, lambda v: 0.0 <= v < 1.0, "in [0, 1) (0.0: off; the paper suggests 3e-4 to 4e-3)")
         if not isinstance(self.renormalize_logits, bool):
             raise ValueError(f"GenerationConfig.renormalize_logits must be true or false, got "
                              f"{self.renormalize_logits!r}")
@@ -160,12 +175,16 @@ class GenerationConfig:
             object.__setattr__(self, f, _int_tuple(f, getattr(self, f)))
         decay = self.exponential_decay_length_penalty
         if decay is not None:
+            factors = decay[1] if isinstance(decay, (list, tuple)) and len(decay) == 2 else None
+            factors = factors if isinstance(factors, (list, tuple)) else (factors,)
             if not (isinstance(decay, (list, tuple)) and len(decay) == 2 and isinstance(decay[0], int)
-                    and decay[0] >= 0 and _is_real(decay[1]) and decay[1] > 0):
+                    and not isinstance(decay[0], bool) and decay[0] >= 0 and factors
+                    and all(_is_real(f) and f > 0 for f in factors)):
                 raise ValueError(f"GenerationConfig.exponential_decay_length_penalty must be (start, factor): the "
                                  f"generated tokens after which eos is favoured (an integer >= 0) and the factor per "
-                                 f"token (> 0, e.g. 1.05), got {decay!r}")
-            object.__setattr__(self, "exponential_decay_length_penalty", (int(decay[0]), float(decay[1])))
+                                 f"token (> 0, e.g. 1.05; or a list of factors, one per input), got {decay!r}")
+            factor = tuple(float(f) for f in decay[1]) if isinstance(decay[1], (list, tuple)) else float(decay[1])
+            object.__setattr__(self, "exponential_decay_length_penalty", (int(decay[0]), factor))
         for f in ("forced_bos_token_id", "forced_eos_token_id"):  # transformers' validate() refuses these too
             forced = getattr(self, f)
             forced = set(id_tuple(forced))

@@ -3,8 +3,9 @@ with its arithmetic, on static shapes; the sampling warpers are in `warpers.py`.
 
 scores: [N, V] float32, N = b x beams rows (the beams of an input are consecutive rows); seqs: [N, L]
 the decoder tokens so far, valid up to cur_len ([] int32, traced); encoder_ids: [b, n] int32, the
-encoder's input ids, padding included as transformers reads them. Every setting is static: one that
-is off adds nothing to the compiled loop.
+encoder's input ids, padding included as transformers reads them. `cfg` says which processors are on
+(static: one that is off adds nothing to the compiled loop); their numbers come from `values`, a
+`settings.GenerationValues` of per-input arrays [b] (traced: a new value compiles nothing).
 """
 
 from __future__ import annotations
@@ -15,30 +16,32 @@ import numpy as np
 
 from led_flax.model.config import id_tuple
 from .generation_config import GenerationConfig
-from .warpers import apply_warpers
+from .settings import GenerationValues, is_on
+from .warpers import apply_warpers, per_row
 
 NEG_INF = -float("inf")
 PROMPT_LENGTH = 1  # the decoder prompt is the start token alone
 
 
-def process(scores, seqs, cur_len, cfg: GenerationConfig, encoder_ids, min_tokens_to_keep: int):
+def process(scores, seqs, cur_len, cfg: GenerationConfig, values: GenerationValues, encoder_ids,
+            min_tokens_to_keep: int):
     """transformers' whole list: the processors, the warpers when sampling, then `renormalize_logits`'s
     log-softmax, which transformers always puts last. scores: [N, V] -> [N, V]."""
-    scores = apply_processors(scores, seqs, cur_len, cfg, encoder_ids)
+    scores = apply_processors(scores, seqs, cur_len, cfg, values, encoder_ids)
     if cfg.do_sample:
-        scores = apply_warpers(scores, cfg, min_tokens_to_keep)
+        scores = apply_warpers(scores, cfg, values, min_tokens_to_keep)
     if cfg.renormalize_logits:
         scores = jax.nn.log_softmax(scores, axis=-1)
     return scores
 
 
-def apply_processors(scores, seqs, cur_len, cfg: GenerationConfig, encoder_ids):
+def apply_processors(scores, seqs, cur_len, cfg: GenerationConfig, values: GenerationValues, encoder_ids):
     """The processors (not the warpers), in transformers' order. scores: [N, V] -> [N, V]."""
-    v = scores.shape[-1]
-    if cfg.encoder_repetition_penalty != 1.0:
-        scores = _encoder_repetition_penalty(scores, encoder_ids, cfg.encoder_repetition_penalty)
-    if cfg.repetition_penalty != 1.0:
-        scores = _repetition_penalty(scores, seqs, cur_len, cfg.repetition_penalty)
+    n, v = scores.shape
+    if is_on(cfg, "encoder_repetition_penalty"):
+        scores = _encoder_repetition_penalty(scores, encoder_ids, per_row(values.encoder_repetition_inverse, n))
+    if is_on(cfg, "repetition_penalty"):
+        scores = _repetition_penalty(scores, seqs, cur_len, per_row(values.repetition_penalty, n))
     if cfg.no_repeat_ngram_size > 0:
         scores = _no_repeat_ngram(scores, seqs, cur_len, cfg.no_repeat_ngram_size)
     if cfg.encoder_no_repeat_ngram_size > 0:
@@ -57,8 +60,8 @@ def apply_processors(scores, seqs, cur_len, cfg: GenerationConfig, encoder_ids):
         ids = id_tuple(cfg.forced_eos_token_id)
         scores = jnp.where(cur_len == cfg.max_length - 1, jnp.where(_is_token(v, ids), 0.0, NEG_INF), scores)
     if cfg.exponential_decay_length_penalty is not None and cfg.eos_ids:
-        scores = _exponential_decay(scores, cur_len, cfg.exponential_decay_length_penalty, cfg.eos_ids,
-                                    cfg.max_length)
+        scores = _exponential_decay(scores, cur_len, cfg.exponential_decay_length_penalty[0], values.decay_gain,
+                                    cfg.eos_ids)
     if cfg.suppress_tokens is not None:
         scores = jnp.where(_is_token(v, cfg.suppress_tokens), NEG_INF, scores)
     if cfg.begin_suppress_tokens is not None:
@@ -78,22 +81,23 @@ def _rows_of_inputs(x, rows: int):
     return jnp.repeat(x, rows // x.shape[0], axis=0)
 
 
-def _encoder_repetition_penalty(scores, encoder_ids, penalty: float):
+def _encoder_repetition_penalty(scores, encoder_ids, inverse):
     """EncoderRepetitionPenaltyLogitsProcessor: the input's tokens times 1/penalty where negative, over
-    it where positive (so penalty > 1 favours them); 1/penalty is rounded to float32 first, as there."""
-    inverse = 1 / penalty
+    it where positive (so penalty > 1 favours them). inverse: [N, 1] 1/penalty, taken in float64 and
+    rounded to float32, as there."""
     ids = _rows_of_inputs(encoder_ids, scores.shape[0])  # [N, n]
-    picked = jnp.take_along_axis(scores, ids, axis=1)
+    picked = jnp.take_along_axis(scores, ids, axis=1)  # [N, n]
     picked = jnp.where(picked < 0, picked * inverse, picked / inverse)
     return scores.at[jnp.arange(scores.shape[0])[:, None], ids].set(picked)
 
 
-def _repetition_penalty(scores, seqs, cur_len, penalty: float):
-    """RepetitionPenaltyLogitsProcessor over the decoder tokens so far (the start token included)."""
+def _repetition_penalty(scores, seqs, cur_len, penalty):
+    """RepetitionPenaltyLogitsProcessor over the decoder tokens so far (the start token included).
+    penalty: [N, 1]."""
     n, v = scores.shape
     valid = jnp.arange(seqs.shape[1])[None, :] < cur_len  # [1, L]
     tokens = jnp.where(valid, seqs, v)  # [N, L]: positions past cur_len point past the vocabulary
-    picked = jnp.take_along_axis(scores, jnp.minimum(tokens, v - 1), axis=1)
+    picked = jnp.take_along_axis(scores, jnp.minimum(tokens, v - 1), axis=1)  # [N, L]
     picked = jnp.where(picked < 0, picked * penalty, picked / penalty)
     return scores.at[jnp.arange(n)[:, None], tokens].set(picked, mode="drop")
 
@@ -157,23 +161,15 @@ def _bad_words(scores, seqs, cur_len, bad_words, eos_ids):
     return scores
 
 
-def _exponential_decay(scores, cur_len, decay: tuple[int, float], eos_ids, max_length: int):
+def _exponential_decay(scores, cur_len, start: int, gain_table, eos_ids):
     """ExponentialDecayLengthPenalty: past `start` generated tokens, eos gains |score| x (factor ** i - 1)
-    at the i-th step after it. factor ** i - 1 is computed in float64 and rounded to the scores' dtype,
-    as transformers' Python scalar is."""
-    start, factor = decay
+    at the i-th step after it. gain_table: [b, max_length + 1], each input's factor ** i - 1
+    (`settings.GenerationValues.decay_gain`: float64, rounded to float32 as transformers' Python
+    scalar is)."""
     regulation_start = start + PROMPT_LENGTH
-    table = jnp.asarray(np.array([0.0] + [_power(factor, i) - 1 for i in range(1, max_length + 1)]), scores.dtype)
     index = cur_len - regulation_start
-    gain = table[jnp.clip(index, 0, max_length)]
-    penalty = jnp.abs(scores) * gain
-    penalty = jnp.where(jnp.isfinite(scores), penalty, 0.0)
+    gain = jax.lax.dynamic_index_in_dim(gain_table, jnp.clip(index, 0, gain_table.shape[1] - 1), axis=1,
+                                        keepdims=False)  # [b]
+    gain = per_row(gain.astype(scores.dtype), scores.shape[0])  # [N, 1]
+    penalty = jnp.where(jnp.isfinite(scores), jnp.abs(scores) * gain, 0.0)
     return jnp.where((index > 0) & _is_token(scores.shape[-1], eos_ids), scores + penalty, scores)
-
-
-def _power(factor: float, i: int) -> float:
-    """factor ** i as Python computes it, inf past the largest float64."""
-    try:
-        return pow(factor, i)
-    except OverflowError:
-        return float("inf")

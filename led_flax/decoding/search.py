@@ -5,7 +5,10 @@ tokens). The masking arithmetic is transformers': -1e9 is added once per reason.
 
 `step(token [N, 1], cache) -> (logits [N, V] float32, cache)` runs the decoder one position; the
 cache is a `cache.DecoderCache`, which the loops only carry and `reorder`. encoder_ids: [b, n] int32,
-the encoder's input ids, for the processors that read them.
+the encoder's input ids, for the processors that read them. `cfg` is static (the program's key),
+`values` the traced numbers per input (`settings.GenerationValues`). keys: [b] PRNG keys, one per
+input: each input's draws come from its own key, split once per step, so a row samples the same
+whatever else shares its batch and wherever it sits.
 Shapes: b batch, nb beams, k candidates, L max_length, V vocabulary.
 """
 
@@ -18,6 +21,7 @@ import jax.numpy as jnp
 
 from .generation_config import GenerationConfig
 from .processors import PROMPT_LENGTH, process
+from .settings import GenerationValues
 
 BIG_NEGATIVE = -1.0e9  # transformers' penalty for a candidate that may not be chosen
 
@@ -34,10 +38,17 @@ class GreedyState(NamedTuple):
     unfinished: Any  # [b] bool
     log_prob_sum: Any  # [b] float32
     cache: Any  # DecoderCache
-    rng: Any
+    keys: Any  # [b] PRNG keys
 
 
-def greedy_or_sample(step, cache, cfg: GenerationConfig, batch: int, rng, encoder_ids) -> SearchResult:
+def _split_keys(keys):
+    """[b] keys -> ([b] keys to carry, [b] keys to draw with)."""
+    both = jax.vmap(jax.random.split)(keys)  # [b, 2]
+    return both[:, 0], both[:, 1]
+
+
+def greedy_or_sample(step, cache, cfg: GenerationConfig, values: GenerationValues, batch: int, keys,
+                     encoder_ids) -> SearchResult:
     """transformers' `_sample`: processors (and warpers, when sampling) on the raw logits, then argmax
     or a draw."""
     L = cfg.max_length
@@ -49,11 +60,11 @@ def greedy_or_sample(step, cache, cfg: GenerationConfig, batch: int, rng, encode
     def body(s: GreedyState) -> GreedyState:
         token = jax.lax.dynamic_slice_in_dim(s.sequences, s.cur_len - 1, 1, axis=1)  # [b, 1]
         logits, cache = step(token, s.cache)
-        scores = process(logits, s.sequences, s.cur_len, cfg, encoder_ids, min_tokens_to_keep=1)
-        rng = s.rng
+        scores = process(logits, s.sequences, s.cur_len, cfg, values, encoder_ids, min_tokens_to_keep=1)
+        keys = s.keys
         if cfg.do_sample:
-            rng, draw = jax.random.split(rng)
-            nxt = jax.random.categorical(draw, scores, axis=-1).astype(jnp.int32)
+            keys, draws = _split_keys(keys)
+            nxt = jax.vmap(jax.random.categorical)(draws, scores).astype(jnp.int32)  # [b]: a draw per row
         else:
             nxt = jnp.argmax(scores, axis=-1).astype(jnp.int32)
         logp = jnp.take_along_axis(jax.nn.log_softmax(scores, axis=-1), nxt[:, None], axis=1)[:, 0]  # [b]
@@ -61,11 +72,11 @@ def greedy_or_sample(step, cache, cfg: GenerationConfig, batch: int, rng, encode
         return GreedyState(cur_len=s.cur_len + 1,
                            sequences=jax.lax.dynamic_update_slice_in_dim(s.sequences, nxt[:, None], s.cur_len, axis=1),
                            unfinished=s.unfinished & ~jnp.isin(nxt, eos),
-                           log_prob_sum=s.log_prob_sum + jnp.where(s.unfinished, logp, 0.0), cache=cache, rng=rng)
+                           log_prob_sum=s.log_prob_sum + jnp.where(s.unfinished, logp, 0.0), cache=cache, keys=keys)
 
     sequences = jnp.full((batch, L), cfg.pad_token_id, jnp.int32).at[:, 0].set(cfg.decoder_start_token_id)
     init = GreedyState(cur_len=jnp.int32(PROMPT_LENGTH), sequences=sequences, unfinished=jnp.ones((batch,), bool),
-                       log_prob_sum=jnp.zeros((batch,), jnp.float32), cache=cache, rng=rng)
+                       log_prob_sum=jnp.zeros((batch,), jnp.float32), cache=cache, keys=keys)
     s = jax.lax.while_loop(cond, body, init)
     return SearchResult(sequences=s.sequences, scores=s.log_prob_sum, length=s.cur_len)
 
@@ -80,7 +91,7 @@ class BeamState(NamedTuple):
     finished: Any  # [b, nb] bool: pool slots that hold a finished beam
     improvable: Any  # [b, 1] bool: a running beam can still beat the worst finished one
     cache: Any  # DecoderCache, b * nb rows
-    rng: Any
+    keys: Any  # [b] PRNG keys
     go: Any  # [] bool: keep looping
 
 
@@ -89,10 +100,12 @@ def _gather(x, idx):
     return jnp.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - 2)), axis=1)
 
 
-def beam_search(step, cache, cfg: GenerationConfig, batch: int, rng, encoder_ids) -> SearchResult:
+def beam_search(step, cache, cfg: GenerationConfig, values: GenerationValues, batch: int, keys,
+                encoder_ids) -> SearchResult:
     """transformers 5's `_beam_search`, with static shapes. The cache is batch * num_beams wide. With
     sampling, the processors and warpers act on each beam's log-probs, and `keep` candidates are drawn
-    without replacement from the softmax of the accumulated (warped) scores, as there."""
+    without replacement from the softmax of the accumulated (warped) scores, as there. Each input has
+    its own length_penalty (values.length_penalty [b])."""
     L, nb = cfg.max_length, cfg.num_beams
     n_eos = len(cfg.eos_ids)
     keep = max(2, 1 + n_eos) * nb
@@ -100,7 +113,7 @@ def beam_search(step, cache, cfg: GenerationConfig, batch: int, rng, encoder_ids
     top_mask = jnp.arange(keep) < nb  # only the top num_beams candidates may finish
     eos = jnp.asarray(cfg.eos_ids or (-1,), jnp.int32)
     big = jnp.float32(BIG_NEGATIVE)
-    lp = cfg.length_penalty
+    lp = values.length_penalty[:, None]  # [b, 1]
 
     def cond(s: BeamState):
         return s.go & (s.cur_len < L)
@@ -111,13 +124,14 @@ def beam_search(step, cache, cfg: GenerationConfig, batch: int, rng, encoder_ids
         token = jax.lax.dynamic_slice_in_dim(flat, cur_len - 1, 1, axis=1)  # [b * nb, 1]
         logits, cache = step(token, s.cache)
         log_probs = jax.nn.log_softmax(logits, axis=-1)
-        log_probs = process(log_probs, flat, cur_len, cfg, encoder_ids, min_tokens_to_keep=keep_per_row)
+        log_probs = process(log_probs, flat, cur_len, cfg, values, encoder_ids, min_tokens_to_keep=keep_per_row)
         v = log_probs.shape[-1]
         acc = (log_probs.reshape(batch, nb, v) + s.running_scores[:, :, None]).reshape(batch, nb * v)
-        rng = s.rng
+        keys = s.keys
         if cfg.do_sample:
-            rng, draw = jax.random.split(rng)
-            gumbel = -jnp.log(-jnp.log(jax.random.uniform(draw, acc.shape, minval=1e-20, maxval=1.0)))
+            keys, draws = _split_keys(keys)
+            uniform = jax.vmap(lambda k: jax.random.uniform(k, acc.shape[1:], minval=1e-20, maxval=1.0))(draws)
+            gumbel = -jnp.log(-jnp.log(uniform))  # [b, nb * v]: each input's own draw
             _, idx = jax.lax.top_k(acc + gumbel, keep)  # sampling without replacement
             top_lp = jnp.take_along_axis(acc, idx, axis=1)
             order = jnp.argsort(-top_lp, axis=1)
@@ -152,24 +166,23 @@ def beam_search(step, cache, cfg: GenerationConfig, batch: int, rng, encoder_ids
         finished = _gather(jnp.concatenate([s.finished, did_finish], axis=1), best)
 
         cur_len = cur_len + 1
-        if cfg.early_stopping == "never" and lp > 0.0:
-            best_len = jnp.float32(L - PROMPT_LENGTH)
-        else:
-            best_len = (cur_len - PROMPT_LENGTH).astype(jnp.float32)
+        best_len = (cur_len - PROMPT_LENGTH).astype(jnp.float32)  # [b, 1] below
+        if cfg.early_stopping == "never":  # transformers' branch on length_penalty > 0, per input
+            best_len = jnp.where(lp > 0.0, jnp.float32(L - PROMPT_LENGTH), best_len)
         best_running = running_scores[:, :1] / (best_len ** lp)
         worst_finished = jnp.where(finished, jnp.min(scores, axis=1, keepdims=True), -1.0e9)
         improvable = s.improvable & jnp.any(best_running > worst_finished, axis=-1, keepdims=True)
         go = jnp.any(improvable) & ~(jnp.all(finished) & (cfg.early_stopping is True)) & ~jnp.all(hits)
         return BeamState(cur_len=cur_len, running=running, running_scores=running_scores, sequences=sequences,
                          scores=scores, lengths=lengths, finished=finished, improvable=improvable, cache=cache,
-                         rng=rng, go=go)
+                         keys=keys, go=go)
 
     running = jnp.full((batch, nb, L), cfg.pad_token_id, jnp.int32).at[:, :, 0].set(cfg.decoder_start_token_id)
     init = BeamState(cur_len=jnp.int32(PROMPT_LENGTH), running=running,
                      running_scores=jnp.zeros((batch, nb), jnp.float32).at[:, 1:].set(big), sequences=running,
                      scores=jnp.full((batch, nb), big, jnp.float32),
                      lengths=jnp.full((batch, nb), PROMPT_LENGTH, jnp.int32), finished=jnp.zeros((batch, nb), bool),
-                     improvable=jnp.ones((batch, 1), bool), cache=cache, rng=rng, go=jnp.bool_(True))
+                     improvable=jnp.ones((batch, 1), bool), cache=cache, keys=keys, go=jnp.bool_(True))
     s = jax.lax.while_loop(cond, body, init)
     r = cfg.num_return_sequences
     return SearchResult(sequences=s.sequences[:, :r].reshape(batch * r, L),
