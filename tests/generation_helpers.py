@@ -113,7 +113,24 @@ def both_with_scores(trained, batch=None, **settings):
     The scores are beam search's length-penalised sequence scores, or for greedy search the summed
     log-softmax of the processed scores at the chosen tokens, computed from transformers' per-step
     scores (each row's steps up to its eos)."""
-    ref_model, cfg, params, _ = trained
+    sequences, ref_scores = reference_with_scores(trained, batch, **settings)
+    out = ours64(trained, batch, **settings)
+    return sequences, ref_scores, np.asarray(out.sequences), np.asarray(out.scores)
+
+
+def ours64(trained, batch=None, **kwargs):
+    """Our `generate` with float64 params and x64 enabled (kwargs: settings, seeds, prng_key)."""
+    _, cfg, params, _ = trained
+    ids, am, glob = batch if batch is not None else inputs()
+    with jax.enable_x64(True):
+        p64 = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float64), params)
+        model = model_for(cfg, dtype=jnp.float64, param_dtype=jnp.float64)
+        return generate(model, p64, ids, am, glob, **kwargs)
+
+
+def reference_with_scores(trained, batch=None, **settings):
+    """transformers' (ids, scores) in float64, greedy or beam search; scores as both_with_scores says."""
+    ref_model = trained[0]
     ids, am, glob = batch if batch is not None else inputs()
     ref64 = ref_model.double()
     try:
@@ -123,10 +140,6 @@ def both_with_scores(trained, batch=None, **settings):
                                  return_dict_in_generate=True, output_scores=True, **settings)
     finally:
         ref_model.float()
-    with jax.enable_x64(True):
-        p64 = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float64), params)
-        model = model_for(cfg, dtype=jnp.float64, param_dtype=jnp.float64)
-        out = generate(model, p64, ids, am, glob, **settings)
     sequences = ref.sequences.numpy()
     if settings.get("num_beams", 1) > 1:
         ref_scores = ref.sequences_scores.numpy()
@@ -138,7 +151,7 @@ def both_with_scores(trained, batch=None, **settings):
             token = sequences[:, t + 1]
             ref_scores += np.where(done, 0.0, logp[np.arange(len(token)), token])
             done |= token == EOS
-    return sequences, ref_scores, np.asarray(out.sequences), np.asarray(out.scores)
+    return sequences, ref_scores
 
 
 def assert_same(ref, ours, what):

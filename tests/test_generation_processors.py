@@ -83,6 +83,44 @@ def test_processor_list_matches_transformers(settings, num_beams):
         _assert_same_scores(ours, ref, f"{settings} at cur_len {cur_len}")
 
 
+ROWS = [  # one batch, three requests' numbers: each row against transformers' list built from its own
+    dict(temperature=0.7, top_p=0.9, typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.02, repetition_penalty=1.0,
+         encoder_repetition_penalty=1.7, factor=1.3),
+    dict(temperature=1.0, top_p=1.0, typical_p=0.8, epsilon_cutoff=0.01, eta_cutoff=0.0, repetition_penalty=1.3,
+         encoder_repetition_penalty=1.0, factor=0.8),
+    dict(temperature=1.3, top_p=0.6, typical_p=0.95, epsilon_cutoff=0.02, eta_cutoff=0.0, repetition_penalty=2.0,
+         encoder_repetition_penalty=0.6, factor=1.0),
+]
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_each_row_is_processed_and_warped_with_its_own_values(num_beams):
+    """The traced numbers per row (a neutral value in some rows: that row is as without the setting),
+    every step of a decode, each row's scores equal to transformers' list at that row's values."""
+    rng = np.random.default_rng(7 + num_beams)
+    b, n = len(ROWS), 9
+    encoder_ids = rng.integers(3, 12, (b, n))
+    seqs = rng.integers(3, 12, (b * num_beams, L))
+    seqs[:, 0] = EOS
+    common = dict(do_sample=True, top_k=10)
+    per_row = {k: tuple(r[k] for r in ROWS) for k in ROWS[0] if k != "factor"}
+    cfg = GenerationConfig(eos_token_id=EOS, max_length=L, num_beams=num_beams, **common, **per_row,
+                           exponential_decay_length_penalty=(2, tuple(r["factor"] for r in ROWS)))
+    static, values = split(cfg, b)
+    keep = 2 if num_beams > 1 else 1
+    ours_fn = jax.jit(lambda s, q, c, vals: process(s, q, c, static, vals, jnp.asarray(encoder_ids, jnp.int32), keep))
+    ref_lists = [_reference_list({**common, **{k: v for k, v in row.items() if k != "factor"},
+                                  "exponential_decay_length_penalty": (2, row["factor"])},
+                                 encoder_ids[r:r + 1], num_beams) for r, row in enumerate(ROWS)]
+    for cur_len in range(1, L):
+        scores = (rng.standard_normal((b * num_beams, V)) * 3).astype(np.float32)
+        ours = np.asarray(ours_fn(jnp.asarray(scores), jnp.asarray(seqs, jnp.int32), jnp.int32(cur_len), values))
+        for r, ref_list in enumerate(ref_lists):
+            rows = slice(r * num_beams, (r + 1) * num_beams)
+            ref = ref_list(torch.tensor(seqs[rows, :cur_len]), torch.tensor(scores[rows])).numpy()
+            _assert_same_scores(ours[rows], ref, f"row {r} ({ROWS[r]}) at cur_len {cur_len}")
+
+
 def test_settings_that_are_off_add_nothing_to_the_program():
     scores, seqs, enc = jnp.zeros((3, V)), jnp.zeros((3, L), jnp.int32), jnp.zeros((3, 5), jnp.int32)
     off = GenerationConfig.from_hf({

@@ -3,6 +3,7 @@ one device, uninterrupted, for the sharded and the resumed runs."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -14,6 +15,7 @@ import transformers
 from led_flax import convert
 
 from led_flax.io.checkpoint import CheckpointError
+from led_flax.summarization.progress import ResumeError
 from led_flax.summarization.batch import InputWarning, SummarizeOptions, SummaryReport, format_summaries, summarize
 
 from conftest import aclsum_texts, hf_config, make_tokenizer, randomize, xla_flags
@@ -162,36 +164,64 @@ def test_an_interrupted_run_resumes_where_it_stopped(model_dir, tmp_path, monkey
     assert not progress.exists()  # the output is complete: the progress file is gone
 
 
+def test_a_sampled_summary_depends_on_its_seed_not_its_batch(model_dir, tmp_path):
+    """Sampling: each document draws from its own key (its seed; default its index), so the summaries
+    are the same whatever the batch size; other seeds draw others; and a rerun with other seeds does not
+    resume the first run's progress."""
+    directory, _, _ = model_dir
+    texts = _docs()[:3]
+    sample = {"do_sample": True, "top_k": 0, "temperature": 2.0, "max_length": 10}
+    options = _options(buckets=(512,), generation=sample)
+    one = summarize(texts, directory, dataclasses.replace(options, batch_size=1))
+    three = summarize(texts, directory, dataclasses.replace(options, batch_size=3))
+    assert one == three
+    assert summarize(texts, directory, options, seeds=[0, 1, 2]) == one  # the default: the index
+    other = summarize(texts, directory, dataclasses.replace(options, batch_size=3), seeds=[7, 8, 9])
+    assert other != one
+    progress = tmp_path / "run.progress.jsonl"
+    summarize(texts[:1], directory, dataclasses.replace(options, progress_file=str(progress)), seeds=[7])
+    with pytest.raises(ResumeError, match="seeds"):
+        summarize(texts[:1], directory, dataclasses.replace(options, progress_file=str(progress)), seeds=[8])
+    with pytest.raises(ValueError, match=r"^2 seeds for 3 inputs; give one seed per input$"):
+        summarize(texts, directory, options, seeds=[1, 2])
+
+
 _COUNT = """
 import json, sys
+import jax
 from led_flax.summarization.batch import SummarizeOptions, SummaryReport, summarize
-model, cache, docs = sys.argv[1:]
-report = SummaryReport()
-options = SummarizeOptions(batch_size=2, buckets=(64, 256), progress_bar=False, compilation_cache=cache,
-                           generation={"max_length": 10, "num_beams": 1})
-summaries = summarize(json.load(open(docs)), model, options, report=report)
-print(json.dumps([report.programs_compiled, report.programs_from_cache, len(report.buckets), summaries]))
+model, cache, docs, penalties = sys.argv[1:]
+for penalty in json.loads(penalties):
+    jax.clear_caches()  # each run's programs from the persistent cache, not from this process's memory
+    report = SummaryReport()
+    options = SummarizeOptions(batch_size=2, buckets=(64, 256), progress_bar=False, compilation_cache=cache,
+                               generation={"max_length": 10, "num_beams": 1, "repetition_penalty": penalty})
+    summaries = summarize(json.load(open(docs)), model, options, report=report)
+    print(json.dumps([report.programs_compiled, report.programs_from_cache, len(report.buckets), summaries]))
 """
 
 
 def test_report_tells_compiled_programs_from_cache_reads(model_dir, tmp_path):
     """The first process compiles every program into an empty cache; a second, identical process reads
-    them all back and compiles none (jax.monitoring's compile and cache-hit events)."""
+    them all back and compiles none (jax.monitoring's compile and cache-hit events), and then reads them
+    again for another repetition penalty: a traced value, not part of the programs' key."""
     directory, _, _ = model_dir
     done = convert.convert_checkpoint(directory.source, tmp_path / "ours")
     assert done.head == "conditional_generation" and "tokenizer.json" in done.extra_files
     docs = tmp_path / "docs.json"
     docs.write_text(json.dumps(_docs()))
     runs = []
-    for _ in range(2):
-        r = subprocess.run([sys.executable, "-c", _COUNT, done.path, str(tmp_path / "cache"), str(docs)],
-                           capture_output=True, text=True, cwd=NEUTRAL_CWD, timeout=600)
+    for penalties in ([1.3], [1.3, 2.5]):
+        r = subprocess.run([sys.executable, "-c", _COUNT, done.path, str(tmp_path / "cache"), str(docs),
+                            json.dumps(penalties)], capture_output=True, text=True, cwd=NEUTRAL_CWD, timeout=600)
         assert r.returncode == 0, r.stderr
-        runs.append(json.loads(r.stdout.splitlines()[-1]))
-    (compiled, hits, buckets, first), (compiled_again, hits_again, _, second) = runs
+        runs += [json.loads(line) for line in r.stdout.splitlines()[-len(penalties):]]
+    (compiled, hits, buckets, first), (compiled_again, hits_again, _, second), (compiled_other, hits_other, _, other) \
+        = runs
     assert compiled >= buckets >= 2 and hits == 0  # a program per bucket, and JAX's small helpers
     assert compiled_again == 0 and hits_again == compiled
     assert first == second
+    assert compiled_other == 0 and hits_other >= buckets and other != first
 
 
 def _cli(args, env=None, stdin=None):

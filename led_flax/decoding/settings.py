@@ -128,7 +128,7 @@ def check_seeds(seeds, batch: int) -> np.ndarray:
         return np.arange(batch, dtype=np.uint32)
     seeds = list(np.asarray(seeds).reshape(-1)) if not isinstance(seeds, (list, tuple)) else list(seeds)
     if len(seeds) != batch:
-        raise ValueError(f"{len(seeds)} seeds for a batch of {batch} inputs; give one seed per input")
+        raise ValueError(f"{len(seeds)} seeds for {batch} inputs; give one seed per input")
     bad = [s for s in seeds if isinstance(s, (bool, np.bool_)) or not isinstance(s, numbers.Integral)
            or not 0 <= int(s) <= MAX_SEED]
     if bad:
@@ -156,12 +156,12 @@ def split(config: GenerationConfig, batch: int, seeds=None) -> SplitSettings:
     Raises ValueError for a per-row setting or seeds whose count is not `batch`.
     """
     f32 = lambda x: x.astype(np.float32)  # noqa: E731
+    row = {name: _per_row(config, name, getattr(config, name), batch) for name in TRACED}
     decay = config.exponential_decay_length_penalty
     if decay is None:
         gain = np.zeros((batch, 1), np.float32)
     else:
         gain = _decay_table(_per_row(config, "exponential_decay_length_penalty", decay[1], batch), config.max_length)
-    row = {name: _per_row(config, name, getattr(config, name), batch) for name in TRACED}
     values = GenerationValues(
         length_penalty=f32(row["length_penalty"]), temperature=f32(row["temperature"]),
         top_p_cutoff=f32(1.0 - row["top_p"]), typical_p=f32(row["typical_p"]),

@@ -28,7 +28,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from led_flax.decoding import generation
+from led_flax.decoding import generation, settings as settings_lib
 from led_flax.io import pretrained
 from . import plan, progress
 from led_flax.parallel import sequence
@@ -42,6 +42,8 @@ from led_flax.model.quantize import QuantizeSpec
 
 log = logging.getLogger("led_flax.summarization.batch")
 
+# the key a sampling summarize draws from: document i from fold_in(SAMPLING_KEY, its seed)
+SAMPLING_KEY = np.array([0, 0], np.uint32)  # jax.random.PRNGKey(0), without touching a device at import
 DEFAULT_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "led-flax", "jax")
 OUTPUT_FORMATS = ("text", "jsonl")
 
@@ -390,6 +392,12 @@ def generation_settings(model: pretrained.LoadedModel,
     base = generation if isinstance(generation, GenerationConfig) else \
         model.generation_config.replace(**dict(generation or {}))
     config = base.resolved(model.config)
+    several = [name for name in settings_lib.TRACED if isinstance(getattr(config, name), tuple)]
+    decay = config.exponential_decay_length_penalty
+    several += ["exponential_decay_length_penalty"] if decay is not None and isinstance(decay[1], tuple) else []
+    if several:
+        raise ValueError(f"summarize applies one value of each setting to every document, but {', '.join(several)} "
+                         f"holds one per input; give one value (per-input values are for led_flax.generate)")
     if config.num_return_sequences != 1:
         raise ValueError(f"summarize gives one summary per document, so num_return_sequences must be 1 (got "
                          f"{config.num_return_sequences}); call led_flax.generate for several per input")
@@ -451,7 +459,7 @@ def _documents_to_generate(lengths: Sequence[int], texts: Sequence[str], names: 
 def summarize(texts: Sequence[str], model: str | os.PathLike | pretrained.LoadedModel,
               options: SummarizeOptions | None = None, *, names: Sequence[str] | None = None,
               report: SummaryReport | None = None,
-              on_result: Callable[[int, str], None] | None = None) -> list[str]:
+              on_result: Callable[[int, str], None] | None = None, seeds: Sequence[int] | None = None) -> list[str]:
     """The summaries of `texts`, in input order ("" for an empty document).
 
     model: a led-flax checkpoint directory, or a `LoadedModel` (`convert.load` reads an HF directory
@@ -460,6 +468,9 @@ def summarize(texts: Sequence[str], model: str | os.PathLike | pretrained.Loaded
     names: how warnings, errors and jsonl output name each document (default "document I").
     report: a SummaryReport filled in by the call. on_result: called with (index, summary) as each
         document is generated.
+    seeds: when sampling, document i draws from fold_in(SAMPLING_KEY, seeds[i]) (integers in
+        [0, 2**32); default: its index), so its summary does not depend on the batch or bucket it
+        falls in, or on how many processes share the corpus. A rerun resumes only with the same seeds.
     Raises, all before any generation: CheckpointError for a directory that is not a led-flax
     summarization checkpoint or has no tokenizer; ValueError for a document over the positions with
     truncate=False or for generation settings that do not fit together; ResumeError (a ValueError)
@@ -486,10 +497,11 @@ def summarize(texts: Sequence[str], model: str | os.PathLike | pretrained.Loaded
     report = report if report is not None else SummaryReport()
     check_output(options)
     with exclusive(options.output) if options.output and jax.process_index() == 0 else contextlib.nullcontext():
-        return _summarize(texts, model, options, names, report, on_result)
+        return _summarize(texts, model, options, names, report, on_result, seeds)
 
 
-def _summarize(texts, model, options: SummarizeOptions, names, report: SummaryReport, on_result) -> list[str]:
+def _summarize(texts, model, options: SummarizeOptions, names, report: SummaryReport, on_result,
+               seeds) -> list[str]:
     if isinstance(model, (str, os.PathLike)):
         model = pretrained.load(model)
     model.require_head("conditional_generation", "summarization")
@@ -502,6 +514,7 @@ def _summarize(texts, model, options: SummarizeOptions, names, report: SummaryRe
     names = list(names) if names is not None else [f"document {i}" for i in range(len(texts))]
     if len(names) != len(texts):
         raise ValueError(f"{len(names)} names for {len(texts)} texts; give one name per text")
+    seeds = settings_lib.check_seeds(seeds, len(texts))  # [documents] uint32
     bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
     if bad:
         raise TypeError(f"texts must be strings: {names[bad[0]]} is a {type(texts[bad[0]]).__name__}")
@@ -514,7 +527,8 @@ def _summarize(texts, model, options: SummarizeOptions, names, report: SummaryRe
     if resume_file:
         record = progress.RunRecord.build(model, gen_config, truncate=options.truncate,
                                           sequence_devices=options.sequence_devices,
-                                          corpus=progress.corpus_digest(names, texts))
+                                          corpus=progress.corpus_digest(names, texts),
+                                          seeds=progress.seeds_digest(seeds) if gen_config.do_sample else None)
         if processes > 1:
             _check_same_job(record, resume_file)
             _check_shared_folder(resume_file)
@@ -604,8 +618,8 @@ def _summarize(texts, model, options: SummarizeOptions, names, report: SummaryRe
                 ids, mask = enc["input_ids"], enc["attention_mask"]
                 compiled, read = compilations.compiled, compilations.cache_hits
                 out = generation.generate(model.module, params, ids, mask, enc["global_attention_mask"], gen_config,
-                                          num_global_slots=1, sharding=batch_sharding,
-                                          mesh=mesh if split > 1 else None)
+                                          prng_key=SAMPLING_KEY, seeds=seeds[fill], num_global_slots=1,
+                                          sharding=batch_sharding, mesh=mesh if split > 1 else None)
                 if compilations.compiled > compiled:
                     log.info("compiled a program for bucket %d, batch %d", size, batch)
                 elif compilations.cache_hits > read:

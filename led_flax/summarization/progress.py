@@ -64,6 +64,11 @@ def corpus_digest(names: Sequence[str], texts: Sequence[str]) -> str:
     return f"{len(texts)} documents, {h.hexdigest()[:16]}"
 
 
+def seeds_digest(seeds) -> str:
+    """A digest of the documents' random seeds ([documents] uint32), for the record of a run that samples."""
+    return _digest(np.ascontiguousarray(np.asarray(seeds, np.uint32)).tobytes())
+
+
 def fingerprint(text: str) -> str:
     """The digest of a document's text that keys its summary in the progress file."""
     return _digest(text.encode("utf-8", "surrogatepass"))
@@ -89,9 +94,10 @@ class RunRecord:
 
     @classmethod
     def build(cls, loaded, generation, *, truncate: bool, sequence_devices: int = 1,
-              corpus: str | None = None) -> "RunRecord":
+              corpus: str | None = None, seeds: str | None = None) -> "RunRecord":
         """The record of a run of `loaded` (a LoadedModel) with the resolved GenerationConfig `generation`
-        over the documents whose `corpus_digest` is `corpus`."""
+        over the documents whose `corpus_digest` is `corpus`; `seeds`, a digest of the documents' random
+        seeds (`seeds_digest`), for a run that samples."""
         model = {"config": _digest(json.dumps(loaded.config.to_hf(), sort_keys=True)),
                  "params": params_digest(loaded.params),
                  "tokenizer": _digest(loaded.tokenizer.to_json()) if loaded.tokenizer is not None else None}
@@ -106,6 +112,8 @@ class RunRecord:
             settings["cross_cache"] = loaded.module.cross_cache
         if corpus is not None:
             settings["corpus"] = corpus
+        if seeds is not None:
+            settings["seeds"] = seeds
         return cls(model=_plain(model), settings=_plain(settings), source=os.fspath(loaded.source))
 
     def to_json(self) -> str:
