@@ -14,7 +14,7 @@ import pytest
 from generation_helpers import EOS, inputs, ours64, reference_with_scores, trained_checkpoint
 from led_flax.decoding import settings as settings_lib
 from led_flax.decoding.generation_config import GenerationConfig
-from led_flax.summarization.batch import _counting_compilations
+from led_flax.utils.compilations import counting_compilations
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def trained(shared_dir):
 
 
 def _compiled(trained, batch, **kwargs) -> tuple[int, np.ndarray]:
-    with _counting_compilations() as count:
+    with counting_compilations() as count:
         out = ours64(trained, batch, **kwargs)
     return count.compiled, np.asarray(out.scores)
 

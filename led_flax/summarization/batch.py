@@ -13,16 +13,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import contextvars
 import dataclasses
-import functools
 import json
 import logging
 import os
 import tempfile
 import time
 import warnings
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -34,8 +32,10 @@ from . import plan, progress
 from led_flax.parallel import sequence
 from led_flax.parallel import sharding as sharding_lib
 from .buckets import bucket_for, default_buckets
+from .rows import padded_batch, summary_texts, truncated
 from led_flax.model.cache import CROSS_CACHES
 from led_flax.io.checkpoint import CheckpointError
+from led_flax.utils.compilations import counting_compilations
 from led_flax.utils.files import TMP_TAG, WriteError, exclusive, write_atomic, write_target, writing
 from led_flax.decoding.generation import GenerationConfig
 from led_flax.model.quantize import QuantizeSpec
@@ -191,55 +191,6 @@ class SummaryReport:
         return (f"{self.documents} documents{done}{bad}, buckets {self.buckets}, programs: {self.programs_compiled} "
                 f"compiled, {self.programs_from_cache} read from the compilation cache; padding waste "
                 f"{100 * self.padding_waste:.1f}%, {self.seconds:.1f} s")
-
-
-# ---------------------------------------------------------------------------------------------- compilations
-@dataclasses.dataclass
-class _Compilations:
-    executables: int = 0  # every XLA executable JAX obtained: compiled, or read from the persistent cache
-    cache_hits: int = 0
-
-    @property
-    def compiled(self) -> int:
-        return self.executables - self.cache_hits
-
-
-_COUNTING: contextvars.ContextVar[_Compilations | None] = contextvars.ContextVar("led_flax_compilations",
-                                                                                 default=None)
-# jax 0.10's events: one per executable obtained, and one before it for each persistent-cache read
-_BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
-_CACHE_HIT = "/jax/compilation_cache/cache_hits"
-
-
-def _on_event(event: str, **_) -> None:
-    counter = _COUNTING.get()
-    if counter is not None and event == _CACHE_HIT:
-        counter.cache_hits += 1
-
-
-def _on_duration(event: str, duration: float, **_) -> None:
-    counter = _COUNTING.get()
-    if counter is not None and event == _BACKEND_COMPILE:
-        counter.executables += 1
-
-
-@functools.cache
-def _listen_to_compilations() -> None:
-    """Registers the two jax.monitoring listeners, once per process; they count only inside
-    `_counting_compilations`, in the context (thread) that opened it."""
-    jax.monitoring.register_event_listener(_on_event)
-    jax.monitoring.register_event_duration_secs_listener(_on_duration)
-
-
-@contextlib.contextmanager
-def _counting_compilations() -> Iterator[_Compilations]:
-    _listen_to_compilations()
-    counter = _Compilations()
-    token = _COUNTING.set(counter)
-    try:
-        yield counter
-    finally:
-        _COUNTING.reset(token)
 
 
 def enable_compilation_cache(path: str | None = DEFAULT_CACHE) -> None:
@@ -606,18 +557,15 @@ def _summarize(texts, model, options: SummarizeOptions, names, report: SummaryRe
     from tqdm import tqdm  # only when a run draws its bar: `import led_flax` needs no tqdm
     bar = tqdm(total=len(todo), unit="doc", disable=not options.progress_bar, desc="summarize")
     start = time.perf_counter()
-    with _counting_compilations() as compilations, sink, bar:
+    with counting_compilations() as compilations, sink, bar:
         try:
             for size, rows in batches:
                 fill = rows + [rows[0]] * (batch - len(rows))  # a fixed batch shape per bucket
                 # truncated to the bucket and padded to exactly its length, global attention on <s>
                 # (the top bucket may exceed the positions to split into whole blocks: cut to the positions first)
-                rows_ids = [encoded[i] if len(encoded[i]) <= limit else encoded[i][:limit - 1] + encoded[i][-1:]
-                            for i in fill]
-                enc = tokenizer.pad(rows_ids, max_length=size, pad_to_multiple_of=size)
-                ids, mask = enc["input_ids"], enc["attention_mask"]
+                ids, mask, glob = padded_batch(tokenizer, [truncated(encoded[i], limit) for i in fill], size)
                 compiled, read = compilations.compiled, compilations.cache_hits
-                out = generation.generate(model.module, params, ids, mask, enc["global_attention_mask"], gen_config,
+                out = generation.generate(model.module, params, ids, mask, glob, gen_config,
                                           prng_key=SAMPLING_KEY, seeds=seeds[fill], num_global_slots=1,
                                           sharding=batch_sharding, mesh=mesh if split > 1 else None)
                 if compilations.compiled > compiled:
@@ -635,8 +583,8 @@ def _summarize(texts, model, options: SummarizeOptions, names, report: SummaryRe
                                       f"summary is not the model's answer: the weights hold NaN or infinity, or the "
                                       f"compute dtype overflowed (try compute_dtype float32)", NonFiniteWarning,
                                       stacklevel=2)
-                for i, summary in zip(rows, tokenizer.batch_decode(sequences)):
-                    results[i] = summary.strip()
+                for i, summary in zip(rows, summary_texts(tokenizer, sequences)):
+                    results[i] = summary
                     if on_result:
                         on_result(i, results[i])
                 if resume_file:
