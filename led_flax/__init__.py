@@ -2,7 +2,7 @@
 
 The public face. The layers, each a subpackage, import only those below them:
 
-    utils -> parallel -> model -> decoding -> io -> summarization, convert -> train -> cli
+    utils -> parallel -> model -> decoding -> io -> summarization, convert -> train, serving -> cli
 
 - `led_flax.model`: the config, attention, the stacks, the heads, the cache, quantization;
 - `led_flax.parallel`: the sharding rules and one document split over devices;
@@ -10,6 +10,7 @@ The public face. The layers, each a subpackage, import only those below them:
 - `led_flax.io`: our checkpoint directory, `LoadedModel`, the tokenizer;
 - `led_flax.summarization`: `summarize`, a corpus in length buckets, resumable;
 - `led_flax.convert`: HF checkpoints both ways; `led_flax.train`: the training job;
+- `led_flax.serving`: the summarization endpoint (`led-flax serve`; the `serve` extra);
 - `led_flax.cli`: the `led-flax` command, which nothing imports.
 """
 

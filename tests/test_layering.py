@@ -7,11 +7,12 @@ The repository keeps `convert/`, `train/` and `configs/` beside `led_flax/`; ins
 lowest first; a module imports its own subpackage and the layers below it, never one above or
 beside it:
 
-    utils, configs -> parallel -> model -> decoding -> io -> summarization | convert -> train -> cli
+    utils, configs -> parallel -> model -> decoding -> io -> summarization | convert -> train | serving -> cli
 
 - the core (`utils`, `parallel`, `model`, `decoding`, `io`) never imports an application
-  (`summarization`, `convert`, `train`) or the command line;
-- `summarization` and `convert` do not import each other; `train` imports both;
+  (`summarization`, `convert`, `train`, `serving`) or the command line;
+- `summarization` and `convert` do not import each other; `train` imports both; `serving` builds on
+  `summarization` (the same rows and settings as `summarize`), and it and `train` keep apart;
 - `led_flax/__init__.py`, the public face, imports the core and `summarization` only, and only
   `train` and the command line import it (`from led_flax import convert`);
 - `led_flax.cli` is the composition root: nothing imports it.
@@ -32,7 +33,7 @@ FOLDERS = {"led_flax": "led_flax", "convert": "led_flax.convert", "train": "led_
            "configs": "led_flax.configs"}
 RANKS = {"led_flax.utils": 0, "led_flax.configs": 0, "led_flax.parallel": 1, "led_flax.model": 2,
          "led_flax.decoding": 3, "led_flax.io": 4, "led_flax.summarization": 5, "led_flax.convert": 5,
-         "led_flax.train": 6, "led_flax.cli": 7}
+         "led_flax.train": 6, "led_flax.serving": 6, "led_flax.cli": 7}
 FACE = "led_flax"  # the top-level __init__: the public names, between summarization and train
 FACE_RANK = 5.5
 FACE_MAY_IMPORT = {"led_flax.utils", "led_flax.parallel", "led_flax.model", "led_flax.decoding", "led_flax.io",
@@ -124,6 +125,8 @@ def test_the_checker_sees_imports_inside_functions_and_relative_ones(tmp_path):
     assert _violations("led_flax.convert.hf", {"led_flax.summarization.batch"}) == {"led_flax.summarization.batch"}
     assert _violations(FACE, {"led_flax.convert", "led_flax.summarization"}) == {"led_flax.convert"}
     assert _violations("led_flax.train.loop", {"led_flax.convert", "led_flax.model.config", FACE}) == set()
+    assert _violations("led_flax.serving.app", {"led_flax.summarization.rows", "led_flax.train.loop"}) == {
+        "led_flax.train.loop"}
 
 
 def test_importing_a_layer_loads_nothing_above_it():

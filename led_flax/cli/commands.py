@@ -173,6 +173,46 @@ def cmd_summarize(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    prefix = f"{PROG} serve"
+    try:  # the serve extra: only this command needs the HTTP stack
+        from led_flax.serving import ServeOptions, Server
+    except ImportError as e:
+        raise ImportError(f"the server needs the serve extra ({e.name} is missing): pip install "
+                          f"'led-flax[serve]'") from None
+    api_key = None
+    if args.api_key_file:
+        try:
+            with open(args.api_key_file, encoding="utf-8") as f:
+                api_key = f.read().strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise UsageError(f"cannot read --api-key-file {args.api_key_file}: "
+                             f"{getattr(e, 'strerror', None) or e}") from None
+        if not api_key:
+            raise UsageError(f"--api-key-file {args.api_key_file} is empty; write the key in it")
+    buckets = None
+    if args.buckets:
+        try:
+            buckets = tuple(int(b) for b in args.buckets.split(","))
+        except ValueError:
+            raise UsageError(f"--buckets {args.buckets!r}: give token counts separated by commas, e.g. "
+                             f"1024,4096") from None
+    options = ServeOptions(host=args.host, port=args.port, max_batch_size=args.max_batch_size,
+                           max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, max_body_mb=args.max_body_mb,
+                           timeout_s=args.timeout_s, drain_timeout_s=args.drain_timeout_s, api_key=api_key,
+                           buckets=buckets, max_programs=args.max_programs,
+                           compilation_cache=None if args.no_cache else args.cache_dir,
+                           quantize=quantize_spec(args), compute_dtype=args.compute_dtype,
+                           cross_cache=args.cross_cache)
+    check_source(args.model)
+    model = convert.load(args.model)
+    server = Server(model, options, announce=lambda line: print(f"{prefix}: {line}", file=sys.stderr, flush=True))
+    server.run()
+    print(f"{prefix}: stopped", file=sys.stderr)
+    return 0
+
+
 def _run_train(args) -> int:
     from led_flax.train import cli as train_cli  # the training package loads only when its command runs
     return train_cli.main(args)
@@ -309,6 +349,43 @@ def build_parser() -> argparse.ArgumentParser:
     _train_arguments(p)
     p.set_defaults(func=_run_train, interrupted=lambda a: (
         "rerun the same command to resume from the run's last checkpoint"))
+
+    p = sub.add_parser("serve", help="a summarization endpoint over HTTP, with dynamic batching",
+                       description="Serve POST /summarize ({\"inputs\": ..., \"parameters\": {...}}), GET /health "
+                                   "and GET /metrics for a led-flax or HF LED checkpoint. Requests are batched by "
+                                   "length bucket and settings; SIGTERM or SIGINT drains, then exits 0.")
+    p.add_argument("--model", required=True, help="led-flax checkpoint, HF LED directory, or hub id (online only)")
+    p.add_argument("--host", default="127.0.0.1", help="the address to listen on (default: 127.0.0.1, this machine "
+                                                        "only; 0.0.0.0 for every interface)")
+    p.add_argument("--port", type=at_least(0), default=8000, help="the port (default: 8000; 0: any free port)")
+    p.add_argument("--max-batch-size", type=at_least(1), default=8, metavar="N",
+                   help="documents per batch, rounded up to a multiple of the devices (default: 8)")
+    p.add_argument("--max-wait-ms", type=finite, default=10.0, metavar="MS",
+                   help="a batch runs when full or when its oldest document has waited this long (default: 10)")
+    p.add_argument("--max-queue", type=at_least(1), default=256, metavar="N",
+                   help="documents waiting at most; past it requests get 429 (default: 256)")
+    p.add_argument("--max-body-mb", type=finite, default=16.0, metavar="MB",
+                   help="the largest request body; larger ones get 413 (default: 16)")
+    p.add_argument("--timeout-s", type=finite, default=120.0, metavar="S",
+                   help="a request not answered by then gets 504 (default: 120)")
+    p.add_argument("--drain-timeout-s", type=finite, default=30.0, metavar="S",
+                   help="on SIGTERM/SIGINT, how long queued and running requests may take to finish (default: 30)")
+    p.add_argument("--api-key-file", metavar="FILE",
+                   help="require 'Authorization: Bearer KEY' with the key this file holds")
+    p.add_argument("--buckets", metavar="N,N,...",
+                   help="padded input lengths in tokens (default: powers of two times the window, up to the "
+                        "encoder's positions)")
+    p.add_argument("--max-programs", type=at_least(1), default=32, metavar="N",
+                   help="compiled programs kept; the least recently used go first (default: 32)")
+    p.add_argument("--cache-dir", default=DEFAULT_CACHE, help=f"JAX's persistent compilation cache (default: "
+                                                                f"{DEFAULT_CACHE})")
+    p.add_argument("--no-cache", action="store_true", help="do not use the compilation cache")
+    _quantize_arguments(p, "quantize a float checkpoint's weights at load")
+    p.add_argument("--compute-dtype", choices=list(COMPUTE_DTYPES),
+                   help="the dtype the model computes in (default float32; the stored weights stay as they are)")
+    p.add_argument("--cross-cache", choices=list(CROSS_CACHES),
+                   help="how generation caches the cross-attention keys and values (default float)")
+    p.set_defaults(func=cmd_serve, interrupted=lambda a: "the server stopped before it was ready")
 
     p = sub.add_parser("export", help="a led-flax checkpoint -> an HF directory that transformers loads",
                        description="Export a led-flax checkpoint as an HF directory (config.json, "

@@ -170,3 +170,28 @@ def split(config: GenerationConfig, batch: int, seeds=None) -> SplitSettings:
         encoder_repetition_inverse=f32(1.0 / row["encoder_repetition_penalty"]), decay_gain=gain,
         seed=check_seeds(seeds, batch))
     return SplitSettings(static=static_part(config), values=values)
+
+
+def stack(configs) -> GenerationConfig:
+    """One GenerationConfig for a batch whose rows bring their own settings (a server's requests, one
+    config per row): each traced setting becomes the tuple of the rows' values, the static part is
+    theirs. Raises ValueError when the rows differ in the static part (they need different programs:
+    batch them apart) or a row already holds per-row values."""
+    configs = list(configs)
+    keys = {static_part(c) for c in configs}
+    if len(keys) != 1:
+        raise ValueError("these rows' settings differ in what the program is compiled for (num_beams, do_sample, "
+                         "the lengths, which processors are on, ...); batch them apart")
+    rows_given = [name for c in configs for name in TRACED if isinstance(getattr(c, name), tuple)]
+    if rows_given:
+        raise ValueError(f"stack takes one value of each setting per row; {rows_given[0]} holds several")
+    changes: dict[str, Any] = {name: tuple(getattr(c, name) for c in configs) for name in TRACED}
+    decay = configs[0].exponential_decay_length_penalty
+    if decay is not None:
+        changes["exponential_decay_length_penalty"] = (decay[0], tuple(c.exponential_decay_length_penalty[1]
+                                                                       for c in configs))
+    stacked = configs[0].replace(**changes)
+    resolved_for = getattr(configs[0], "_resolved_for", None)
+    if resolved_for is not None and all(c.is_resolved_for(resolved_for) for c in configs):
+        object.__setattr__(stacked, "_resolved_for", resolved_for)
+    return stacked
