@@ -130,6 +130,7 @@ def build_app(engine: Engine, scheduler: Scheduler, metrics: Metrics, options: S
         if waiting not in done:
             scheduler.cancel(futures)
             waiting.cancel()
+            waiting.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved: nothing logged
             gone.cancel()
             if gone in done:
                 raise _ClientGone()

@@ -69,6 +69,12 @@ class Scheduler:
             self._cond.notify_all()
         self._thread.join(timeout)
 
+    def flush(self) -> None:
+        """From now on a batch runs as soon as the device is free, full or not (the server drains)."""
+        with self._cond:
+            self.max_wait_s = 0.0
+            self._cond.notify_all()
+
     @property
     def idle(self) -> bool:
         """Nothing queued and no batch running."""

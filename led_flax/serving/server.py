@@ -104,6 +104,7 @@ class Server:
             return
         self._deadline = time.monotonic() + self.options.drain_timeout_s
         self.state.draining = True
+        self.scheduler.flush()  # nothing more will join a batch: run what waits now
         self.announce(f"{why}: draining: {self.state.in_flight} requests in flight, new ones get 503 (up to "
                       f"{self.options.drain_timeout_s:g} s)")
 
