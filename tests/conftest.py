@@ -224,7 +224,7 @@ def built_once(root: str, name: str, build) -> str:
 LONGEST_FIRST = ("test_train", "test_parity", "test_scan", "test_quantize", "test_sequence", "test_train_sharding",
                  "test_generation", "test_modeling", "test_readme", "test_summarize", "test_summarize_hosts",
                  "test_half", "test_generation_settings", "test_train_records", "test_device_script", "test_wheel",
-                 "test_train_step", "test_inputs")
+                 "test_train_step", "test_inputs", "test_serve", "test_generation_values")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -119,7 +119,7 @@ def _requests(docs):
     for k in range(16):
         picked = [docs[(k + j) % len(docs)] for j in range(1 + k % 3)]
         if k % 3 == 0:
-            params = {"max_length": 8}
+            params = {}  # the checkpoint's own settings: the warm-up's programs
         elif k % 3 == 1:
             params = {"max_length": 8, "num_beams": 2, "length_penalty": [0.6, 1.8][k // 3 % 2]}
         else:
@@ -150,7 +150,7 @@ def test_sixteen_clients_get_the_summaries_of_summarize(server, loaded):
         assert answer.status_code == 200, answer.text
         items = answer.json()
         assert len(items) == len(picked)
-        assert all(item["input_tokens"] > 0 and 0 < item["generated_tokens"] <= 7 for item in items)
+        assert all(item["input_tokens"] > 0 and 0 < item["generated_tokens"] <= 19 for item in items)
         if params.get("do_sample"):
             assert [item["seed"] for item in items] == [params["seed"] + j for j in range(len(picked))]
         group = by_settings.setdefault(json.dumps({k: v for k, v in params.items() if k != "seed"}), ([], [], []))

@@ -131,10 +131,10 @@ class Engine:
         inputs = padded_batch(self.tokenizer, [r.ids for r in fill], bucket)
         stacked = settings_lib.stack([r.settings for r in fill])
         _, values = settings_lib.split(stacked, self.batch, seeds=[r.seed for r in fill])
+        # placed as `generate` places them (the key and the values as host arrays), so that the program is
+        # the one `summarize` compiles: one entry in the persistent cache serves both
         arrays = [jax.device_put(jnp.asarray(x, jnp.int32), self._rows_sharding) for x in inputs]
-        key = jax.device_put(jnp.asarray(SAMPLING_KEY), self._replicated)
-        values = jax.device_put(jax.tree_util.tree_map(jnp.asarray, values), self._replicated)
-        return arrays, key, values, inputs
+        return arrays, SAMPLING_KEY, values, inputs
 
     def _program(self, key: ProgramKey, arrays, prng_key, values):
         """The compiled program for `key`, from the bounded cache or compiled (or read from JAX's
