@@ -56,23 +56,29 @@ class Server:
 
     `run()` serves until drained (blocking; signals handled when called from the main thread);
     `start()` serves from a background thread and returns once listening, for tests and embedding.
-    `announce` receives the server's lines (listening, ready, draining). Raises CheckpointError for a
-    model that cannot serve summaries, ServeError when the port cannot be bound.
+    `announce` receives the server's lines (listening, ready, draining). The port is bound when the
+    server is made, before the model loads. Raises ServeError when the port cannot be bound,
+    CheckpointError for a model that cannot serve summaries.
     """
 
     def __init__(self, model: str | os.PathLike | pretrained.LoadedModel, options: ServeOptions | None = None,
                  announce: Callable[[str], None] | None = None):
         self.options = options = options or ServeOptions()
         self.announce = announce or (lambda line: None)
-        loaded = model if isinstance(model, pretrained.LoadedModel) else pretrained.load(model)
-        enable_compilation_cache(options.compilation_cache)
-        self.metrics = Metrics(options.max_batch_size)
-        self.engine = Engine(loaded, options, self.metrics)
+        self._socket: socket.socket | None = None
+        self._bind()  # first: a port that is taken fails before the model loads
+        try:
+            loaded = model if isinstance(model, pretrained.LoadedModel) else pretrained.load(model)
+            enable_compilation_cache(options.compilation_cache)
+            self.metrics = Metrics(options.max_batch_size)
+            self.engine = Engine(loaded, options, self.metrics)
+        except BaseException:
+            self._socket.close()
+            raise
         self.scheduler = Scheduler(self.engine, self.metrics, max_batch_size=options.max_batch_size,
                                    max_wait_s=options.max_wait_ms / 1000, max_queue=options.max_queue)
         self.state = ServerState()
         self.app = build_app(self.engine, self.scheduler, self.metrics, options, self.state)
-        self._socket: socket.socket | None = None
         self._uvicorn: _DrainingServer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._deadline = float("inf")
@@ -127,10 +133,8 @@ class Server:
         return False
 
     def run(self) -> None:
-        """Serves until drained. Raises ServeError when the port is taken, and the warm-up's own error
-        when it failed."""
-        if self._socket is None:
-            self._bind()
+        """Serves until drained (once: a server that stopped does not start again). Raises the
+        warm-up's own error when it failed."""
         self.scheduler.start()
         self.announce(f"listening on {self.url}; warming up {len(self.engine.buckets)} programs (batch "
                       f"{self.engine.batch}, buckets {self.engine.buckets})")
@@ -151,7 +155,6 @@ class Server:
 
     def start(self) -> "Server":
         """Serves from a background thread; returns once listening (`url` is set)."""
-        self._bind()
         self._thread = threading.Thread(target=self.run, name="led-flax-serve", daemon=True)
         self._thread.start()
         return self
