@@ -257,6 +257,18 @@ def _quantize_arguments(p, what: str) -> None:
                    help=f"inputs per scale for int4/nf4 (default {DEFAULT_GROUP_SIZE})")
 
 
+def _inference_arguments(p) -> None:
+    """The compilation cache and how the model is prepared: summarize's and serve's options."""
+    p.add_argument("--cache-dir", default=DEFAULT_CACHE, help=f"JAX's persistent compilation cache (default: "
+                                                                f"{DEFAULT_CACHE})")
+    p.add_argument("--no-cache", action="store_true", help="do not use the compilation cache")
+    _quantize_arguments(p, "quantize a float checkpoint's weights at load")
+    p.add_argument("--compute-dtype", choices=list(COMPUTE_DTYPES),
+                   help="the dtype the model computes in (default float32; the stored weights stay as they are)")
+    p.add_argument("--cross-cache", choices=list(CROSS_CACHES),
+                   help="how generation caches the cross-attention keys and values (default float)")
+
+
 GENERATION_HELP = "(default: the checkpoint's generation_config.json, else transformers' default: {})"
 
 
@@ -315,16 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="never repeat an n-gram of N tokens; 0 allows any " + GENERATION_HELP.format(0))
     p.add_argument("--no-truncate", action="store_true",
                    help="a document longer than the encoder's positions is an error, not cut to them")
-    p.add_argument("--cache-dir", default=DEFAULT_CACHE, help=f"JAX's persistent compilation cache (default: "
-                                                                f"{DEFAULT_CACHE})")
-    p.add_argument("--no-cache", action="store_true", help="do not use the compilation cache")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--verbose", action="store_true", help="log compilations, cache reads and buckets")
-    _quantize_arguments(p, "quantize a float checkpoint's weights at load")
-    p.add_argument("--compute-dtype", choices=list(COMPUTE_DTYPES),
-                   help="the dtype the model computes in (default float32; the stored weights stay as they are)")
-    p.add_argument("--cross-cache", choices=list(CROSS_CACHES),
-                   help="how generation caches the cross-attention keys and values (default float)")
+    _inference_arguments(p)
     _distributed_arguments(p, timeouts=True)
     p.set_defaults(func=cmd_summarize, interrupted=lambda a: (
         f"rerun the same command to resume (finished batches are kept in {a.out}.progress.jsonl)" if a.out else
@@ -377,14 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "encoder's positions)")
     p.add_argument("--max-programs", type=at_least(1), default=32, metavar="N",
                    help="compiled programs kept; the least recently used go first (default: 32)")
-    p.add_argument("--cache-dir", default=DEFAULT_CACHE, help=f"JAX's persistent compilation cache (default: "
-                                                                f"{DEFAULT_CACHE})")
-    p.add_argument("--no-cache", action="store_true", help="do not use the compilation cache")
-    _quantize_arguments(p, "quantize a float checkpoint's weights at load")
-    p.add_argument("--compute-dtype", choices=list(COMPUTE_DTYPES),
-                   help="the dtype the model computes in (default float32; the stored weights stay as they are)")
-    p.add_argument("--cross-cache", choices=list(CROSS_CACHES),
-                   help="how generation caches the cross-attention keys and values (default float)")
+    _inference_arguments(p)
     p.set_defaults(func=cmd_serve, interrupted=lambda a: "the server stopped before it was ready")
 
     p = sub.add_parser("export", help="a led-flax checkpoint -> an HF directory that transformers loads",

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from led_flax.model.cache import CROSS_CACHES
 from led_flax.model.quantize import QuantizeSpec
-from led_flax.io import pretrained
-from led_flax.summarization.batch import DEFAULT_CACHE
+from led_flax.summarization.batch import DEFAULT_CACHE, checked_buckets, checked_model_options
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,20 +55,13 @@ class ServeOptions:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 \
                     or (value == 0 and name != "max_wait_ms"):
-                raise ValueError(f"{name} must be a positive number, got {value!r}")
+                rule = "a number >= 0" if name == "max_wait_ms" else "a positive number"
+                raise ValueError(f"{name} must be {rule}, got {value!r}")
         if self.api_key is not None and not self.api_key.strip():
             raise ValueError("api_key is empty; give a key, or none to serve without one")
-        if self.buckets is not None:
-            buckets = tuple(sorted(int(b) for b in self.buckets))
-            if not buckets or buckets[0] < 1:
-                raise ValueError(f"buckets must be token counts of at least 1, got {self.buckets}")
-            object.__setattr__(self, "buckets", buckets)
-        if isinstance(self.quantize, str):
-            object.__setattr__(self, "quantize", QuantizeSpec(self.quantize))
-        if self.compute_dtype not in (None,) + pretrained.COMPUTE_DTYPES:
-            raise ValueError(f"compute_dtype must be one of {pretrained.COMPUTE_DTYPES}, got {self.compute_dtype!r}")
-        if self.cross_cache not in (None,) + CROSS_CACHES:
-            raise ValueError(f"cross_cache must be one of {CROSS_CACHES}, got {self.cross_cache!r}")
+        object.__setattr__(self, "buckets", checked_buckets(self.buckets))
+        object.__setattr__(self, "quantize", checked_model_options(self.quantize, self.compute_dtype,
+                                                                   self.cross_cache))
 
     @property
     def max_body_bytes(self) -> int:

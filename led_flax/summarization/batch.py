@@ -57,6 +57,28 @@ class NonFiniteWarning(UserWarning):
     model's answer. The weights hold NaN or infinity, or the compute dtype overflowed."""
 
 
+def checked_model_options(quantize: QuantizeSpec | str | None, compute_dtype: str | None,
+                          cross_cache: str | None) -> QuantizeSpec | None:
+    """How a model is prepared for inference (`summarize`'s options, the server's): returns the
+    quantization as a QuantizeSpec (a scheme name is read as one). Raises ValueError for an unknown
+    scheme, compute dtype or cross cache."""
+    if compute_dtype not in (None,) + pretrained.COMPUTE_DTYPES:
+        raise ValueError(f"compute_dtype must be one of {pretrained.COMPUTE_DTYPES}, got {compute_dtype!r}")
+    if cross_cache not in (None,) + CROSS_CACHES:
+        raise ValueError(f"cross_cache must be one of {CROSS_CACHES}, got {cross_cache!r}")
+    return QuantizeSpec(quantize) if isinstance(quantize, str) else quantize
+
+
+def checked_buckets(buckets) -> tuple[int, ...] | None:
+    """Padded input lengths, sorted (None: the default ones). Raises ValueError for none, or one below 1."""
+    if buckets is None:
+        return None
+    out = tuple(sorted(int(b) for b in buckets))
+    if not out or out[0] < 1:
+        raise ValueError(f"buckets must be token counts of at least 1, got {buckets}")
+    return out
+
+
 @dataclasses.dataclass(frozen=True)
 class SummarizeOptions:
     """How `summarize` runs. Every field has a default; later features add fields here.
@@ -111,19 +133,11 @@ class SummarizeOptions:
     def __post_init__(self):
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, (int, np.integer)):
             raise TypeError(f"batch_size must be an integer, got {self.batch_size!r}")
-        if isinstance(self.quantize, str):
-            object.__setattr__(self, "quantize", QuantizeSpec(self.quantize))
-        if self.compute_dtype not in (None,) + pretrained.COMPUTE_DTYPES:
-            raise ValueError(f"compute_dtype must be one of {pretrained.COMPUTE_DTYPES}, got {self.compute_dtype!r}")
-        if self.cross_cache not in (None,) + CROSS_CACHES:
-            raise ValueError(f"cross_cache must be one of {CROSS_CACHES}, got {self.cross_cache!r}")
+        object.__setattr__(self, "quantize", checked_model_options(self.quantize, self.compute_dtype,
+                                                                   self.cross_cache))
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
-        if self.buckets is not None:
-            buckets = tuple(sorted(int(b) for b in self.buckets))
-            if not buckets or buckets[0] < 1:
-                raise ValueError(f"buckets must be token counts of at least 1, got {self.buckets}")
-            object.__setattr__(self, "buckets", buckets)
+        object.__setattr__(self, "buckets", checked_buckets(self.buckets))
         if isinstance(self.sequence_devices, bool) or not isinstance(self.sequence_devices, (int, np.integer)) \
                 or self.sequence_devices < 1:
             raise ValueError(f"sequence_devices must be a positive integer, got {self.sequence_devices!r}")
