@@ -195,7 +195,13 @@ def _error_cases(url):
         ("a body over the limit", lambda: _post(url, big), 413, "payload_too_large"),
         ("an over-long input with truncation false",
          lambda: _post(url, {"inputs": long_text, "parameters": {"truncation": False}}), 413, "input_too_long"),
-        ("more documents than the queue holds", lambda: _post(url, {"inputs": ["x"] * 41}), 429, "queue_full"),
+        ("more documents than the queue could ever hold", lambda: _post(url, {"inputs": ["x"] * 41}), 413,
+         "too_many_inputs"),
+        ("a number that is not finite", lambda: httpx.post(
+            f"{url}/summarize", content=b'{"inputs": "x", "parameters": {"length_penalty": NaN}}', headers=AUTH),
+         400, "invalid_parameter"),  # JSON has no NaN; Python's parser reads it
+        ("a number out of its range", lambda: _post(url, {"inputs": "x", "parameters": {"top_k": -1}}), 400,
+         "invalid_parameter"),
         ("an unknown path", lambda: httpx.get(f"{url}/summarise", timeout=30), 404, "not_found"),
     ]
 
@@ -207,14 +213,15 @@ def test_every_error_is_json_with_its_status_and_the_next_request_succeeds(serve
         assert r.status_code == status, f"{what}: {r.status_code} {r.text}"
         body = r.json()
         assert body["type"] == kind and body["error"], f"{what}: {body}"
-        if status == 429:
-            assert r.headers["retry-after"] == "1"
         if status == 401:
             assert r.headers["www-authenticate"] == "Bearer"
         good = _post(server.url, GOOD)
         assert good.status_code == 200 and [i["summary_text"] for i in good.json()] == expected, what
-    r = _post(server.url, {"inputs": "x", "parameters": {"beams": 4}})
-    assert "unknown parameter 'beams'" in r.json()["error"]
+    r = _post(server.url, {"inputs": ["x", 5], "parameters": {"beams": 4, "max_lenght": 9}})
+    assert r.json()["error"] == "inputs[1] is a JSON int, not a string; every input is a document's text"
+    r = _post(server.url, {"inputs": "x", "parameters": {"beams": 4, "max_lenght": 9}})
+    assert r.json()["error"].startswith("unknown parameters 'beams' (did you mean 'num_beams'?), 'max_lenght' (did "
+                                        "you mean 'max_length'?); the parameters are: max_length, ")
     assert _post(server.url, GOOD, headers={"X-API-Key": KEY}).status_code == 200
 
 
@@ -294,7 +301,7 @@ def test_a_timeout_and_a_client_that_goes_away(tiny):
     504; a client that disconnects while its document waits takes it out of the queue (it never runs);
     the next request is answered."""
     from led_flax.serving import ServeOptions, Server
-    srv = Server(tiny.ours, ServeOptions(port=0, max_batch_size=2, max_wait_ms=10, timeout_s=1.0,
+    srv = Server(tiny.ours, ServeOptions(port=0, max_batch_size=2, max_wait_ms=10, timeout_s=1.0, max_queue=3,
                                          compilation_cache=None))
     run, slow, ran = srv.engine.run, threading.Event(), []
 
@@ -314,9 +321,14 @@ def test_a_timeout_and_a_client_that_goes_away(tiny):
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
             first = pool.submit(_post, srv.url, {"inputs": "the first"}, {})
             time.sleep(0.2)  # the first batch runs (1.5 s); the second document waits behind it
+            gone = pool.submit(httpx.post, f"{srv.url}/summarize", timeout=0.3,
+                               json={"inputs": "the second, gone", "parameters": {"max_length": 7}})
+            time.sleep(0.1)
+            full = _post(srv.url, {"inputs": ["a", "b", "c"]}, {})  # 1 waiting + 3 > --max-queue 3
+            assert full.status_code == 429 and full.json()["type"] == "queue_full", full.text
+            assert full.headers["retry-after"] == "1"
             with pytest.raises(httpx.ReadTimeout):
-                httpx.post(f"{srv.url}/summarize", json={"inputs": "the second, gone", "parameters": {"max_length": 7}},
-                           timeout=0.3)
+                gone.result()
             r = first.result()
         assert r.status_code == 504 and r.json()["type"] == "timeout"
         while not srv.scheduler.idle:  # the slowed batch ends

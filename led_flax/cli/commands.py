@@ -198,17 +198,22 @@ def cmd_serve(args) -> int:
         except ValueError:
             raise UsageError(f"--buckets {args.buckets!r}: give token counts separated by commas, e.g. "
                              f"1024,4096") from None
-    options = ServeOptions(host=args.host, port=args.port, max_batch_size=args.max_batch_size,
-                           max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, max_body_mb=args.max_body_mb,
-                           timeout_s=args.timeout_s, drain_timeout_s=args.drain_timeout_s, api_key=api_key,
-                           buckets=buckets, max_programs=args.max_programs,
-                           compilation_cache=None if args.no_cache else args.cache_dir,
-                           quantize=quantize_spec(args), compute_dtype=args.compute_dtype,
-                           cross_cache=args.cross_cache)
+    try:
+        options = ServeOptions(host=args.host, port=args.port, max_batch_size=args.max_batch_size,
+                               max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, max_body_mb=args.max_body_mb,
+                               timeout_s=args.timeout_s, drain_timeout_s=args.drain_timeout_s, api_key=api_key,
+                               buckets=buckets, max_programs=args.max_programs, max_num_beams=args.max_num_beams,
+                               compilation_cache=None if args.no_cache else args.cache_dir,
+                               quantize=quantize_spec(args), compute_dtype=args.compute_dtype,
+                               cross_cache=args.cross_cache)
+    except ValueError as e:  # named as the option, not the field: max_wait_ms -> --max-wait-ms
+        raise UsageError(re.sub(r"^([a-z_]+)", lambda m: "--" + m.group(1).replace("_", "-"), str(e))) from None
     check_source(args.model)
     model = convert.load(args.model)
     server = Server(model, options, announce=lambda line: print(f"{prefix}: {line}", file=sys.stderr, flush=True))
     server.run()
+    if server.forced_by is not None:  # a second signal: stopped at once, not drained
+        raise Terminated() if server.forced_by == signal.SIGTERM else KeyboardInterrupt()
     print(f"{prefix}: stopped", file=sys.stderr)
     return 0
 
@@ -376,14 +381,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drain-timeout-s", type=finite, default=30.0, metavar="S",
                    help="on SIGTERM/SIGINT, how long queued and running requests may take to finish (default: 30)")
     p.add_argument("--api-key-file", metavar="FILE",
-                   help="require 'Authorization: Bearer KEY' with the key this file holds")
+                   help="require the key this file holds, as 'Authorization: Bearer KEY' or 'X-API-Key: KEY' "
+                        "(/health and /metrics need none)")
+    p.add_argument("--max-num-beams", type=at_least(1), default=16, metavar="N",
+                   help="the most beams a request may ask for; each new count compiles a program (default: 16)")
     p.add_argument("--buckets", metavar="N,N,...",
                    help="padded input lengths in tokens (default: powers of two times the window, up to the "
                         "encoder's positions)")
     p.add_argument("--max-programs", type=at_least(1), default=32, metavar="N",
                    help="compiled programs kept; the least recently used go first (default: 32)")
     _inference_arguments(p)
-    p.set_defaults(func=cmd_serve, interrupted=lambda a: "the server stopped before it was ready")
+    p.set_defaults(func=cmd_serve, interrupted=lambda a: "stopped at once: requests in flight, if any, were not "
+                                                         "answered (one signal drains them first)")
 
     p = sub.add_parser("export", help="a led-flax checkpoint -> an HF directory that transformers loads",
                        description="Export a led-flax checkpoint as an HF directory (config.json, "

@@ -97,6 +97,11 @@ def build_app(engine: Engine, scheduler: Scheduler, metrics: Metrics, options: S
         except _ClientGone:
             status, body = CLIENT_GONE, {"error": "the client closed its connection", "type": "client_gone"}
             metrics.errors.labels("client_gone").inc()
+        except asyncio.CancelledError:  # a second signal stops the server at once: no answer will come
+            status, body = 503, {"error": "the server was stopped before this request was answered; retry on "
+                                          "another replica", "type": "stopped"}
+            headers = {"Retry-After": "5"}
+            metrics.errors.labels("stopped").inc()
         except Exception as e:  # a bug: logged with its traceback, answered 500, the server goes on
             log.exception("a summarize request failed")
             status, body = 500, {"error": f"internal error ({type(e).__name__}); the server log has the traceback",
@@ -116,7 +121,8 @@ def build_app(engine: Engine, scheduler: Scheduler, metrics: Metrics, options: S
             raise RequestError(503, "warming_up", "the server is still compiling its programs; retry shortly",
                                {"Retry-After": "2"})
         _check_key(request, options.api_key)
-        req = parse(await _body(request, options.max_body_bytes))
+        req = parse(await _body(request, options.max_body_bytes), max_inputs=options.max_queue,
+                    max_num_beams=options.max_num_beams)
         prepared = await anyio.to_thread.run_sync(engine.prepare, req)
         rows = [r for r in prepared.rows if r is not None]
         try:
@@ -126,7 +132,13 @@ def build_app(engine: Engine, scheduler: Scheduler, metrics: Metrics, options: S
         waiting = asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
         gone = asyncio.ensure_future(_disconnected(request))
         remaining = options.timeout_s - (time.monotonic() - start)
-        done, _ = await asyncio.wait({waiting, gone}, timeout=max(remaining, 0), return_when=asyncio.FIRST_COMPLETED)
+        try:
+            done, _ = await asyncio.wait({waiting, gone}, timeout=max(remaining, 0),
+                                         return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            scheduler.cancel(futures)
+            gone.cancel()
+            raise
         if waiting not in done:
             scheduler.cancel(futures)
             waiting.cancel()
@@ -164,9 +176,11 @@ def build_app(engine: Engine, scheduler: Scheduler, metrics: Metrics, options: S
         return JSONResponse({"error": f"{exc.detail}: the endpoints are POST /summarize, GET /health and GET "
                                       f"/metrics", "type": kind}, status_code=exc.status_code, headers=exc.headers)
 
-    return Starlette(routes=[Route("/summarize", summarize, methods=["POST"]), Route("/health", health),
-                             Route("/metrics", metrics_text)],
-                     exception_handlers={HTTPException: http_error})
+    app = Starlette(routes=[Route("/summarize", summarize, methods=["POST"]), Route("/health", health),
+                            Route("/metrics", metrics_text)],
+                    exception_handlers={HTTPException: http_error})
+    app.router.redirect_slashes = False  # /summarize/ is a JSON 404, not a redirect with an empty body
+    return app
 
 
 class _ClientGone(Exception):

@@ -77,6 +77,10 @@ class Engine:
                                   f"tokenizer.json); copy them from the checkpoint it was made from")
         self.model, self.tokenizer, self.metrics = model, model.tokenizer, metrics
         self.limit = model.config.max_encoder_position_embeddings
+        over = [b for b in options.buckets or () if b > self.limit]
+        if over:
+            raise ValueError(f"buckets {over} exceed the model's {self.limit} encoder positions; the largest bucket "
+                             f"is the positions ({self.limit}), so drop them")
         buckets = [b for b in (options.buckets or default_buckets(model.config)) if b < self.limit]
         self.buckets = buckets + [self.limit]
         devices = jax.local_devices()
@@ -96,8 +100,12 @@ class Engine:
         that do not fit together or with the model."""
         try:
             return generation_settings(self.model, overrides)
-        except (ValueError, TypeError) as e:
-            raise RequestError(400, "invalid_parameter", str(e)) from None
+        except (ValueError, TypeError) as e:  # named as the client names them: parameters, not fields
+            message = str(e).replace("GenerationConfig: ", "").replace("GenerationConfig.", "parameter ")
+            if "max_new_tokens" in overrides and "max_length" in message and "max_length" not in overrides:
+                message += f" (max_new_tokens {overrides['max_new_tokens']} gives max_length " \
+                           f"{overrides['max_new_tokens'] + 1}: it adds the decoder start token)"
+            raise RequestError(400, "invalid_parameter", message) from None
 
     def prepare(self, request: SummarizeRequest) -> Prepared:
         """Tokenizes and buckets a request's documents (CPU work: run it off the event loop). Raises

@@ -15,7 +15,8 @@ class ServeOptions:
     host, port: where it listens (127.0.0.1 unless told otherwise; port 0: any free port, printed).
     max_batch_size: documents per batch; every program is compiled for this batch.
     max_wait_ms: a batch runs when full, or when its oldest document has waited this long.
-    max_queue: documents waiting at most; a request that would pass it gets 429.
+    max_queue: documents waiting at most; a request that would pass it gets 429 (one with more
+        documents than that gets 413: it could never fit).
     max_body_mb: the largest request body (MB, 10**6 bytes); a larger one gets 413.
     timeout_s: a request not answered by then gets 504 (its documents that have not started leave
         the queue).
@@ -23,6 +24,7 @@ class ServeOptions:
     api_key: when set, requests must carry `Authorization: Bearer KEY` (or `X-API-Key: KEY`).
     buckets: the padded input lengths (default: `led_flax.summarization.default_buckets`).
     max_programs: compiled programs kept (least recently used evicted; the warm-up ones count too).
+    max_num_beams: the most beams a request may ask for (each new count compiles a program).
     compilation_cache: JAX's persistent compilation cache folder (None: JAX's own setting).
     quantize, compute_dtype, cross_cache: as `SummarizeOptions`'.
     Raises ValueError naming the field for a value out of range.
@@ -39,13 +41,14 @@ class ServeOptions:
     api_key: str | None = None
     buckets: tuple[int, ...] | None = None
     max_programs: int = 32
+    max_num_beams: int = 16
     compilation_cache: str | None = DEFAULT_CACHE
     quantize: QuantizeSpec | str | None = None
     compute_dtype: str | None = None
     cross_cache: str | None = None
 
     def __post_init__(self):
-        for name, low in (("max_batch_size", 1), ("max_queue", 1), ("max_programs", 1)):
+        for name, low in (("max_batch_size", 1), ("max_queue", 1), ("max_programs", 1), ("max_num_beams", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")

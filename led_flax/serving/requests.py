@@ -12,7 +12,9 @@ with a `RequestError` that names it: the HTTP layer answers with its status and 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
+import math
 import numbers
 from typing import Any, Mapping
 
@@ -23,6 +25,20 @@ _FLAG = ("do_sample",)
 GENERATION_PARAMETERS = _INTEGER + _NUMBER + _FLAG + ("early_stopping",)
 PARAMETERS = GENERATION_PARAMETERS + ("seed", "truncation")
 MAX_SEED = 2 ** 32 - 1
+# each number's range, checked here so that the message names the parameter as the client sent it
+_RANGES = {
+    "max_length": (lambda v: v >= 2, ">= 2 (it counts the decoder start token)"),
+    "max_new_tokens": (lambda v: v >= 1, ">= 1"),
+    "min_length": (lambda v: v >= 0, ">= 0"),
+    "num_beams": (lambda v: v >= 1, ">= 1 (1: greedy)"),
+    "no_repeat_ngram_size": (lambda v: v >= 0, ">= 0 (0: off)"),
+    "top_k": (lambda v: v >= 0, ">= 0 (0: off)"),
+    "length_penalty": (lambda v: True, "a finite number"),
+    "repetition_penalty": (lambda v: v > 0, "> 0 (1.0: off)"),
+    "temperature": (lambda v: v > 0, "> 0 (1.0: off)"),
+    "top_p": (lambda v: 0 < v <= 1, "in (0, 1] (1.0: off)"),
+    "seed": (lambda v: 0 <= v <= MAX_SEED, "in [0, 2**32)"),
+}
 
 
 class RequestError(Exception):
@@ -62,9 +78,20 @@ def _is_number(v) -> bool:
     return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 
-def parse(body: bytes) -> SummarizeRequest:
-    """The request a body holds. Raises RequestError (400) for malformed JSON, a wrong type, an unknown
-    parameter (named) or an empty list of inputs."""
+def _unknown(names, known, what: str) -> RequestError:
+    """400 naming every unknown name, with the nearest known one where there is one."""
+    parts = []
+    for name in sorted(names, key=str):
+        near = difflib.get_close_matches(str(name), known, n=1)
+        parts.append(f"{name!r}" + (f" (did you mean {near[0]!r}?)" if near else ""))
+    plural = "s" if len(parts) > 1 else ""
+    return _bad(f"unknown {what}{plural} {', '.join(parts)}; the {what}s are: {', '.join(known)}", f"unknown_{what}")
+
+
+def parse(body: bytes, *, max_inputs: int | None = None, max_num_beams: int | None = None) -> SummarizeRequest:
+    """The request a body holds. Raises RequestError: 400 for malformed JSON, a wrong type, a number
+    out of its range or not finite, an unknown parameter (each named), an empty list of inputs, or
+    num_beams over `max_num_beams`; 413 for more inputs than `max_inputs` (the server's queue)."""
     try:
         data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -72,25 +99,31 @@ def parse(body: bytes) -> SummarizeRequest:
     if not isinstance(data, dict):
         raise _bad(f"the body is a JSON {type(data).__name__}, not an object; send {{\"inputs\": \"text\", "
                    f"\"parameters\": {{...}}}}")
-    unknown = sorted(set(data) - {"inputs", "parameters"})
+    unknown = set(data) - {"inputs", "parameters"}
     if unknown:
-        raise _bad(f"unknown field {unknown[0]!r}; the body holds \"inputs\" and \"parameters\"", "unknown_field")
+        raise _unknown(unknown, ["inputs", "parameters"], "field")
     if "inputs" not in data:
         raise _bad("the body has no \"inputs\": send {\"inputs\": \"text\"} or {\"inputs\": [\"text\", ...]}")
     inputs = data["inputs"]
     if isinstance(inputs, str):
         inputs = [inputs]
-    if not isinstance(inputs, list) or any(not isinstance(t, str) for t in inputs):
-        raise _bad("\"inputs\" must be a string or a list of strings")
+    if not isinstance(inputs, list):
+        raise _bad(f"\"inputs\" must be a string or a list of strings, got a JSON {type(inputs).__name__}")
+    wrong = [j for j, t in enumerate(inputs) if not isinstance(t, str)]
+    if wrong:
+        raise _bad(f"inputs[{wrong[0]}] is a JSON {type(inputs[wrong[0]]).__name__}, not a string; every input is "
+                   f"a document's text")
     if not inputs:
         raise _bad("\"inputs\" is an empty list; send at least one document")
+    if max_inputs is not None and len(inputs) > max_inputs:
+        raise RequestError(413, "too_many_inputs", f"{len(inputs)} inputs in one request, more than the server's "
+                                                   f"queue holds ({max_inputs}); send at most {max_inputs} per request")
     parameters = data.get("parameters") or {}
     if not isinstance(parameters, dict):
         raise _bad("\"parameters\" must be an object of settings, e.g. {\"num_beams\": 4}")
-    unknown = sorted(set(parameters) - set(PARAMETERS))
+    unknown = set(parameters) - set(PARAMETERS)
     if unknown:
-        raise _bad(f"unknown parameter {unknown[0]!r}; the parameters are: {', '.join(PARAMETERS)}",
-                   "unknown_parameter")
+        raise _unknown(unknown, list(PARAMETERS), "parameter")
     for name, value in parameters.items():
         ok = (_is_integer(value) if name in _INTEGER + ("seed",) else _is_number(value) if name in _NUMBER else
               value in (True, False, "never") if name == "early_stopping" else isinstance(value, bool))
@@ -98,9 +131,14 @@ def parse(body: bytes) -> SummarizeRequest:
             what = ("an integer" if name in _INTEGER + ("seed",) else "a number" if name in _NUMBER else
                     "true, false or \"never\"" if name == "early_stopping" else "true or false")
             raise _bad(f"parameter {name!r} must be {what}, got {json.dumps(value)}", "invalid_parameter")
+        if name in _RANGES:
+            in_range, rule = _RANGES[name]
+            if not ((isinstance(value, int) or math.isfinite(value)) and in_range(value)):
+                raise _bad(f"parameter {name!r} must be {rule}, got {json.dumps(value)}", "invalid_parameter")
+    if max_num_beams is not None and parameters.get("num_beams", 1) > max_num_beams:
+        raise _bad(f"parameter 'num_beams' is {parameters['num_beams']}, over this server's limit of {max_num_beams} "
+                   f"(--max-num-beams); use at most {max_num_beams}", "invalid_parameter")
     seed = parameters.get("seed")
-    if seed is not None and not 0 <= seed <= MAX_SEED:
-        raise _bad(f"parameter 'seed' must be in [0, 2**32), got {seed}", "invalid_parameter")
     generation = {k: v for k, v in parameters.items() if k in GENERATION_PARAMETERS}
     return SummarizeRequest(inputs=tuple(inputs), generation=generation, seed=seed,
                             truncation=parameters.get("truncation", True))

@@ -2,7 +2,9 @@
 
 On SIGTERM or SIGINT (or `drain()`), the server drains: `/health` and new requests answer 503 with
 Retry-After, queued and running requests finish (up to `drain_timeout_s`), then the process stops
-and `run` returns (the command exits 0). A second signal stops it at once.
+and `run` returns (the command exits 0). A second signal stops it at once: requests still running
+are answered 503 where their connection allows, `forced_by` names the signal, and the command exits
+as that signal's interruption (143 or 130).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class _DrainingServer(uvicorn.Server):
 
     def handle_exit(self, sig: int, frame) -> None:
         if self.owner.state.draining:  # a second signal: stop now
+            self.owner.forced_by = signal.Signals(sig)
             self.should_exit = self.force_exit = True
             return
         self.owner.drain(signal.Signals(sig).name)
@@ -84,6 +87,7 @@ class Server:
         self._deadline = float("inf")
         self._thread: threading.Thread | None = None
         self._ready_announced = False
+        self.forced_by: signal.Signals | None = None  # the second signal that stopped the server at once
 
     @property
     def url(self) -> str:

@@ -75,7 +75,7 @@ def checked_buckets(buckets) -> tuple[int, ...] | None:
         return None
     out = tuple(sorted(int(b) for b in buckets))
     if not out or out[0] < 1:
-        raise ValueError(f"buckets must be token counts of at least 1, got {buckets}")
+        raise ValueError(f"buckets must be token counts of at least 1, got {list(buckets)}")
     return out
 
 
