@@ -88,6 +88,14 @@ def is_on(config: GenerationConfig, name: str) -> bool:
     return any(v != neutral for v in rows_of(getattr(config, name)))
 
 
+def per_row_fields(config: GenerationConfig) -> list[str]:
+    """The traced settings of `config` that hold one value per row (a tuple), the decay included."""
+    fields = [name for name in TRACED if isinstance(getattr(config, name), tuple)]
+    decay = config.exponential_decay_length_penalty
+    return fields + (["exponential_decay_length_penalty"] if decay is not None and isinstance(decay[1], tuple)
+                     else [])
+
+
 def rows_of(value) -> tuple[float, ...]:
     """A traced setting's values: a tuple of per-row values as given, a scalar as one value."""
     return tuple(value) if isinstance(value, tuple) else (value,)
@@ -182,7 +190,7 @@ def stack(configs) -> GenerationConfig:
     if len(keys) != 1:
         raise ValueError("these rows' settings differ in what the program is compiled for (num_beams, do_sample, "
                          "the lengths, which processors are on, ...); batch them apart")
-    rows_given = [name for c in configs for name in TRACED if isinstance(getattr(c, name), tuple)]
+    rows_given = [name for c in configs for name in per_row_fields(c)]
     if rows_given:
         raise ValueError(f"stack takes one value of each setting per row; {rows_given[0]} holds several")
     changes: dict[str, Any] = {name: tuple(getattr(c, name) for c in configs) for name in TRACED}

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import collections
 import secrets
-import threading
 import time
 from typing import Any, NamedTuple, Sequence
 
@@ -23,6 +22,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from led_flax.decoding import generation, settings as settings_lib
+from led_flax.decoding.settings import MAX_SEED
 from led_flax.decoding.generation_config import GenerationConfig
 from led_flax.io import pretrained
 from led_flax.io.checkpoint import CheckpointError
@@ -34,7 +34,7 @@ from led_flax.utils.compilations import counting_compilations
 
 from .metrics import Metrics
 from .options import ServeOptions
-from .requests import MAX_SEED, RequestError, SummarizeRequest
+from .requests import RequestError, SummarizeRequest
 
 
 class ProgramKey(NamedTuple):
@@ -91,8 +91,7 @@ class Engine:
         self.params = jax.device_put(model.params, self._replicated)
         self.default = generation_settings(model, {})  # the checkpoint's own: the warm-up programs'
         self._programs: collections.OrderedDict[ProgramKey, Any] = collections.OrderedDict()
-        self._max_programs = options.max_programs
-        self._lock = threading.Lock()  # the programs cache: compiled in the worker, counted from anywhere
+        self._max_programs = options.max_programs  # the cache is used from the device thread alone
 
     # ------------------------------------------------------------------------------------------ requests
     def settings(self, overrides) -> GenerationConfig:
@@ -147,23 +146,21 @@ class Engine:
     def _program(self, key: ProgramKey, arrays, prng_key, values):
         """The compiled program for `key`, from the bounded cache or compiled (or read from JAX's
         persistent cache) now; the least recently used one is evicted past the bound."""
-        with self._lock:
-            program = self._programs.get(key)
-            if program is not None:
-                self._programs.move_to_end(key)
-                return program
+        program = self._programs.get(key)
+        if program is not None:
+            self._programs.move_to_end(key)
+            return program
         start = time.perf_counter()
         with counting_compilations() as counted:
             program = generation.program_for(self.model.module).lower(
                 self.params, *arrays, prng_key, values, model=self.model.module, cfg=key.static, slots=1,
                 mesh=None).compile()
         self.metrics.compiled(counted.compiled, counted.cache_hits, time.perf_counter() - start)
-        with self._lock:
-            self._programs[key] = program
-            while len(self._programs) > self._max_programs:
-                self._programs.popitem(last=False)
-                self.metrics.program_evictions.inc()
-            self.metrics.programs_cached.set(len(self._programs))
+        self._programs[key] = program
+        while len(self._programs) > self._max_programs:
+            self._programs.popitem(last=False)
+            self.metrics.program_evictions.inc()
+        self.metrics.programs_cached.set(len(self._programs))
         return program
 
     def warm_up(self) -> int:

@@ -18,13 +18,14 @@ import math
 import numbers
 from typing import Any, Mapping
 
+from led_flax.decoding.settings import MAX_SEED
+
 # the generation settings a request may set, and the JSON types each takes
 _INTEGER = ("max_length", "max_new_tokens", "min_length", "num_beams", "no_repeat_ngram_size", "top_k")
 _NUMBER = ("length_penalty", "repetition_penalty", "temperature", "top_p")
 _FLAG = ("do_sample",)
 GENERATION_PARAMETERS = _INTEGER + _NUMBER + _FLAG + ("early_stopping",)
 PARAMETERS = GENERATION_PARAMETERS + ("seed", "truncation")
-MAX_SEED = 2 ** 32 - 1
 # each number's range, checked here so that the message names the parameter as the client sent it
 _RANGES = {
     "max_length": (lambda v: v >= 2, ">= 2 (it counts the decoder start token)"),

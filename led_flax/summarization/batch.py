@@ -357,9 +357,7 @@ def generation_settings(model: pretrained.LoadedModel,
     base = generation if isinstance(generation, GenerationConfig) else \
         model.generation_config.replace(**dict(generation or {}))
     config = base.resolved(model.config)
-    several = [name for name in settings_lib.TRACED if isinstance(getattr(config, name), tuple)]
-    decay = config.exponential_decay_length_penalty
-    several += ["exponential_decay_length_penalty"] if decay is not None and isinstance(decay[1], tuple) else []
+    several = settings_lib.per_row_fields(config)
     if several:
         raise ValueError(f"summarize applies one value of each setting to every document, but {', '.join(several)} "
                          f"holds one per input; give one value (per-input values are for led_flax.generate)")
