@@ -27,7 +27,9 @@ Rows:
 - `train 4k` / `train 16k`: one training step of led-base (bfloat16 compute, float32 weights and
   AdamW, remat full on our side, gradient checkpointing on the reference's), batch 1.
 - `generate`: beam 4 at 4,096 tokens, 64 new tokens (both forced to 64: `min_new_tokens`).
-- `splash`: the splash-attention rows need a TPU backend; elsewhere "skipped".
+- `splash encoder` / `splash train 16k`: the `encoder` and the longest `train` row with
+  `attention_implementation="splash"` (the Pallas kernel) against our own xla path, with their largest
+  difference. They need a TPU backend; elsewhere they say "skipped" and why.
 Each timed row: seconds (best of the repeats, after a warm-up that compiles), tokens/s, the peak
 device memory (jax: the process's peak so far, `memory_stats()`; torch: this row's,
 `max_memory_allocated`), and MFU: the model's FLOPs (counted below, from the architecture; not XLA's
@@ -416,11 +418,85 @@ def generate_row(shp: Shapes, work: str) -> dict:
             "led-flax MFU": mfu(flops, ours), "reference MFU": mfu(flops, theirs)}
 
 
-def splash_row() -> dict:
+def require_tpu():
     import jax
     if jax.default_backend() != "tpu":
         raise Unavailable(f"splash attention rows need a TPU backend; this one is {jax.default_backend()}")
-    raise Unavailable("splash attention is not built yet (issue 26)")
+
+
+def splash_encoder_row(shp: Shapes, work: str) -> dict:
+    """The encoder as in `encoder`, with attention_implementation splash against our own xla path (the
+    baseline: the oracle the tests check splash against), and their largest difference."""
+    require_tpu()
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from led_flax import model_for
+    batch, n = shp.encoder
+    config, params, _ = models(shp.model, work, "bfloat16")
+    params = jax.tree_util.tree_map(lambda x: x.astype(jnp.bfloat16), params)
+    args = [jnp.asarray(x) for x in inputs(config, batch, n)]
+    times, outs = {}, {}
+    for implementation in ("xla", "splash"):
+        model = model_for(config.replace(attention_implementation=implementation), dtype=jnp.bfloat16)
+        encode = jax.jit(lambda p, i, m, g, model=model: model.apply({"params": p}, i, m, g, num_global_slots=1,
+                                                                     method="encode").last_hidden_state)
+        outs[implementation] = np.asarray(encode(params, *args), np.float32)
+        times[implementation] = best_time(lambda: encode(params, *args).block_until_ready(), shp.repeats)
+    err = np.abs(outs["splash"] - outs["xla"]).max() / np.abs(outs["xla"]).max()
+    flops = batch * encoder_flops(config, n)
+    return {"shape": f"batch {batch} x {n} tokens, bfloat16; led-flax = splash, reference = led-flax xla",
+            "led-flax s": round(times["splash"], 3), "reference s": round(times["xla"], 3),
+            "speed-up": f"{times['xla'] / times['splash']:.2f}x", "led-flax tokens/s": round(batch * n / times["splash"]),
+            "reference tokens/s": round(batch * n / times["xla"]), "led-flax MFU": mfu(flops, times["splash"]),
+            "reference MFU": mfu(flops, times["xla"]), "max rel err": f"{err:.1e}"}
+
+
+def splash_train_row(shp: Shapes, work: str, n: int) -> dict:
+    """One training step as in `train`, splash against our xla path, from the same state."""
+    require_tpu()
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from led_flax.model.heads import model_for
+    from led_flax.parallel import sharding as shd
+    from led_flax.train import step as step_lib
+    from led_flax.train.config import OptimizerConfig
+    labels = 256 if n >= 1024 else 16
+    config, params, _ = models(shp.model, work, "float32")
+    optimizer = OptimizerConfig()
+    tx = step_lib.optimizer(optimizer, 10)
+    mesh = shd.make_mesh(1, 1, 1, jax.devices()[:1])
+    ids, mask, glob = inputs(config, 1, n)
+    target = np.random.default_rng(1).integers(3, config.vocab_size, (1, labels)).astype(np.int32)
+    batch = {"input_ids": ids[None], "attention_mask": mask[None], "global_attention_mask": glob[None],
+             "labels": target[None]}
+    times, losses = {}, {}
+    for implementation in ("xla", "splash"):
+        model = model_for(config.replace(attention_implementation=implementation), dtype=jnp.bfloat16,
+                          param_dtype=jnp.float32, remat="full")
+        shapes = jax.eval_shape(step_lib.fresh_state(model, tx, 0), jax.random.PRNGKey(0))
+        shardings = step_lib.state_shardings(shapes, tx, mesh)
+        step = step_lib.make_train_step(model, tx, step_lib.schedule(optimizer, 10), mesh, shardings, dropout=False)
+        fresh = lambda: jax.jit(lambda p: step_lib.init_state(p, tx, 0), out_shardings=shardings)(params)
+        _, metrics = step(fresh(), batch)
+        losses[implementation] = float(metrics["loss"])
+        holder = {"state": fresh()}
+
+        def call():
+            holder["state"], metrics = step(holder["state"], batch)
+            jax.block_until_ready(metrics)
+        times[implementation] = best_time(call, shp.repeats)
+        holder.clear()
+    flops = 3 * (encoder_flops(config, n) + decoder_flops(config, n, labels))
+    return {"shape": f"{n} tokens, {labels} labels, bfloat16, remat full; led-flax = splash, reference = led-flax xla",
+            "led-flax s": round(times["splash"], 3), "reference s": round(times["xla"], 3),
+            "speed-up": f"{times['xla'] / times['splash']:.2f}x", "led-flax tokens/s": round(n / times["splash"]),
+            "reference tokens/s": round(n / times["xla"]), "led-flax MFU": mfu(flops, times["splash"]),
+            "reference MFU": mfu(flops, times["xla"]),
+            "max rel err": f"{abs(losses['splash'] - losses['xla']) / abs(losses['xla']):.1e} (first-step loss)"}
 
 
 def main(argv=None) -> int:
@@ -439,7 +515,9 @@ def main(argv=None) -> int:
         for n in shp.train:
             run.row(f"train {n // 1024}k" if n >= 1024 else f"train {n}", lambda n=n: train_row(shp, work, n))
         run.row("generate", lambda: generate_row(shp, work))
-        run.row("splash", splash_row)
+        run.row("splash encoder", lambda: splash_encoder_row(shp, work))
+        run.row(f"splash train {shp.train[-1] // 1024}k" if shp.train[-1] >= 1024 else f"splash train {shp.train[-1]}",
+                lambda: splash_train_row(shp, work, shp.train[-1]))
     run.finish()
     print(f"wrote {os.path.join(args.out, 'results.json')} and results.md", flush=True)
     return 0

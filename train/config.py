@@ -43,6 +43,9 @@ class ModelConfig:
     # than the checkpoint's, e.g. 32768; a multiple of the largest window); null: keep the table
     max_encoder_positions: int | None = None
     dropout: bool = True  # apply the config's dropout and layerdrop while training
+    # the encoder's local attention (LEDConfig.attention_implementation): xla, splash (the Pallas
+    # kernel: TPU; interpret mode elsewhere, slow; no attention dropout) or auto (splash on a TPU)
+    attention_implementation: str = "xla"
 
 
 @dataclass(frozen=True)
@@ -300,6 +303,8 @@ def validate(c: TrainConfig) -> None:
     """The checks a config passes on its own (run when it is read). Raises TrainConfigError."""
     _choice("model.dtype", c.model.dtype, ("float32", "bfloat16"))
     _choice("model.remat", c.model.remat, ("none", "full", "save_dots"))
+    from led_flax.model.config import ATTENTION_IMPLEMENTATIONS
+    _choice("model.attention_implementation", c.model.attention_implementation, ATTENTION_IMPLEMENTATIONS)
     _choice("data.source", c.data.source, ("aclsum", "jsonl", "datasets"))
     _choice("optimizer.schedule", c.optimizer.schedule, ("linear", "cosine", "constant"))
     if c.data.source in ("jsonl", "datasets") and not c.data.train_file:
@@ -355,6 +360,18 @@ def validate(c: TrainConfig) -> None:
             raise TrainConfigError(f"data.buckets must be positive integers, not {c.data.buckets}")
 
 
+def with_attention(c: TrainConfig, led: LEDConfig) -> LEDConfig:
+    """`led` running its encoder's local attention as model.attention_implementation says. Raises
+    TrainConfigError for splash with a model whose attention_dropout is not 0."""
+    from led_flax.model.config import ConfigError
+    if led.attention_implementation == c.model.attention_implementation:
+        return led
+    try:
+        return led.replace(attention_implementation=c.model.attention_implementation)
+    except ConfigError as e:
+        raise TrainConfigError(f"model.attention_implementation: {e}") from None
+
+
 def check(c: TrainConfig, led: LEDConfig, mesh: Mesh, process_count: int) -> None:
     """The checks a config passes against the model it trains (`led`: its LEDConfig), the device mesh
     and the number of processes reading distinct data (`sharding.data_group`: the processes, unless a
@@ -376,6 +393,9 @@ def check(c: TrainConfig, led: LEDConfig, mesh: Mesh, process_count: int) -> Non
     if data.max_target_length > led.max_decoder_position_embeddings:
         raise TrainConfigError(f"data.max_target_length {data.max_target_length} exceeds the model's "
                                f"{led.max_decoder_position_embeddings} decoder positions")
+    if led.attention_implementation == "splash" and mesh.shape.get("sequence", 1) > 1:
+        raise TrainConfigError(f"model.attention_implementation splash does not run with the sequence split over "
+                               f"devices yet (mesh.sequence {mesh.shape['sequence']}); use xla, or mesh.sequence 1")
     from led_flax.parallel.sequence import length_unit
     unit = length_unit(led, mesh.shape.get("sequence", 1))
     if data.buckets:  # the default buckets are multiples of the unit up to max_source_length

@@ -71,7 +71,8 @@ def dry_run(cfg: TrainConfig, compile: bool = False) -> str:
     gib = 2 ** 30
     n_params = sum(x.size for x in jax.tree_util.tree_leaves(s.state["params"]))
     lines = [f"model: {cfg.model.init} ({n_params:,} parameters), compute {cfg.model.dtype}, "
-             f"remat {cfg.model.remat}, scan_layers {cfg.model.scan_layers}",
+             f"remat {cfg.model.remat}, scan_layers {cfg.model.scan_layers}, attention "
+             f"{cfg.model.attention_implementation}",
              f"mesh: {dict(s.mesh.shape)} over {s.mesh.devices.size} devices",
              f"params: {p.params_bytes[1] / gib:.3f} GiB, {p.params_bytes[0] / gib:.3f} GiB per device",
              f"train state (params + AdamW moments): {p.state_bytes[1] / gib:.3f} GiB, "

@@ -28,7 +28,7 @@ from led_flax.model.losses import token_cross_entropy
 from led_flax.model.inputs import shift_tokens_right
 from led_flax.model.heads import model_for
 
-from .config import OptimizerConfig, TrainConfig, check
+from .config import OptimizerConfig, TrainConfig, check, with_attention
 from .dropout_prng import DROPOUT_PRNG  # the masks' generator: XLA's, fast on a CPU (dropout_prng.py)
 
 FROZEN = re.compile(r"final_logits_bias$")  # a buffer in the reference: it never trains
@@ -151,6 +151,7 @@ def build_setup(cfg: TrainConfig, led_config: LEDConfig, devices=None) -> Setup:
     `model.dtype`, float32 parameters), the optimizer and the abstract sharded train state; no weights.
     Raises ShardingError (a mesh that does not fit the devices) or TrainConfigError."""
     mesh = shd.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, devices, sequence=cfg.mesh.sequence)
+    led_config = with_attention(cfg, led_config)
     check(cfg, led_config, mesh, shd.data_group(mesh)[1])
     dtype = jnp.bfloat16 if cfg.model.dtype == "bfloat16" else jnp.float32
     model = model_for(led_config, "conditional_generation", dtype=dtype, param_dtype=jnp.float32,

@@ -34,7 +34,7 @@ from led_flax.convert.loader import check_source
 from led_flax.io import checkpoint
 from led_flax.io.pretrained import COMPUTE_DTYPES
 from led_flax.model.cache import CROSS_CACHES
-from led_flax.model.config import HEAD_TO_ARCHITECTURE
+from led_flax.model.config import ATTENTION_IMPLEMENTATIONS, HEAD_TO_ARCHITECTURE
 from led_flax.model.quantize import DEFAULT_GROUP_SIZE, SCHEMES, QuantizeSpec
 from led_flax.parallel.distributed import job_options
 from led_flax.summarization import (DEFAULT_CACHE, InputWarning, SummarizeOptions, SummaryReport, check_output,
@@ -149,7 +149,8 @@ def cmd_summarize(args) -> int:
                                compilation_cache=None if args.no_cache else args.cache_dir, restart=args.restart,
                                sequence_devices=args.sequence_devices,
                                quantize=quantize_spec(args),
-                               compute_dtype=args.compute_dtype, cross_cache=args.cross_cache)
+                               compute_dtype=args.compute_dtype, cross_cache=args.cross_cache,
+                               attention_implementation=args.attention_implementation)
     check_output(options)  # before anything is read or loaded
     check_source(args.model)
     docs = read_jsonl(args.jsonl, args.field) if args.jsonl else read_files(args.files) if args.files else \
@@ -205,7 +206,7 @@ def cmd_serve(args) -> int:
                                buckets=buckets, max_programs=args.max_programs, max_num_beams=args.max_num_beams,
                                compilation_cache=None if args.no_cache else args.cache_dir,
                                quantize=quantize_spec(args), compute_dtype=args.compute_dtype,
-                               cross_cache=args.cross_cache)
+                               cross_cache=args.cross_cache, attention_implementation=args.attention_implementation)
     except ValueError as e:  # named as the option, not the field: max_wait_ms -> --max-wait-ms
         raise UsageError(re.sub(r"^([a-z_]+)", lambda m: "--" + m.group(1).replace("_", "-"), str(e))) from None
     check_source(args.model)
@@ -272,6 +273,9 @@ def _inference_arguments(p) -> None:
                    help="the dtype the model computes in (default float32; the stored weights stay as they are)")
     p.add_argument("--cross-cache", choices=list(CROSS_CACHES),
                    help="how generation caches the cross-attention keys and values (default float)")
+    p.add_argument("--attention-implementation", choices=list(ATTENTION_IMPLEMENTATIONS),
+                   help="the encoder's local attention: xla (default), splash (the Pallas kernel, for TPU; "
+                        "interpret mode elsewhere, slow) or auto (splash on a TPU, else xla)")
 
 
 GENERATION_HELP = "(default: the checkpoint's generation_config.json, else transformers' default: {})"

@@ -68,11 +68,16 @@ class LoadedModel:
                 f"({spec.describe()}); quantize its float original instead")
         return dataclasses.replace(self, params=quantize.quantize_params(self.params, spec), quantization=spec)
 
-    def with_compute(self, dtype: str | None = None, cross_cache: str | None = None) -> "LoadedModel":
+    def with_compute(self, dtype: str | None = None, cross_cache: str | None = None,
+                     attention_implementation: str | None = None) -> "LoadedModel":
         """The model computing in `dtype` (float32, bfloat16 or float16; the params keep their storage
-        dtypes) and caching generation's cross-attention keys and values as `cross_cache` (float or
-        int8); None keeps each as it is. Raises ValueError for another value."""
-        changes = {}
+        dtypes), caching generation's cross-attention keys and values as `cross_cache` (float or int8)
+        and running the encoder's local attention as `attention_implementation` (xla, splash or auto:
+        `LEDConfig.attention_implementation`); None keeps each as it is. Raises ValueError for another
+        value (ConfigError, a ValueError, for splash with attention dropout)."""
+        changes, config = {}, self.config
+        if attention_implementation is not None and attention_implementation != config.attention_implementation:
+            config = changes["config"] = config.replace(attention_implementation=attention_implementation)
         if dtype is not None:
             if str(dtype) not in COMPUTE_DTYPES:
                 raise ValueError(f"compute dtype {dtype!r} is not one of {', '.join(COMPUTE_DTYPES)}")
@@ -82,7 +87,7 @@ class LoadedModel:
             if cross_cache not in CROSS_CACHES:
                 raise ValueError(f"cross_cache {cross_cache!r} is not one of {', '.join(CROSS_CACHES)}")
             changes["cross_cache"] = cross_cache
-        return dataclasses.replace(self, module=self.module.clone(**changes)) if changes else self
+        return dataclasses.replace(self, module=self.module.clone(**changes), config=config) if changes else self
 
 
 def check_tokenizer(tokenizer: LEDTokenizer, config: LEDConfig, directory: str | os.PathLike) -> None:

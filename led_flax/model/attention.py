@@ -33,6 +33,7 @@ import numpy as np
 from flax import struct
 from jax.ad_checkpoint import checkpoint_name
 
+from . import splash
 from .inputs import merged_encoder_mask, token_roles
 
 
@@ -382,8 +383,38 @@ class EncoderMasks:
     sequence_axis: str | None = struct.field(pytree_node=False, default=None)
 
 
+def choose_implementation(setting: str, *, attention_dropout: float = 0.0, output_attentions: bool = False,
+                          sequence_axis: str | None = None, backend: str | None = None) -> str:
+    """The encoder's local attention for one call: "xla" or "splash" (`LEDConfig.attention_implementation`).
+
+    "auto" is splash on a TPU backend (`jax.default_backend()`, or `backend`) unless the call needs
+    what splash lacks (attention dropout, attention maps, the sequence split over devices), else xla.
+    Raises ValueError when "splash" is asked for one of those, or on a GPU (splash is a TPU kernel).
+    """
+    backend = backend or jax.default_backend()
+    if setting == "auto":
+        fits = attention_dropout == 0.0 and not output_attentions and sequence_axis is None
+        return "splash" if backend == "tpu" and fits else "xla"
+    if setting != "splash":
+        return setting
+    if output_attentions:
+        raise ValueError("output_attentions is not available with attention_implementation 'splash' (the kernel "
+                         "returns no attention maps); use attention_implementation 'xla' to inspect them")
+    if sequence_axis is not None:
+        raise ValueError("attention_implementation 'splash' does not run with the sequence split over devices yet; "
+                         "use attention_implementation 'xla' with a sequence axis, or a mesh without one")
+    if attention_dropout:
+        raise ValueError(f"attention_implementation 'splash' has no attention dropout but attention_dropout is "
+                         f"{attention_dropout}; set attention_dropout to 0 or use attention_implementation 'xla'")
+    if backend == "gpu":
+        raise ValueError("attention_implementation 'splash' is a TPU kernel (Pallas splash attention); on a GPU "
+                         "use attention_implementation 'xla' (or 'auto', which picks it)")
+    return "splash"
+
+
 def longformer_self_attention(q, k, v, q_global, k_global, v_global, masks: EncoderMasks, *, one_sided: int,
-                              dropout_rate: float = 0.0, dropout_rng=None, return_probs: bool = False):
+                              dropout_rate: float = 0.0, dropout_rng=None, return_probs: bool = False,
+                              implementation: str = "xla"):
     """The whole encoder self-attention of one layer, from projected inputs.
 
     q, k, v: [b, n, h, d] (q scaled); q_global: [b, g, h, d] `query_global` of the global tokens
@@ -394,6 +425,9 @@ def longformer_self_attention(q, k, v, q_global, k_global, v_global, masks: Enco
     `global_attentions` [b, h, n, g] (None without global slots).
     With `masks.sequence_axis`, sharded over that mesh axis (n is this device's tokens); return_probs
     is then refused.
+    implementation: "xla" (`sliding_window_attention`, the oracle) or "splash" (`splash.splash_attention`,
+    one Pallas kernel call for the band and the global columns; see `choose_implementation` for what it
+    refuses). The global tokens' own rows are `global_rows_attention` either way.
     """
     real, is_global, global_idx, global_valid = masks.real, masks.is_global, masks.global_idx, masks.global_valid
     sequence_axis = masks.sequence_axis
@@ -408,10 +442,16 @@ def longformer_self_attention(q, k, v, q_global, k_global, v_global, masks: Enco
             dropout_rng = jax.random.fold_in(dropout_rng, jax.lax.axis_index(sequence_axis))
         local_rng, global_rng = jax.random.split(dropout_rng)
     gather = lambda x: gather_rows(x, global_idx, sequence_axis) if g else None
-    out, band_probs, gcol_probs = sliding_window_attention(
-        q, k, v, one_sided=one_sided, key_mask=real & ~is_global, query_mask=real,
-        global_k=gather(k), global_v=gather(v), global_mask=global_valid, dropout_rate=dropout_rate,
-        dropout_rng=local_rng, return_probs=return_probs, sequence_axis=sequence_axis)
+    local = dict(one_sided=one_sided, key_mask=real & ~is_global, query_mask=real, global_k=gather(k),
+                 global_v=gather(v), global_mask=global_valid)
+    if implementation == "splash":
+        choose_implementation("splash", attention_dropout=dropout_rate if dropout_rng is not None else 0.0,
+                              output_attentions=return_probs, sequence_axis=sequence_axis)  # raises what splash lacks
+        out, band_probs, gcol_probs = splash.splash_attention(q, k, v, **local), None, None
+    else:
+        out, band_probs, gcol_probs = sliding_window_attention(
+            q, k, v, **local, dropout_rate=dropout_rate, dropout_rng=local_rng, return_probs=return_probs,
+            sequence_axis=sequence_axis)
     global_probs = None
     if g:
         gout, global_probs = global_rows_attention(q_global, k_global, v_global, key_mask=real,

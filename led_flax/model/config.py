@@ -37,6 +37,10 @@ RELEASED = {
                                     max_encoder_position_embeddings=16384, max_decoder_position_embeddings=1024),
 }
 
+ATTENTION_IMPLEMENTATIONS = ("xla", "splash", "auto")
+# LEDConfig fields that are run-time choices of this library, not part of HF's config.json
+RUNTIME_FIELDS = ("attention_implementation",)
+
 PROBLEM_TYPES = (None, "regression", "single_label_classification", "multi_label_classification")
 
 # HF aliases (`attribute_map` in transformers' LEDConfig) accepted on input.
@@ -98,6 +102,11 @@ class LEDConfig:
     architectures: tuple[str, ...] | None = None
     # Every other key of config.json, as (key, JSON text) pairs, kept for the round trip.
     extra: tuple[tuple[str, str], ...] = ()
+    # How the encoder's local attention runs; a run-time choice that config.json does not carry:
+    # "xla" (plain XLA ops, the default and the oracle), "splash" (the Pallas splash-attention kernel:
+    # compiled on TPU, interpret mode elsewhere; no attention dropout, no attention maps) or "auto"
+    # (splash on a TPU backend when neither is asked for, else xla). See `model/splash.py`.
+    attention_implementation: str = "xla"
 
     def __post_init__(self):
         window = self.attention_window
@@ -158,6 +167,12 @@ class LEDConfig:
              f"{self.pad_token_id} is outside the vocabulary [0, {self.vocab_size})")
         need(0 <= self.decoder_start_token_id < self.vocab_size, "decoder_start_token_id",
              f"{self.decoder_start_token_id} is outside the vocabulary [0, {self.vocab_size})")
+        need(self.attention_implementation in ATTENTION_IMPLEMENTATIONS, "attention_implementation",
+             f"unknown implementation {self.attention_implementation!r}; use one of "
+             f"{', '.join(ATTENTION_IMPLEMENTATIONS)}")
+        need(self.attention_implementation != "splash" or self.attention_dropout == 0.0, "attention_implementation",
+             f"'splash' has no attention dropout but attention_dropout is {self.attention_dropout}; set "
+             f"attention_dropout to 0 (it acts only in training) or use attention_implementation 'xla'")
         need(self.problem_type in PROBLEM_TYPES, "problem_type",
              f"unknown problem type {self.problem_type!r}; use one of {PROBLEM_TYPES}")
         if self.architectures:
@@ -202,7 +217,7 @@ class LEDConfig:
         if model_type != "led":
             raise ConfigError(f"config.model_type is {model_type!r}, not 'led': this is not an LED "
                               f"checkpoint")
-        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra", *RUNTIME_FIELDS}
         kwargs, extra = {}, []
         for key, value in data.items():
             field = _ALIASES.get(key, key)
@@ -221,7 +236,7 @@ class LEDConfig:
         """The `config.json` dict that transformers' `LEDConfig.from_dict` reads back."""
         out: dict[str, Any] = {json_key: json.loads(text) for json_key, text in self.extra}
         for f in dataclasses.fields(self):
-            if f.name in ("extra", "id2label", "num_labels"):
+            if f.name in ("extra", "id2label", "num_labels", *RUNTIME_FIELDS):
                 continue
             value = getattr(self, f.name)
             if isinstance(value, tuple):

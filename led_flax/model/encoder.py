@@ -19,8 +19,8 @@ import jax.numpy as jnp
 
 from led_flax.parallel.sequence import length_unit
 
-from .attention import (EncoderMasks, FactoredProjection, count_global_slots, gather_rows, global_overflow, global_token_indices,
-                        longformer_self_attention, shard_start)
+from .attention import (EncoderMasks, FactoredProjection, choose_implementation, count_global_slots, gather_rows,
+                        global_overflow, global_token_indices, longformer_self_attention, shard_start)
 from .config import LEDConfig
 from .inputs import merged_encoder_mask, token_roles
 from .layers import (Stack, constrain, dense, dropout, embed_positions, feed_forward, input_embeddings, layer_norm,
@@ -93,9 +93,11 @@ class LongformerSelfAttention(_EncoderPart):
                 kg, vg = (split(hidden @ w + bias) for w, bias in (kg_w, vg_w))  # [b, n, h, d]
         rate = cfg.attention_dropout
         rng = None if deterministic or rate == 0.0 else self.make_rng("dropout")
+        implementation = choose_implementation(cfg.attention_implementation, attention_dropout=0.0 if rng is None else rate,
+                                               output_attentions=output_attentions, sequence_axis=masks.sequence_axis)
         out, probs, global_probs = longformer_self_attention(
             q, k, v, qg, kg, vg, masks, one_sided=cfg.attention_window[self.layer_id] // 2, dropout_rate=rate,
-            dropout_rng=rng, return_probs=output_attentions)
+            dropout_rng=rng, return_probs=output_attentions, implementation=implementation)
         return out.reshape(b, n, D), probs, global_probs
 
 

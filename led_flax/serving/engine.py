@@ -71,7 +71,8 @@ class Engine:
 
     def __init__(self, model: pretrained.LoadedModel, options: ServeOptions, metrics: Metrics):
         model.require_head("conditional_generation", "summarization")
-        model = model.quantized(options.quantize).with_compute(options.compute_dtype, options.cross_cache)
+        model = model.quantized(options.quantize).with_compute(options.compute_dtype, options.cross_cache,
+                                                               options.attention_implementation)
         if model.tokenizer is None:
             raise CheckpointError(f"{model.source} has no tokenizer files (vocab.json and merges.txt, or "
                                   f"tokenizer.json); copy them from the checkpoint it was made from")

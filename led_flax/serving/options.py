@@ -26,7 +26,7 @@ class ServeOptions:
     max_programs: compiled programs kept (least recently used evicted; the warm-up ones count too).
     max_num_beams: the most beams a request may ask for (each new count compiles a program).
     compilation_cache: JAX's persistent compilation cache folder (None: JAX's own setting).
-    quantize, compute_dtype, cross_cache: as `SummarizeOptions`'.
+    quantize, compute_dtype, cross_cache, attention_implementation: as `SummarizeOptions`'.
     Raises ValueError naming the field for a value out of range.
     """
 
@@ -46,6 +46,7 @@ class ServeOptions:
     quantize: QuantizeSpec | str | None = None
     compute_dtype: str | None = None
     cross_cache: str | None = None
+    attention_implementation: str | None = None
 
     def __post_init__(self):
         for name, low in (("max_batch_size", 1), ("max_queue", 1), ("max_programs", 1), ("max_num_beams", 1)):
@@ -64,7 +65,7 @@ class ServeOptions:
             raise ValueError("api_key is empty; give a key, or none to serve without one")
         object.__setattr__(self, "buckets", checked_buckets(self.buckets))
         object.__setattr__(self, "quantize", checked_model_options(self.quantize, self.compute_dtype,
-                                                                   self.cross_cache))
+                                                                   self.cross_cache, self.attention_implementation))
 
     @property
     def max_body_bytes(self) -> int:

@@ -34,6 +34,7 @@ from led_flax.parallel import sharding as sharding_lib
 from .buckets import bucket_for, default_buckets
 from .rows import padded_batch, summary_texts, truncated
 from led_flax.model.cache import CROSS_CACHES
+from led_flax.model.config import ATTENTION_IMPLEMENTATIONS
 from led_flax.io.checkpoint import CheckpointError
 from led_flax.utils.compilations import counting_compilations
 from led_flax.utils.files import TMP_TAG, WriteError, exclusive, write_atomic, write_target, writing
@@ -58,10 +59,13 @@ class NonFiniteWarning(UserWarning):
 
 
 def checked_model_options(quantize: QuantizeSpec | str | None, compute_dtype: str | None,
-                          cross_cache: str | None) -> QuantizeSpec | None:
+                          cross_cache: str | None, attention_implementation: str | None = None) -> QuantizeSpec | None:
     """How a model is prepared for inference (`summarize`'s options, the server's): returns the
     quantization as a QuantizeSpec (a scheme name is read as one). Raises ValueError for an unknown
-    scheme, compute dtype or cross cache."""
+    scheme, compute dtype, cross cache or attention implementation."""
+    if attention_implementation not in (None,) + ATTENTION_IMPLEMENTATIONS:
+        raise ValueError(f"attention_implementation must be one of {ATTENTION_IMPLEMENTATIONS}, got "
+                         f"{attention_implementation!r}")
     if compute_dtype not in (None,) + pretrained.COMPUTE_DTYPES:
         raise ValueError(f"compute_dtype must be one of {pretrained.COMPUTE_DTYPES}, got {compute_dtype!r}")
     if cross_cache not in (None,) + CROSS_CACHES:
@@ -111,8 +115,11 @@ class SummarizeOptions:
         QuantizeSpec (group size, ...); a model already quantized so is used as it is.
     compute_dtype: "float32", "bfloat16" or "float16" (None: the model's own, float32 by default).
     cross_cache: "int8" caches generation's cross-attention keys and values as int8 (None: as the model).
+    attention_implementation: the encoder's local attention, "xla", "splash" (the Pallas kernel, for
+        TPU) or "auto" (`LEDConfig.attention_implementation`; None: the model's own, xla by default).
     Raises ValueError for a batch size below 1, a bucket below 1, an unknown output format, scheme,
-    compute dtype or cross cache, or sequence devices that do not divide the local devices.
+    compute dtype, cross cache or attention implementation, or sequence devices that do not divide the
+    local devices.
     """
 
     batch_size: int = 4
@@ -129,12 +136,13 @@ class SummarizeOptions:
     quantize: QuantizeSpec | str | None = None
     compute_dtype: str | None = None
     cross_cache: str | None = None
+    attention_implementation: str | None = None
 
     def __post_init__(self):
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, (int, np.integer)):
             raise TypeError(f"batch_size must be an integer, got {self.batch_size!r}")
         object.__setattr__(self, "quantize", checked_model_options(self.quantize, self.compute_dtype,
-                                                                   self.cross_cache))
+                                                                   self.cross_cache, self.attention_implementation))
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
         object.__setattr__(self, "buckets", checked_buckets(self.buckets))
@@ -468,7 +476,8 @@ def _summarize(texts, model, options: SummarizeOptions, names, report: SummaryRe
     if isinstance(model, (str, os.PathLike)):
         model = pretrained.load(model)
     model.require_head("conditional_generation", "summarization")
-    model = model.quantized(options.quantize).with_compute(options.compute_dtype, options.cross_cache)
+    model = model.quantized(options.quantize).with_compute(options.compute_dtype, options.cross_cache,
+                                                           options.attention_implementation)
     tokenizer, config = model.tokenizer, model.config
     if tokenizer is None:
         raise CheckpointError(f"{model.source} has no tokenizer files (vocab.json and merges.txt, or tokenizer.json); "

@@ -110,6 +110,8 @@ class RunRecord:
             settings["quantization"] = loaded.quantization.to_json()
         if getattr(loaded.module, "cross_cache", "float") != "float":
             settings["cross_cache"] = loaded.module.cross_cache
+        if loaded.config.attention_implementation != "xla":
+            settings["attention_implementation"] = loaded.config.attention_implementation
         if corpus is not None:
             settings["corpus"] = corpus
         if seeds is not None:
