@@ -105,7 +105,8 @@ class LEDConfig:
     # How the encoder's local attention runs; a run-time choice that config.json does not carry:
     # "xla" (plain XLA ops, the default and the oracle), "splash" (the Pallas splash-attention kernel:
     # compiled on TPU, interpret mode elsewhere; no attention dropout, no attention maps) or "auto"
-    # (splash on a TPU backend when neither is asked for, else xla). See `model/splash.py`.
+    # (splash on a TPU backend unless a call needs attention dropout, attention maps or the sequence
+    # split over devices; else xla). See `model/splash.py` and `attention.choose_implementation`.
     attention_implementation: str = "xla"
 
     def __post_init__(self):
