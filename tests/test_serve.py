@@ -4,7 +4,8 @@ server gives equals it, whatever else shared the batch. Then every error of the 
 by a request that still succeeds), the API key, the metrics (parsed with prometheus_client's parser,
 counted against the requests sent), a soak with bad requests mixed in (and the process's memory), a
 second start that reads its programs from the persistent cache, and SIGTERM with requests in flight.
-The timeout and a client that goes away run on a server in this process whose device work is slowed.
+The timeout, a client that goes away and a second signal (stop at once: the running request gets 503)
+run on a server in this process whose device work is slowed.
 """
 
 from __future__ import annotations
@@ -296,7 +297,7 @@ def test_a_second_start_reads_its_programs_and_sigterm_drains(server, tiny, load
         second.stop()
 
 
-def test_a_timeout_and_a_client_that_goes_away(tiny):
+def test_a_timeout_a_client_that_goes_away_and_a_forced_stop(tiny):
     """A server in this process whose device work is slowed on demand: a request past --timeout-s gets
     504; a client that disconnects while its document waits takes it out of the queue (it never runs);
     the next request is answered."""
@@ -341,6 +342,20 @@ def test_a_timeout_and_a_client_that_goes_away(tiny):
         good = _post(srv.url, {"inputs": "the third"}, {})
         assert good.status_code == 200
         assert ran == [1, 1]  # the first, the third: the gone client's document never ran
+
+        # a second signal stops the server at once: the request whose batch runs is answered 503
+        slow.set()
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            running = pool.submit(_post, srv.url, {"inputs": "the fourth"}, {})
+            while len(ran) < 3:  # its batch started (slowed)
+                time.sleep(0.02)
+            srv._uvicorn.handle_exit(signal.SIGTERM, None)  # what uvicorn's signal handler calls: drain
+            srv._uvicorn.handle_exit(signal.SIGTERM, None)  # and again: stop now
+            stopped = running.result()
+        assert stopped.status_code == 503 and stopped.json()["type"] == "stopped", stopped.text
+        assert stopped.headers["retry-after"]
+        srv._thread.join(30)
+        assert not srv._thread.is_alive() and srv.forced_by == signal.SIGTERM  # the command exits 143
     finally:
         slow.clear()
         srv.stop(30)
