@@ -88,6 +88,9 @@ def test_two_processes_finish_a_one_process_run_with_its_output(tiny, tmp_path):
     assert out.read_bytes() == reference.read_bytes()
     # process 0 planned the five documents left, two and three, and nobody redid the first three
     assert re.search(r"plan: \[[23] [23]\] documents per process", results[0][2]), results[0][2][-2000:]
+    for _, _, err in results:  # each tokenized its half of the corpus for the plan, and its own documents
+        tokenized = re.search(r"tokenized (\d+) of 8 documents: a share of 4 for the plan", err)
+        assert tokenized and int(tokenized.group(1)) < 8, err[-2000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["docs.jsonl", "out.jsonl", "reference.jsonl"]
 
 

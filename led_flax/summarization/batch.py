@@ -327,6 +327,24 @@ def _check_shared_folder(path: str) -> None:
                          f"shares; name one with --out")
 
 
+def _lengths(tokenizer, texts: Sequence[str], processes: int, me: int) -> tuple[list[int], dict[int, list[int]]]:
+    """Every document's token count, and {index: token ids} of the documents tokenized here. Alone, a
+    process tokenizes them all, once (for the buckets and for the batches). In a job of several, the
+    plan needs every count but each process summarizes only its share: each tokenizes every
+    processes-th document and the counts are gathered (one int32 per document from each process), so
+    a host tokenizes about 1/processes of the corpus to plan it instead of all of it."""
+    if processes == 1:
+        encoded = tokenizer.encode_batch(list(texts))
+        return [len(ids) for ids in encoded], dict(enumerate(encoded))
+    from jax.experimental import multihost_utils
+    share = list(range(me, len(texts), processes))
+    encoded = dict(zip(share, tokenizer.encode_batch([texts[i] for i in share])))
+    counts = np.zeros(len(texts), np.int32)  # [documents]: this process's share, zeros elsewhere
+    counts[share] = [len(encoded[i]) for i in share]
+    every = np.asarray(_collective("gathering the documents' lengths", multihost_utils.process_allgather, counts))
+    return every.reshape(processes, len(texts)).sum(axis=0).tolist(), encoded
+
+
 def _plan(todo: list[int], buckets: list[int], documents: int, processes: int, batch_size: int,
           generation_config: GenerationConfig) -> dict[int, int]:
     """{document index: process} for the documents `todo` (their buckets `buckets`), computed by
@@ -533,8 +551,7 @@ def _summarize(texts, model, options: SummarizeOptions, names, report: SummaryRe
     if buckets[-1] < limit:
         buckets.append(top if split > 1 else limit)
 
-    encoded = tokenizer.encode_batch(texts)  # tokenized once, for the buckets and for the batches
-    lengths = [len(ids) for ids in encoded]
+    lengths, encoded = _lengths(tokenizer, texts, processes, me)  # {index: ids} of those tokenized here
     todo = _documents_to_generate(lengths, texts, names, limit, options.truncate, report)
     results: dict[int, str] = {i: "" for i, _ in report.skipped}
     fingerprints = {i: progress.fingerprint(texts[i]) for i in todo}
@@ -551,6 +568,11 @@ def _summarize(texts, model, options: SummarizeOptions, names, report: SummaryRe
         owners = _plan(todo, [bucket_for(min(lengths[i], limit), buckets) for i in todo], len(texts), processes,
                        -(-options.batch_size // ways) * ways, gen_config)
         todo = [i for i in todo if owners[i] == me]
+        share = len(encoded)
+        missing = [i for i in todo if i not in encoded]  # planned here, tokenized by another process
+        encoded.update(zip(missing, tokenizer.encode_batch([texts[i] for i in missing])))
+        log.info("tokenized %d of %d documents: a share of %d for the plan, %d more planned here", len(encoded),
+                 len(texts), share, len(missing))
         resume_file = progress.process_file(resume_file, me)
         saved = progress.read(resume_file) if me else saved
     if report.resumed:
