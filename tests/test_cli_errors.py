@@ -417,6 +417,12 @@ def test_an_unexpected_tensor_is_one_line(capsys, tmp_path):
         f"back the config.json and weights that were saved together\n")
 
 
+def test_a_text_file_with_a_byte_order_mark_reads_without_it(tmp_path):
+    path = tmp_path / "paper.txt"
+    path.write_bytes(b"\xef\xbb\xbf" + "Abstract \ufeff inside".encode())
+    assert cli.read_files([str(path)]).texts == ["Abstract \ufeff inside"]  # only the leading mark goes
+
+
 def test_jsonl_with_a_byte_order_mark_and_duplicate_ids(tmp_path, recwarn):
     path = tmp_path / "docs.jsonl"
     records = [{"id": "a", "text": "one"}, {"id": "b", "text": "two"}, {"id": "a", "text": "three"},

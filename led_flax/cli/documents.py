@@ -26,7 +26,7 @@ class Documents:
 
 def _decode(data: bytes, source: str, fix: str) -> str:
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8-sig")  # a leading byte-order mark (Windows editors write one) is not text
     except UnicodeDecodeError as e:
         line = data[:e.start].count(b"\n") + 1
         raise UsageError(f"{source} line {line} is not UTF-8 ({e.reason} at byte {e.start} of the file); {fix}") from None
@@ -58,9 +58,9 @@ def read_jsonl(path: str, field: str) -> Documents:
 
 
 def read_files(paths) -> Documents:
-    """One document per text file; a file that is not UTF-8 is skipped (an empty document, named in
-    `Documents.skipped`) with an InputWarning. Raises UsageError for a file that is missing or cannot be
-    read."""
+    """One document per text file, read as UTF-8 (a leading byte-order mark dropped); a file that is
+    not UTF-8 is skipped (an empty document, named in `Documents.skipped`) with an InputWarning.
+    Raises UsageError for a file that is missing or cannot be read."""
     names, texts, skipped = [], [], set()
     for path in paths:
         try:
@@ -70,7 +70,7 @@ def read_files(paths) -> Documents:
             raise UsageError(f"cannot read {path}: {e.strerror}; "
                              f"{read_fix(e, 'name the text files in it, or pass --jsonl FILE')}") from None
         try:
-            texts.append(data.decode("utf-8"))
+            texts.append(data.decode("utf-8-sig"))
         except UnicodeDecodeError as e:
             warnings.warn(f"{path} is not UTF-8 ({e.reason} at byte {e.start}); skipped: convert it with "
                           f"iconv -t UTF-8", InputWarning)
