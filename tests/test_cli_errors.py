@@ -347,10 +347,14 @@ def test_an_empty_training_config_is_refused_pointing_at_the_shipped_ones(capsys
 
 def test_a_key_given_twice_is_refused_naming_it_and_both_lines(capsys, tmp_path):
     path = tmp_path / "twice.yaml"
-    path.write_text("steps: 3\nmodel:\n  d_model: 128\n  remat: full\n  d_model: 64\n")
+    path.write_text("steps: 3\nmodel:\n  led:\n    d_model: 128\n  remat: full\n  led:\n    d_model: 64\n")
     r = run_main(capsys, "train", "--config", path, "--dry-run")
-    assert r.code == 2 and r.err == (f"led-flax train: error: {path} sets 'd_model' twice, on lines 3 and 5; keep one "
+    assert r.code == 2 and r.err == (f"led-flax train: error: {path} sets 'model.led' twice, on lines 3 and 6; keep one "
                                      f"of them\n")
+    path.write_text("steps: 3\nmodel:\n  led:\n    d_model: 128\n    encoder_layers: 2\n    d_model: 64\n")
+    r = run_main(capsys, "train", "--config", path, "--dry-run")
+    assert r.code == 2 and r.err == (f"led-flax train: error: {path} sets 'model.led.d_model' twice, on lines 4 and 6; "
+                                     f"keep one of them\n")
 
 
 def test_a_shipped_config_is_found_by_name_and_a_path_wins(capsys, tmp_path, monkeypatch):

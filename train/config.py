@@ -235,22 +235,35 @@ def _read_aliases(data: dict) -> None:
 
 
 class _StrictLoader(yaml.SafeLoader):
-    """YAML's safe loader, but a key given twice in one mapping is an error naming the key and both
-    lines (PyYAML keeps the last value without a word)."""
+    """YAML's safe loader, but a key given twice in one mapping is an error naming the key by its
+    dotted path (`model.led.d_model`) and both lines (PyYAML keeps the last value without a word)."""
 
-    def construct_mapping(self, node, deep=False):
+    def get_single_data(self):
+        node = self.get_single_node()
+        if node is None:
+            return None
+        self._check_keys(node, ())
+        return self.construct_document(node)
+
+    def _check_keys(self, node, path: tuple[str, ...]) -> None:
+        if isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                self._check_keys(item, path + (str(i),))
+        if not isinstance(node, yaml.MappingNode):
+            return
         seen = {}
-        for key_node, _ in node.value:
+        for key_node, value_node in node.value:
             key = self.construct_object(key_node, deep=True)
             line = key_node.start_mark.line + 1
             if not isinstance(key, (str, int, float, bool)) and key is not None:
                 raise TrainConfigError(f"{key_node.start_mark.name} line {line}: a key must be a name, not "
                                        f"{type(key).__name__}")
+            name = ".".join(path + (str(key),))
             if key in seen:
-                raise TrainConfigError(f"{key_node.start_mark.name} sets {key!r} twice, on lines {seen[key]} and "
+                raise TrainConfigError(f"{key_node.start_mark.name} sets {name!r} twice, on lines {seen[key]} and "
                                        f"{line}; keep one of them")
             seen[key] = line
-        return super().construct_mapping(node, deep)
+            self._check_keys(value_node, path + (str(key),))
 
 
 def find(name: str | os.PathLike) -> str:
