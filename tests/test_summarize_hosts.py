@@ -91,6 +91,7 @@ def test_two_processes_finish_a_one_process_run_with_its_output(tiny, tmp_path):
     for _, _, err in results:  # each tokenized its half of the corpus for the plan, and its own documents
         tokenized = re.search(r"tokenized (\d+) of 8 documents: a share of 4 for the plan", err)
         assert tokenized and int(tokenized.group(1)) < 8, err[-2000:]
+        assert len(re.findall(r"^8 documents(, 3 resumed)?, buckets", err, re.M)) == 1, err[-2000:]  # the report, once
     assert sorted(p.name for p in tmp_path.iterdir()) == ["docs.jsonl", "out.jsonl", "reference.jsonl"]
 
 

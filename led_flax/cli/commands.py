@@ -170,7 +170,8 @@ def cmd_summarize(args) -> int:
         summaries = summarize(docs.texts, model, options, names=docs.names, report=report)
     if not args.out:
         sys.stdout.write("".join(line + "\n" for line in format_summaries(summaries, docs.names, args.format)))
-    print(report.describe(), file=sys.stderr)
+    if not args.verbose:  # with --verbose, summarize has logged the same line
+        print(report.describe(), file=sys.stderr)
     return 0
 
 
