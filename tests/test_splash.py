@@ -19,10 +19,13 @@ import torch
 from jax.sharding import AbstractMesh
 
 from led_flax import LEDConfig, convert, model_for
+from led_flax.decoding import GenerationConfig, generation
+from led_flax.decoding.settings import split
 from led_flax.model.attention import (EncoderMasks, choose_implementation, count_global_slots, global_token_indices,
-                                      longformer_self_attention)
+                                      kernel_mesh, longformer_self_attention)
 from led_flax.model.config import ConfigError
 from led_flax.parallel import sharding as shd
+from led_flax.summarization.batch import batch_layout
 from led_flax.train import step as step_lib
 from led_flax.train.config import OptimizerConfig
 
@@ -111,14 +114,17 @@ def test_what_splash_cannot_do_is_refused_with_the_fix():
     assert choose_implementation("splash", backend="cpu") == "splash"  # interpret mode, for tests
     for kwargs, words in [(dict(output_attentions=True), "returns no attention maps"),
                           (dict(sequence_axis="sequence"), "sequence split over devices"),
+                          (dict(attention_dropout=0.1), "train without dropout .*, set attention_dropout to 0"),
                           (dict(backend="gpu"), "TPU kernel")]:
         with pytest.raises(ValueError, match=words) as e:
             choose_implementation("splash", **kwargs)
         assert "use attention_implementation 'xla'" in str(e.value)
-    with pytest.raises(ConfigError, match="set attention_dropout to 0 .* or use attention_implementation 'xla'"):
-        LEDConfig(attention_implementation="splash", attention_dropout=0.1)
+    with pytest.raises(ValueError, match="must be one of xla, splash, auto, got 'flash'"):
+        choose_implementation("flash")
     with pytest.raises(ConfigError, match="use one of xla, splash, auto"):
         LEDConfig(attention_implementation="flash")
+    # attention dropout is refused where it runs (training), not for inference with such a config
+    assert LEDConfig(attention_implementation="splash", attention_dropout=0.1).attention_implementation == "splash"
     config = LEDConfig(encoder_layers=1, decoder_layers=1, d_model=16, encoder_attention_heads=2,
                        decoder_attention_heads=2, attention_window=4, attention_implementation="splash")
     assert "attention_implementation" not in config.to_hf()  # a run-time choice: config.json stays HF's
@@ -149,6 +155,17 @@ def test_the_splash_encoder_and_training_step_lower_for_tpu_with_the_kernel():
                                                     num_global_slots=2, method="encode").last_hidden_state)
     text = jax.export.export(encode, platforms=("tpu",))(params, ids, ids, ids).mlir_module()
     assert _custom_calls(text) >= 1, "the encoder lowered for TPU does not hold the splash kernel"
+
+    # summarize's and the server's program: the batch over 8 devices with no mesh set by the caller;
+    # generate traces it under `kernel_mesh` (XLA cannot partition a Pallas call by itself)
+    layout = batch_layout(AbstractMesh((8, 1, 1, 1), shd.MESH_AXES))
+    rows = jax.ShapeDtypeStruct((8, 256), jnp.int32, sharding=layout)
+    settings = split(GenerationConfig(max_length=6, num_beams=2).resolved(CONFIG), 8)
+    with kernel_mesh(CONFIG.attention_implementation, layout):
+        text = jax.export.export(generation.program_for(model), platforms=("tpu",))(
+            params, rows, rows, rows, jax.random.PRNGKey(0), settings.values, model=model, cfg=settings.static,
+            slots=1, mesh=None).mlir_module()
+    assert _custom_calls(text) >= 1, "summarize's program lowered for TPU does not hold the splash kernel"
 
     mesh = AbstractMesh((2, 2, 1, 2), shd.MESH_AXES)  # data x fsdp x sequence x tensor: the kernel under shard_map
     train_model = model_for(CONFIG, "conditional_generation", param_dtype=jnp.float32, remat="full", scan_layers=True)
@@ -187,6 +204,9 @@ def test_summarize_and_serve_take_the_choice_and_a_resume_sees_it(checkpoints):
     for options in (SummarizeOptions, ServeOptions):
         with pytest.raises(ValueError, match="attention_implementation must be one of"):
             options(attention_implementation="flash")
+    with pytest.raises(ValueError, match=r"splash \(--attention-implementation\) does not run with a document split "
+                                         r"over 2 sequence devices \(--sequence-devices\) yet; use xla or auto"):
+        SummarizeOptions(attention_implementation="splash", sequence_devices=2)
     args = build_parser().parse_args(["summarize", "--model", "m", "--attention-implementation", "splash", "doc.txt"])
     assert args.attention_implementation == "splash"
     loaded = convert.load(checkpoints["conditional_generation"][0])
@@ -195,3 +215,16 @@ def test_summarize_and_serve_take_the_choice_and_a_resume_sees_it(checkpoints):
     generation = loaded.generation_config.resolved(loaded.config)
     before, after = (RunRecord.build(m, generation, truncate=True) for m in (loaded, splash))
     assert any("attention_implementation" in line for line in before.differences(after))
+
+
+def test_training_refuses_what_splash_cannot_do_before_any_work(capsys):
+    from cli_helpers import run_main
+    r = run_main(capsys, "train", "--config", "tiny-aclsum", "--dry-run", "--set", "model.attention_implementation=splash",
+                 "--set", "model.led.attention_dropout=0.1")
+    assert r.code == 2 and r.err == (
+        "led-flax train: error: model.attention_implementation splash has no attention dropout, but the model's "
+        "attention_dropout is 0.1; set model.dropout false, use model.attention_implementation xla (auto picks it), "
+        "or, for a model from scratch, model.led.attention_dropout 0\n")
+    r = run_main(capsys, "train", "--config", "tiny-aclsum", "--dry-run", "--set",
+                 "model.led.attention_implementation=splash")
+    assert r.code == 2 and "set model.attention_implementation instead" in r.err, r.err

@@ -318,6 +318,9 @@ def validate(c: TrainConfig) -> None:
     _choice("model.remat", c.model.remat, ("none", "full", "save_dots"))
     from led_flax.model.config import ATTENTION_IMPLEMENTATIONS
     _choice("model.attention_implementation", c.model.attention_implementation, ATTENTION_IMPLEMENTATIONS)
+    if "attention_implementation" in c.model.led:
+        raise TrainConfigError("model.led.attention_implementation is a run-time choice, not part of the model: set "
+                               "model.attention_implementation instead")
     _choice("data.source", c.data.source, ("aclsum", "jsonl", "datasets"))
     _choice("optimizer.schedule", c.optimizer.schedule, ("linear", "cosine", "constant"))
     if c.data.source in ("jsonl", "datasets") and not c.data.train_file:
@@ -374,15 +377,10 @@ def validate(c: TrainConfig) -> None:
 
 
 def with_attention(c: TrainConfig, led: LEDConfig) -> LEDConfig:
-    """`led` running its encoder's local attention as model.attention_implementation says. Raises
-    TrainConfigError for splash with a model whose attention_dropout is not 0."""
-    from led_flax.model.config import ConfigError
+    """`led` running its encoder's local attention as model.attention_implementation says."""
     if led.attention_implementation == c.model.attention_implementation:
         return led
-    try:
-        return led.replace(attention_implementation=c.model.attention_implementation)
-    except ConfigError as e:
-        raise TrainConfigError(f"model.attention_implementation: {e}") from None
+    return led.replace(attention_implementation=c.model.attention_implementation)
 
 
 def check(c: TrainConfig, led: LEDConfig, mesh: Mesh, process_count: int) -> None:
@@ -406,6 +404,11 @@ def check(c: TrainConfig, led: LEDConfig, mesh: Mesh, process_count: int) -> Non
     if data.max_target_length > led.max_decoder_position_embeddings:
         raise TrainConfigError(f"data.max_target_length {data.max_target_length} exceeds the model's "
                                f"{led.max_decoder_position_embeddings} decoder positions")
+    if led.attention_implementation == "splash" and led.attention_dropout > 0 and c.model.dropout:
+        raise TrainConfigError(f"model.attention_implementation splash has no attention dropout, but the model's "
+                               f"attention_dropout is {led.attention_dropout}; set model.dropout false, use "
+                               f"model.attention_implementation xla (auto picks it), or, for a model from scratch, "
+                               f"model.led.attention_dropout 0")
     if led.attention_implementation == "splash" and mesh.shape.get("sequence", 1) > 1:
         raise TrainConfigError(f"model.attention_implementation splash does not run with the sequence split over "
                                f"devices yet (mesh.sequence {mesh.shape['sequence']}); use xla, or mesh.sequence 1")

@@ -27,7 +27,7 @@ from flax import struct
 from jax.sharding import PartitionSpec as P
 
 from led_flax.parallel import sequence
-from led_flax.model.attention import count_global_slots
+from led_flax.model.attention import count_global_slots, kernel_mesh
 from .generation_config import GenerationConfig, GenerationSettingWarning
 from led_flax.model.inputs import check_token_ids
 from .search import beam_search, greedy_or_sample
@@ -157,6 +157,7 @@ def generate(model, params, input_ids, attention_mask=None, global_attention_mas
     if sharding is not None:
         arrays = [jax.device_put(x, sharding) for x in arrays]
     static, values = split(cfg, input_ids.shape[0], seeds)
-    result = program_for(model)(params, *arrays, rng, values, model=model, cfg=static, slots=slots, mesh=mesh)
+    with kernel_mesh(config.attention_implementation, sharding):  # splash's kernel under a mesh: shard_map
+        result = program_for(model)(params, *arrays, rng, values, model=model, cfg=static, slots=slots, mesh=mesh)
     length = int(result.length)
     return GenerateOutput(sequences=np.asarray(result.sequences)[:, :length], scores=np.asarray(result.scores))

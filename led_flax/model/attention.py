@@ -25,6 +25,7 @@ g global slots (K).
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, NamedTuple
 
 import jax
@@ -389,8 +390,11 @@ def choose_implementation(setting: str, *, attention_dropout: float = 0.0, outpu
 
     "auto" is splash on a TPU backend (`jax.default_backend()`, or `backend`) unless the call needs
     what splash lacks (attention dropout, attention maps, the sequence split over devices), else xla.
-    Raises ValueError when "splash" is asked for one of those, or on a GPU (splash is a TPU kernel).
+    Raises ValueError for another setting, when "splash" is asked for one of those (attention dropout:
+    only where it runs, in training), or on a GPU (splash is a TPU kernel).
     """
+    if setting not in ("xla", "splash", "auto"):
+        raise ValueError(f"attention_implementation must be one of xla, splash, auto, got {setting!r}")
     backend = backend or jax.default_backend()
     if setting == "auto":
         fits = attention_dropout == 0.0 and not output_attentions and sequence_axis is None
@@ -405,11 +409,27 @@ def choose_implementation(setting: str, *, attention_dropout: float = 0.0, outpu
                          "use attention_implementation 'xla' with a sequence axis, or a mesh without one")
     if attention_dropout:
         raise ValueError(f"attention_implementation 'splash' has no attention dropout but attention_dropout is "
-                         f"{attention_dropout}; set attention_dropout to 0 or use attention_implementation 'xla'")
+                         f"{attention_dropout} and dropout is on; train without dropout (deterministic; training's "
+                         f"model.dropout false), set attention_dropout to 0, or use attention_implementation 'xla'")
     if backend == "gpu":
         raise ValueError("attention_implementation 'splash' is a TPU kernel (Pallas splash attention); on a GPU "
                          "use attention_implementation 'xla' (or 'auto', which picks it)")
     return "splash"
+
+
+def kernel_mesh(setting: str, sharding):
+    """The context to trace a program in whose batch `sharding` places over several devices: the
+    mesh (`jax.set_mesh`, or `use_abstract_mesh` for an abstract one, as `jax.export` takes) when the
+    encoder runs splash, whose kernel then wraps itself in `jax.shard_map` (XLA cannot partition a
+    Pallas call: "Mosaic kernels cannot be automatically partitioned"); nothing otherwise, so xla
+    programs are unchanged. setting: `LEDConfig.attention_implementation`. Raises what
+    `choose_implementation` raises."""
+    mesh = getattr(sharding, "mesh", None)
+    if mesh is None or mesh.size == 1 or choose_implementation(setting) != "splash":
+        return contextlib.nullcontext()
+    if isinstance(mesh, jax.sharding.AbstractMesh):
+        return jax.sharding.use_abstract_mesh(mesh)
+    return jax.set_mesh(mesh)
 
 
 def longformer_self_attention(q, k, v, q_global, k_global, v_global, masks: EncoderMasks, *, one_sided: int,
@@ -444,6 +464,9 @@ def longformer_self_attention(q, k, v, q_global, k_global, v_global, masks: Enco
     gather = lambda x: gather_rows(x, global_idx, sequence_axis) if g else None
     local = dict(one_sided=one_sided, key_mask=real & ~is_global, query_mask=real, global_k=gather(k),
                  global_v=gather(v), global_mask=global_valid)
+    if implementation not in ("xla", "splash"):
+        raise ValueError(f"implementation must be 'xla' or 'splash' (resolve 'auto' with choose_implementation), got "
+                         f"{implementation!r}")
     if implementation == "splash":
         choose_implementation("splash", attention_dropout=dropout_rate if dropout_rng is not None else 0.0,
                               output_attentions=return_probs, sequence_axis=sequence_axis)  # raises what splash lacks

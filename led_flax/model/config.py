@@ -104,7 +104,8 @@ class LEDConfig:
     extra: tuple[tuple[str, str], ...] = ()
     # How the encoder's local attention runs; a run-time choice that config.json does not carry:
     # "xla" (plain XLA ops, the default and the oracle), "splash" (the Pallas splash-attention kernel:
-    # compiled on TPU, interpret mode elsewhere; no attention dropout, no attention maps) or "auto"
+    # compiled on TPU, interpret mode elsewhere; refused where attention dropout runs (training with
+    # attention_dropout > 0) and for attention maps) or "auto"
     # (splash on a TPU backend unless a call needs attention dropout, attention maps or the sequence
     # split over devices; else xla). See `model/splash.py` and `attention.choose_implementation`.
     attention_implementation: str = "xla"
@@ -171,9 +172,6 @@ class LEDConfig:
         need(self.attention_implementation in ATTENTION_IMPLEMENTATIONS, "attention_implementation",
              f"unknown implementation {self.attention_implementation!r}; use one of "
              f"{', '.join(ATTENTION_IMPLEMENTATIONS)}")
-        need(self.attention_implementation != "splash" or self.attention_dropout == 0.0, "attention_implementation",
-             f"'splash' has no attention dropout but attention_dropout is {self.attention_dropout}; set "
-             f"attention_dropout to 0 (it acts only in training) or use attention_implementation 'xla'")
         need(self.problem_type in PROBLEM_TYPES, "problem_type",
              f"unknown problem type {self.problem_type!r}; use one of {PROBLEM_TYPES}")
         if self.architectures:

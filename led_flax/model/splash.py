@@ -29,6 +29,7 @@ Shapes: b batch, n length (m padded to the block), h heads, d head dim, g global
 from __future__ import annotations
 
 import functools
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -81,7 +82,15 @@ def _round_up(x: int, unit: int) -> int:
     return -(-x // unit) * unit
 
 
-def _mesh_specs(batch: int, heads: int):
+class KernelSharding(NamedTuple):
+    """How `jax.shard_map` splits the kernel's arguments over the context mesh."""
+
+    mesh: Any  # the context's (abstract) mesh
+    batch_axes: tuple[str, ...] | None  # the mesh axes the examples go over (None: whole on every device)
+    head_axis: str | None  # the mesh axis the heads go over (None: whole)
+
+
+def _kernel_sharding(batch: int, heads: int) -> KernelSharding | None:
     """The context mesh and the axes that split the batch and the heads (each where it divides), or
     None without a mesh or with nothing to split."""
     mesh = jax.sharding.get_abstract_mesh()
@@ -98,7 +107,7 @@ def _mesh_specs(batch: int, heads: int):
         else None
     if not batch_axes and head_axis is None:
         return None
-    return mesh, (tuple(batch_axes) or None), head_axis
+    return KernelSharding(mesh, tuple(batch_axes) or None, head_axis)
 
 
 def splash_attention(q, k, v, *, one_sided: int, key_mask, query_mask, global_k=None, global_v=None,
@@ -140,12 +149,11 @@ def splash_attention(q, k, v, *, one_sided: int, key_mask, query_mask, global_k=
 
         return jax.lax.platform_dependent(q, k, v, q_ids, kv_ids, tpu=call(False), default=call(True))
 
-    specs = _mesh_specs(b, h)
-    if specs is not None:
-        mesh, batch_axes, head_axis = specs
-        heads_spec, ids_spec = P(batch_axes, head_axis, None, None), P(batch_axes, None)
-        run = jax.shard_map(run, mesh=mesh, in_specs=(heads_spec,) * 3 + (ids_spec,) * 2, out_specs=heads_spec,
-                            check_vma=False)
+    split = _kernel_sharding(b, h)
+    if split is not None:
+        heads_spec, ids_spec = P(split.batch_axes, split.head_axis, None, None), P(split.batch_axes, None)
+        run = jax.shard_map(run, mesh=split.mesh, in_specs=(heads_spec,) * 3 + (ids_spec,) * 2,
+                            out_specs=heads_spec, check_vma=False)
     out = run(heads_first(q), heads_first(k), heads_first(v), q_ids, kv_ids)  # [b, h, m, d]
     out = heads_first(out)[:, :n]  # [b, n, h, d]
     return jnp.where(query_mask[:, :n, None, None], out, 0).astype(q.dtype)

@@ -26,6 +26,7 @@ from led_flax.decoding.settings import MAX_SEED
 from led_flax.decoding.generation_config import GenerationConfig
 from led_flax.io import pretrained
 from led_flax.io.checkpoint import CheckpointError
+from led_flax.model.attention import kernel_mesh
 from led_flax.parallel import sharding as sharding_lib
 from led_flax.summarization.batch import SAMPLING_KEY, batch_layout, generation_settings
 from led_flax.summarization.buckets import bucket_for, default_buckets
@@ -152,7 +153,8 @@ class Engine:
             self._programs.move_to_end(key)
             return program
         start = time.perf_counter()
-        with counting_compilations() as counted:
+        with counting_compilations() as counted, kernel_mesh(self.model.config.attention_implementation,
+                                                             self._rows_sharding):
             program = generation.program_for(self.model.module).lower(
                 self.params, *arrays, prng_key, values, model=self.model.module, cfg=key.static, slots=1,
                 mesh=None).compile()
