@@ -184,11 +184,11 @@ def make_tokenizer(directory, vocab_size: int = 600, texts=None):
     return transformers.LEDTokenizer.from_pretrained(str(directory))
 
 
-def run_on_eight_devices(script: str, timeout: int = 900) -> dict:
-    """Runs tests/SCRIPT in a subprocess with 8 fake CPU devices; returns the JSON it prints after RESULT."""
+def run_on_eight_devices(script: str, *args: str, timeout: int = 900) -> dict:
+    """Runs tests/SCRIPT ARGS in a subprocess with 8 fake CPU devices; returns the JSON it prints after RESULT."""
     import subprocess
     env = {**os.environ, "XLA_FLAGS": xla_flags("--xla_force_host_platform_device_count=8"), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    out = subprocess.run([sys.executable, os.path.join(ROOT, "tests", script)], env=env, capture_output=True,
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "tests", script), *args], env=env, capture_output=True,
                          text=True, timeout=timeout, cwd=NEUTRAL_CWD)
     assert out.returncode == 0, out.stderr[-3000:]
     line = next(x for x in out.stdout.splitlines() if x.startswith("RESULT "))

@@ -1,8 +1,14 @@
 """Run in a subprocess with 8 fake CPU devices by test_sequence.py: the sequence-sharded encoder,
 generation and train-step gradients against the unsharded model, on a sequence-only mesh (8) and a
-sequence x data mesh (4 x 2). Prints one JSON line of relative errors and ids."""
+sequence x data mesh (4 x 2). Prints one JSON line of relative errors and ids.
+
+With the argument `splash` (test_splash.py), the sharded model runs attention_implementation splash
+(the kernel in interpret mode, on each device's slice) against the unsharded xla model, on the
+sequence x data mesh only (interpret mode is slow): the encoder on the case with globals on shard
+boundaries and padding across a shard, and the gradients."""
 
 import json
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -15,13 +21,19 @@ from led_flax.train import step as step_lib
 from led_flax.utils.trees import flatten
 
 MESHES = {"sequence8": dict(sequence=8), "sequence4xdata2": dict(data=2, sequence=4)}
+SPLASH = sys.argv[1:] == ["splash"]
 
 
-def config(window):
+def config(window, implementation="xla"):
     return LEDConfig(vocab_size=61, d_model=16, encoder_layers=2, decoder_layers=1, encoder_attention_heads=2,
                      decoder_attention_heads=2, encoder_ffn_dim=24, decoder_ffn_dim=24, attention_window=window,
                      max_encoder_position_embeddings=128, max_decoder_position_embeddings=16, dropout=0.0,
-                     init_std=0.3)
+                     init_std=0.3, attention_implementation=implementation)
+
+
+def sharded_model(window):
+    """The model the sharded runs use: the oracle's (xla), or splash's."""
+    return model_for(config(window, "splash" if SPLASH else "xla"))
 
 
 def inputs(n, globals_per_row, pad_from=None, seed=0):
@@ -56,6 +68,10 @@ CASES = {
                                                                ["sequence8", "sequence4xdata2"]),
     "windows_2_and_8_many_globals": ([2, 8], 64, ([0, 1, 2, 31, 32, 33, 63], [5]), 37, ["sequence8"]),
 }
+if SPLASH:
+    MESHES = {"sequence4xdata2": MESHES["sequence4xdata2"]}
+    CASES = {"window8_globals_on_shard_boundaries_padding_across_one": (8, 64, ([0, 7, 8, 15, 16, 40], [0, 23, 24]), 20,
+                                                                        ["sequence4xdata2"])}
 for name, (window, n, globals_per_row, pad_from, meshes) in CASES.items():
     cfg = config(window)
     model = model_for(cfg)
@@ -65,7 +81,8 @@ for name, (window, n, globals_per_row, pad_from, meshes) in CASES.items():
     ref = model.apply({"params": params}, ids, attention_mask=am, global_attention_mask=gm,
                       num_global_slots=slots, method="encode").last_hidden_state
     for mesh_name in meshes:
-        got = sequence.encode(model, params, ids, am, gm, mesh=mesh_of(mesh_name), num_global_slots=slots)
+        got = sequence.encode(sharded_model(window), params, ids, am, gm, mesh=mesh_of(mesh_name),
+                              num_global_slots=slots)
         real = am[:, :, None] > 0  # padding rows are zeros in both, compared too
         out["encoder"][f"{name}/{mesh_name}"] = {"rel": rel(np.where(real, got, 0), np.where(real, ref, 0)),
                                                  "sharding": str(got.sharding.spec)}
@@ -78,9 +95,9 @@ ids, am, gm = inputs(64, ([0, 16], [0]), pad_from=30, seed=3)
 for search, gen, mesh_name in (("greedy", GenerationConfig(max_length=12, no_repeat_ngram_size=1), "sequence8"),
                                ("beam", GenerationConfig(max_length=12, num_beams=3, num_return_sequences=2,
                                                          no_repeat_ngram_size=2),
-                                "sequence4xdata2")):
+                                "sequence4xdata2"))[:0 if SPLASH else 2]:
     ref = generate(model, params, ids, am, gm, gen, num_global_slots=2)
-    got = generate(model, params, ids, am, gm, gen, num_global_slots=2, mesh=mesh_of(mesh_name))
+    got = generate(sharded_model(8), params, ids, am, gm, gen, num_global_slots=2, mesh=mesh_of(mesh_name))
     out["generate"][search] = {"ref": ref.sequences.tolist(), "mesh": mesh_name, "ids": got.sequences.tolist(),
                                "scores_rel": rel(got.scores, ref.scores)}
 
@@ -93,7 +110,7 @@ batch["labels"][1, 6:] = -100
 
 def loss_and_grads(mesh):
     def loss(p):
-        s, c = step_lib.batch_loss(model, p, {k: jnp.asarray(v) for k, v in batch.items()}, None, mesh=mesh)
+        s, c = step_lib.batch_loss(model if mesh is None else sharded_model(8), p, {k: jnp.asarray(v) for k, v in batch.items()}, None, mesh=mesh)
         return s / c
     return jax.jit(jax.value_and_grad(loss))(params)
 

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from jax.sharding import AbstractMesh
+from jax.sharding import AbstractMesh, NamedSharding
 
 from led_flax import LEDConfig, convert, model_for
 from led_flax.decoding import GenerationConfig, generation
@@ -24,7 +24,7 @@ from led_flax.decoding.settings import split
 from led_flax.model.attention import (EncoderMasks, choose_implementation, count_global_slots, global_token_indices,
                                       kernel_mesh, longformer_self_attention)
 from led_flax.model.config import ConfigError
-from led_flax.parallel import sharding as shd
+from led_flax.parallel import sequence, sharding as shd
 from led_flax.summarization.batch import batch_layout
 from led_flax.train import step as step_lib
 from led_flax.train.config import OptimizerConfig
@@ -70,8 +70,9 @@ def _case(seed, n, one_sided, pattern):
     return inputs, real, glob & real
 
 
-# windows 2, 4, 6, 10 and 16; lengths below one kernel block and across several (130, 300)
-CASES = [(37, 1, "none"), (64, 2, "one"), (130, 3, "several"), (45, 5, "all"), (300, 8, "several")]
+# windows 2, 6 and 16; lengths below one kernel block and across several (130, 300); "one": a global
+# token in the first row, none in the second (every token global is in the whole-model cases below)
+CASES = [(37, 1, "one"), (130, 3, "several"), (300, 8, "several")]
 
 
 @pytest.mark.parametrize("n,one_sided,pattern", CASES)
@@ -110,10 +111,8 @@ def test_what_splash_cannot_do_is_refused_with_the_fix():
     assert choose_implementation("auto", backend="cpu") == "xla"
     assert choose_implementation("auto", backend="tpu", output_attentions=True) == "xla"
     assert choose_implementation("auto", backend="tpu", attention_dropout=0.1) == "xla"
-    assert choose_implementation("auto", backend="tpu", sequence_axis="sequence") == "xla"
     assert choose_implementation("splash", backend="cpu") == "splash"  # interpret mode, for tests
     for kwargs, words in [(dict(output_attentions=True), "returns no attention maps"),
-                          (dict(sequence_axis="sequence"), "sequence split over devices"),
                           (dict(attention_dropout=0.1), "train without dropout .*, set attention_dropout to 0"),
                           (dict(backend="gpu"), "TPU kernel")]:
         with pytest.raises(ValueError, match=words) as e:
@@ -167,6 +166,14 @@ def test_the_splash_encoder_and_training_step_lower_for_tpu_with_the_kernel():
             slots=1, mesh=None).mlir_module()
     assert _custom_calls(text) >= 1, "summarize's program lowered for TPU does not hold the splash kernel"
 
+    # one document over 8 sequence devices: the kernel on each device's slice
+    mesh = AbstractMesh((1, 1, 8, 1), shd.MESH_AXES)
+    tokens = jax.ShapeDtypeStruct((1, 256), jnp.int32, sharding=NamedSharding(mesh, sequence.TOKENS))
+    with jax.sharding.use_abstract_mesh(mesh):
+        text = jax.export.export(sequence.encode_program(model, mesh, 1), platforms=("tpu",))(
+            params, tokens, {"attention_mask": tokens, "global_attention_mask": tokens}).mlir_module()
+    assert _custom_calls(text) >= 1 and "collective_permute" in text, "the sequence-sharded splash encoder"
+
     mesh = AbstractMesh((2, 2, 1, 2), shd.MESH_AXES)  # data x fsdp x sequence x tensor: the kernel under shard_map
     train_model = model_for(CONFIG, "conditional_generation", param_dtype=jnp.float32, remat="full", scan_layers=True)
     optimizer = OptimizerConfig()
@@ -187,6 +194,18 @@ def test_the_splash_encoder_and_training_step_lower_for_tpu_with_the_kernel():
     assert exported.nr_devices == 8
 
 
+def test_the_kernel_runs_on_each_sequence_shard():
+    """8 fake devices, sequence x data = 4 x 2: each device runs the kernel on its slice, with its
+    neighbours' edge keys, against the unsharded xla model: the encoder (globals on shard boundaries,
+    padding across a shard) and every gradient of the loss (tests/sequence_worker.py)."""
+    r = run_on_eight_devices("sequence_worker.py", "splash")
+    assert r["devices"] == 8
+    encoder = r["encoder"]["window8_globals_on_shard_boundaries_padding_across_one/sequence4xdata2"]
+    assert encoder["rel"] <= OUT_TOL and encoder["sharding"] == "P('data', 'sequence')", encoder
+    grads = r["grads"]["sequence4xdata2"]
+    assert grads["loss_rel"] <= OUT_TOL and grads["worst_leaf_rel"] <= GRAD_TOL, grads
+
+
 def test_the_kernel_runs_under_a_mesh_split_over_batch_and_heads():
     """8 fake devices, data x fsdp x tensor = 2 x 2 x 2: `shard_map` around the kernel (the partitioner
     cannot split a pallas_call), against the xla path on one device."""
@@ -204,9 +223,6 @@ def test_summarize_and_serve_take_the_choice_and_a_resume_sees_it(checkpoints):
     for options in (SummarizeOptions, ServeOptions):
         with pytest.raises(ValueError, match="attention_implementation must be one of"):
             options(attention_implementation="flash")
-    with pytest.raises(ValueError, match=r"splash \(--attention-implementation\) does not run with a document split "
-                                         r"over 2 sequence devices \(--sequence-devices\) yet; use xla or auto"):
-        SummarizeOptions(attention_implementation="splash", sequence_devices=2)
     args = build_parser().parse_args(["summarize", "--model", "m", "--attention-implementation", "splash", "doc.txt"])
     assert args.attention_implementation == "splash"
     loaded = convert.load(checkpoints["conditional_generation"][0])

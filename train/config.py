@@ -409,9 +409,6 @@ def check(c: TrainConfig, led: LEDConfig, mesh: Mesh, process_count: int) -> Non
                                f"attention_dropout is {led.attention_dropout}; set model.dropout false, use "
                                f"model.attention_implementation xla (auto picks it), or, for a model from scratch, "
                                f"model.led.attention_dropout 0")
-    if led.attention_implementation == "splash" and mesh.shape.get("sequence", 1) > 1:
-        raise TrainConfigError(f"model.attention_implementation splash does not run with the sequence split over "
-                               f"devices yet (mesh.sequence {mesh.shape['sequence']}); use xla, or mesh.sequence 1")
     from led_flax.parallel.sequence import length_unit
     unit = length_unit(led, mesh.shape.get("sequence", 1))
     if data.buckets:  # the default buckets are multiples of the unit up to max_source_length

@@ -74,7 +74,8 @@ def batch_loss(model, params, batch, key, label_smoothing: float = 0.0, determin
         body = partial(batch_loss, sequence.sharded_model(model, mesh), label_smoothing=label_smoothing,
                        deterministic=deterministic)
         return jax.shard_map(lambda p, b, k: body(p, b, k), mesh=mesh, in_specs=(PartitionSpec(), specs, PartitionSpec()),
-                             out_specs=PartitionSpec(), axis_names={sequence.SEQUENCE_AXIS})(params, batch, key)
+                             out_specs=PartitionSpec(), axis_names={sequence.SEQUENCE_AXIS},
+                             check_vma=sequence.checks_vma(model))(params, batch, key)
     cfg = model.config
     decoder_input_ids = shift_tokens_right(batch["labels"], cfg.pad_token_id, cfg.decoder_start_token_id)
     out = model.apply({"params": params}, input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],

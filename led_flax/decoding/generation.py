@@ -55,7 +55,7 @@ def _program(params, input_ids, attention_mask, global_attention_mask, rng, valu
         return search(params, input_ids, attention_mask, global_attention_mask, rng, values)
     tokens = sequence.TOKENS
     return jax.shard_map(search, mesh=mesh, in_specs=(P(), tokens, tokens, tokens, P(), P()), out_specs=P(),
-                         axis_names={sequence.SEQUENCE_AXIS})(params, input_ids, attention_mask,
+                         axis_names={sequence.SEQUENCE_AXIS}, check_vma=sequence.checks_vma(model))(params, input_ids, attention_mask,
                                                                global_attention_mask, rng, values)
 
 

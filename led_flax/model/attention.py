@@ -385,11 +385,11 @@ class EncoderMasks:
 
 
 def choose_implementation(setting: str, *, attention_dropout: float = 0.0, output_attentions: bool = False,
-                          sequence_axis: str | None = None, backend: str | None = None) -> str:
+                          backend: str | None = None) -> str:
     """The encoder's local attention for one call: "xla" or "splash" (`LEDConfig.attention_implementation`).
 
     "auto" is splash on a TPU backend (`jax.default_backend()`, or `backend`) unless the call needs
-    what splash lacks (attention dropout, attention maps, the sequence split over devices), else xla.
+    what splash lacks (attention dropout, attention maps), else xla.
     Raises ValueError for another setting, when "splash" is asked for one of those (attention dropout:
     only where it runs, in training), or on a GPU (splash is a TPU kernel).
     """
@@ -397,16 +397,13 @@ def choose_implementation(setting: str, *, attention_dropout: float = 0.0, outpu
         raise ValueError(f"attention_implementation must be one of xla, splash, auto, got {setting!r}")
     backend = backend or jax.default_backend()
     if setting == "auto":
-        fits = attention_dropout == 0.0 and not output_attentions and sequence_axis is None
+        fits = attention_dropout == 0.0 and not output_attentions
         return "splash" if backend == "tpu" and fits else "xla"
     if setting != "splash":
         return setting
     if output_attentions:
         raise ValueError("output_attentions is not available with attention_implementation 'splash' (the kernel "
                          "returns no attention maps); use attention_implementation 'xla' to inspect them")
-    if sequence_axis is not None:
-        raise ValueError("attention_implementation 'splash' does not run with the sequence split over devices yet; "
-                         "use attention_implementation 'xla' with a sequence axis, or a mesh without one")
     if attention_dropout:
         raise ValueError(f"attention_implementation 'splash' has no attention dropout but attention_dropout is "
                          f"{attention_dropout} and dropout is on; train without dropout (deterministic; training's "
@@ -469,8 +466,8 @@ def longformer_self_attention(q, k, v, q_global, k_global, v_global, masks: Enco
                          f"{implementation!r}")
     if implementation == "splash":
         choose_implementation("splash", attention_dropout=dropout_rate if dropout_rng is not None else 0.0,
-                              output_attentions=return_probs, sequence_axis=sequence_axis)  # raises what splash lacks
-        out, band_probs, gcol_probs = splash.splash_attention(q, k, v, **local), None, None
+                              output_attentions=return_probs)  # raises what splash lacks
+        out, band_probs, gcol_probs = splash.splash_attention(q, k, v, **local, sequence_axis=sequence_axis), None, None
     else:
         out, band_probs, gcol_probs = sliding_window_attention(
             q, k, v, **local, dropout_rate=dropout_rate, dropout_rng=local_rng, return_probs=return_probs,

@@ -106,8 +106,8 @@ class LEDConfig:
     # "xla" (plain XLA ops, the default and the oracle), "splash" (the Pallas splash-attention kernel:
     # compiled on TPU, interpret mode elsewhere; refused where attention dropout runs (training with
     # attention_dropout > 0) and for attention maps) or "auto"
-    # (splash on a TPU backend unless a call needs attention dropout, attention maps or the sequence
-    # split over devices; else xla). See `model/splash.py` and `attention.choose_implementation`.
+    # (splash on a TPU backend unless a call needs attention dropout or attention maps; else xla).
+    # See `model/splash.py` and `attention.choose_implementation`.
     attention_implementation: str = "xla"
 
     def __post_init__(self):

@@ -94,7 +94,7 @@ class LongformerSelfAttention(_EncoderPart):
         rate = cfg.attention_dropout
         rng = None if deterministic or rate == 0.0 else self.make_rng("dropout")
         implementation = choose_implementation(cfg.attention_implementation, attention_dropout=0.0 if rng is None else rate,
-                                               output_attentions=output_attentions, sequence_axis=masks.sequence_axis)
+                                               output_attentions=output_attentions)
         out, probs, global_probs = longformer_self_attention(
             q, k, v, qg, kg, vg, masks, one_sided=cfg.attention_window[self.layer_id] // 2, dropout_rate=rate,
             dropout_rng=rng, return_probs=output_attentions, implementation=implementation)

@@ -50,6 +50,13 @@ def sharded_model(model, mesh: Mesh | None):
     return model.clone(sequence_axis=SEQUENCE_AXIS)
 
 
+def checks_vma(model) -> bool:
+    """Whether `jax.shard_map` over the sequence axis checks which values vary over it (`check_vma`):
+    not when the encoder may run the splash kernel, whose Pallas call declares no such type for its
+    outputs (MaxText runs its shard_map around splash unchecked too)."""
+    return model.config.attention_implementation == "xla"
+
+
 def check_length(config, n: int, devices: int) -> None:
     """Raises ValueError when n tokens cannot be split over `devices` into whole attention blocks."""
     unit = length_unit(config, devices)
@@ -73,7 +80,8 @@ def encode_program(model, mesh, num_global_slots: int, mask_names=("attention_ma
                              **masks).last_hidden_state
 
     return jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(P(), TOKENS, {k: TOKENS for k in mask_names}),
-                                 out_specs=P(None, SEQUENCE_AXIS), axis_names={SEQUENCE_AXIS}))
+                                 out_specs=P(None, SEQUENCE_AXIS), axis_names={SEQUENCE_AXIS},
+                                 check_vma=checks_vma(model)))
 
 
 def encode(model, params, input_ids, attention_mask=None, global_attention_mask=None, *, mesh: Mesh,

@@ -118,8 +118,8 @@ class SummarizeOptions:
     attention_implementation: the encoder's local attention, "xla", "splash" (the Pallas kernel, for
         TPU) or "auto" (`LEDConfig.attention_implementation`; None: the model's own, xla by default).
     Raises ValueError for a batch size below 1, a bucket below 1, an unknown output format, scheme,
-    compute dtype, cross cache or attention implementation, splash with several sequence devices, or
-    sequence devices that do not divide the local devices.
+    compute dtype, cross cache or attention implementation, or sequence devices that do not divide the
+    local devices.
     """
 
     batch_size: int = 4
@@ -149,10 +149,6 @@ class SummarizeOptions:
         if isinstance(self.sequence_devices, bool) or not isinstance(self.sequence_devices, (int, np.integer)) \
                 or self.sequence_devices < 1:
             raise ValueError(f"sequence_devices must be a positive integer, got {self.sequence_devices!r}")
-        if self.attention_implementation == "splash" and self.sequence_devices > 1:
-            raise ValueError(f"attention_implementation splash (--attention-implementation) does not run with a "
-                             f"document split over {self.sequence_devices} sequence devices (--sequence-devices) yet; "
-                             f"use xla or auto, or one sequence device")
         if self.output_format not in OUTPUT_FORMATS:
             raise ValueError(f"output_format must be one of {OUTPUT_FORMATS}, got {self.output_format!r}")
         if isinstance(self.generation, GenerationConfig):
