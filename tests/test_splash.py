@@ -65,8 +65,6 @@ def _case(seed, n, one_sided, pattern):
     elif pattern == "several":  # inside and outside each other's windows, and the last real token of row 1
         glob[0, [0, 1, n // 2, n - 1]] = True
         glob[1, [n // 4, n - n // 3 - 1]] = True
-    elif pattern == "all":
-        glob[:] = True
     return inputs, real, glob & real
 
 
@@ -195,14 +193,17 @@ def test_the_splash_encoder_and_training_step_lower_for_tpu_with_the_kernel():
 
 
 def test_the_kernel_runs_on_each_sequence_shard():
-    """8 fake devices, sequence x data = 4 x 2: each device runs the kernel on its slice, with its
-    neighbours' edge keys, against the unsharded xla model: the encoder (globals on shard boundaries,
-    padding across a shard) and every gradient of the loss (tests/sequence_worker.py)."""
+    """8 fake devices, data x sequence x tensor = 2 x 2 x 2: each device runs the kernel on its slice,
+    with its neighbours' edge keys, against the unsharded xla model: the encoder (globals on shard
+    boundaries, padding across a shard), greedy generation and every gradient of the loss
+    (tests/sequence_worker.py)."""
     r = run_on_eight_devices("sequence_worker.py", "splash")
     assert r["devices"] == 8
-    encoder = r["encoder"]["window8_globals_on_shard_boundaries_padding_across_one/sequence4xdata2"]
-    assert encoder["rel"] <= OUT_TOL and encoder["sharding"] == "P('data', 'sequence')", encoder
-    grads = r["grads"]["sequence4xdata2"]
+    encoder = r["encoder"]["window8_globals_on_shard_boundaries_padding_across_one/data2xsequence2xtensor2"]
+    assert encoder["rel"] <= OUT_TOL and encoder["sharding"].endswith("'sequence')"), encoder  # tokens split
+    greedy = r["generate"]["greedy"]
+    assert greedy["ids"] == greedy["ref"] and greedy["scores_rel"] <= OUT_TOL, greedy
+    grads = r["grads"]["data2xsequence2xtensor2"]
     assert grads["loss_rel"] <= OUT_TOL and grads["worst_leaf_rel"] <= GRAD_TOL, grads
 
 

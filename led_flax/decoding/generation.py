@@ -54,9 +54,9 @@ def _program(params, input_ids, attention_mask, global_attention_mask, rng, valu
     if sequence.devices_of(mesh) == 1:
         return search(params, input_ids, attention_mask, global_attention_mask, rng, values)
     tokens = sequence.TOKENS
-    return jax.shard_map(search, mesh=mesh, in_specs=(P(), tokens, tokens, tokens, P(), P()), out_specs=P(),
-                         axis_names={sequence.SEQUENCE_AXIS}, check_vma=sequence.checks_vma(model))(params, input_ids, attention_mask,
-                                                               global_attention_mask, rng, values)
+    sharded = jax.shard_map(search, mesh=mesh, in_specs=(P(), tokens, tokens, tokens, P(), P()), out_specs=P(),
+                            axis_names={sequence.SEQUENCE_AXIS}, check_vma=sequence.checks_vma(model))
+    return sharded(params, input_ids, attention_mask, global_attention_mask, rng, values)
 
 
 _STATIC = ("model", "cfg", "slots", "mesh")

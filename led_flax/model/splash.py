@@ -54,7 +54,8 @@ class BandWithGlobalColumns(mask_lib._ComputableMask):  # noqa: SLF001 (MaxText 
     when the kernel is built (to find the empty blocks) and on jax arrays inside the kernel."""
 
     def __init__(self, length: int, keys: int, num_global: int, offset: int, one_sided: int):
-        self.length, self.keys, self.num_global, self.offset, self.one_sided = length, keys, num_global, offset, one_sided
+        self.length, self.keys, self.num_global = length, keys, num_global
+        self.offset, self.one_sided = offset, one_sided
         band = mask_lib.LocalMask((length, keys), (one_sided, one_sided), offset=offset).mask_function
 
         def band_with_global_columns(q_ids, kv_ids):  # [rows, cols] int positions -> [rows, cols] bool
@@ -94,6 +95,8 @@ class KernelSharding(NamedTuple):
     axes: frozenset[str]  # the mesh axes the shard_map makes manual: every one not manual already
     batch_axes: tuple[str, ...] | None  # of those, the axes the examples go over (None: whole on every device)
     head_axis: str | None  # the axis the heads go over (None: whole)
+    # inside the sequence axis's shard_map: the heads are gathered back before the output leaves
+    gather_heads: bool
 
 
 def _kernel_sharding(batch: int, heads: int) -> KernelSharding | None:
@@ -106,16 +109,23 @@ def _kernel_sharding(batch: int, heads: int) -> KernelSharding | None:
     if mesh.empty or not mesh.auto_axes:
         return None
     auto = set(mesh.auto_axes)
+    # Inside the sequence axis's shard_map (some axes manual already), XLA's SPMD partitioner aborts
+    # ("Check failed: partition_group_list...", on 8 CPU devices, data x sequence x tensor = 2 x 2 x 2)
+    # when the kernel's examples are split over the batch axes (in generation), or its heads stay split
+    # on the way out (the global rows' scatter): there the examples stay whole, and the heads are split
+    # for the kernel and gathered back after it.
+    inside = bool(mesh.manual_axes)
     rules = dict(RULES)
     batch_axes, size = [], 1
-    for axis in rules["act_batch"]:
+    for axis in () if inside else rules["act_batch"]:
         if axis in auto and mesh.shape[axis] > 1 and batch % (size * mesh.shape[axis]) == 0:
             batch_axes.append(axis)
             size *= mesh.shape[axis]
     head_axis = rules["heads"]
     if head_axis not in auto or mesh.shape[head_axis] == 1 or heads % mesh.shape[head_axis]:
         head_axis = None
-    return KernelSharding(mesh, frozenset(auto), tuple(batch_axes) or None, head_axis)
+    return KernelSharding(mesh, frozenset(auto), tuple(batch_axes) or None, head_axis,
+                          gather_heads=inside and head_axis is not None)
 
 
 def _neighbours(x, width: int, sequence_axis: str, ends):
@@ -186,8 +196,12 @@ def splash_attention(q, k, v, *, one_sided: int, key_mask, query_mask, global_k=
     split = _kernel_sharding(b, h)
     if split is not None:
         heads_spec, ids_spec = P(split.batch_axes, split.head_axis, None, None), P(split.batch_axes, None)
+        out_spec = heads_spec
+        if split.gather_heads:  # [b, h', m, d] -> [b, h, m, d]
+            local, out_spec = run, P(split.batch_axes, None, None, None)
+            run = lambda *a: jax.lax.all_gather(local(*a), split.head_axis, axis=1, tiled=True)
         run = jax.shard_map(run, mesh=split.mesh, in_specs=(heads_spec,) * 3 + (ids_spec,) * 2,
-                            out_specs=heads_spec, axis_names=set(split.axes), check_vma=False)
+                            out_specs=out_spec, axis_names=set(split.axes), check_vma=False)
     out = run(heads_first(q), heads_first(k), heads_first(v), q_ids, kv_ids)  # [b, h, m, d]
     out = heads_first(out)[:, :n]  # [b, n, h, d]
     return jnp.where(query_mask[:, :, None, None], out, 0).astype(q.dtype)

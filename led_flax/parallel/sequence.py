@@ -52,8 +52,9 @@ def sharded_model(model, mesh: Mesh | None):
 
 def checks_vma(model) -> bool:
     """Whether `jax.shard_map` over the sequence axis checks which values vary over it (`check_vma`):
-    not when the encoder may run the splash kernel, whose Pallas call declares no such type for its
-    outputs (MaxText runs its shard_map around splash unchecked too)."""
+    not when the encoder may run the splash kernel, whose Pallas call gives its outputs no such type
+    (and in interpret mode, its loop's carries lose it: "manual axis types do not match"); MaxText
+    runs its shard_map around splash unchecked too."""
     return model.config.attention_implementation == "xla"
 
 
@@ -96,4 +97,5 @@ def encode(model, params, input_ids, attention_mask=None, global_attention_mask=
     return program(params, jnp.asarray(input_ids), {k: jnp.asarray(v) for k, v in masks.items()})
 
 
-__all__ = ["SEQUENCE_AXIS", "devices_of", "length_unit", "sharded_model", "check_length", "encode_program", "encode"]
+__all__ = ["SEQUENCE_AXIS", "devices_of", "length_unit", "sharded_model", "checks_vma", "check_length",
+           "encode_program", "encode"]
