@@ -74,7 +74,7 @@ class LoadedModel:
         dtypes), caching generation's cross-attention keys and values as `cross_cache` (float or int8)
         and running the encoder's local attention as `attention_implementation` (xla, splash or auto:
         `LEDConfig.attention_implementation`); None keeps each as it is. Raises ValueError for another
-        value (ConfigError, a ValueError, for splash with attention dropout)."""
+        value."""
         changes, config = {}, self.config
         if attention_implementation is not None and attention_implementation != config.attention_implementation:
             config = changes["config"] = config.replace(attention_implementation=attention_implementation)
