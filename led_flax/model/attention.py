@@ -35,6 +35,7 @@ from flax import struct
 from jax.ad_checkpoint import checkpoint_name
 
 from . import splash
+from .config import ATTENTION_IMPLEMENTATIONS
 from .inputs import merged_encoder_mask, token_roles
 
 
@@ -393,8 +394,9 @@ def choose_implementation(setting: str, *, attention_dropout: float = 0.0, outpu
     Raises ValueError for another setting, when "splash" is asked for one of those (attention dropout:
     only where it runs, in training), or on a GPU (splash is a TPU kernel).
     """
-    if setting not in ("xla", "splash", "auto"):
-        raise ValueError(f"attention_implementation must be one of xla, splash, auto, got {setting!r}")
+    if setting not in ATTENTION_IMPLEMENTATIONS:
+        raise ValueError(f"attention_implementation must be one of {', '.join(ATTENTION_IMPLEMENTATIONS)}, got "
+                         f"{setting!r}")
     backend = backend or jax.default_backend()
     if setting == "auto":
         fits = attention_dropout == 0.0 and not output_attentions
